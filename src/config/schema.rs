@@ -1,0 +1,394 @@
+//! The YAML schema (SPEC §2.2): every section, its defaults, and a small `validate` per section.
+//! This is the *external* shape; `app.rs` builds the runtime objects from it.
+
+use super::units::{ByteSize, Dur};
+use super::ConfigError;
+use crate::secret::Secret;
+use serde::Deserialize;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Proxy listeners.
+    pub listen: Vec<Listener>,
+    /// Worker threads of the proxy service.
+    pub threads: usize,
+    pub upstream: UpstreamConfig,
+    pub admin: Option<AdminConfig>,
+    pub store: StoreConfig,
+    pub keys: KeysConfig,
+    pub pool: PoolConfig,
+    pub health_check: HealthCheckConfig,
+    pub clients: ClientsConfig,
+    pub routes: RoutesConfig,
+    pub metrics: MetricsConfig,
+    pub server: ServerConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: vec![Listener::Plain("0.0.0.0:8080".into())],
+            threads: 2,
+            upstream: UpstreamConfig::default(),
+            admin: None,
+            store: StoreConfig::default(),
+            keys: KeysConfig::default(),
+            pool: PoolConfig::default(),
+            health_check: HealthCheckConfig::default(),
+            clients: ClientsConfig::default(),
+            routes: RoutesConfig::default(),
+            metrics: MetricsConfig::default(),
+            server: ServerConfig::default(),
+        }
+    }
+}
+
+/// `"0.0.0.0:8080"` or `{address: "0.0.0.0:8443", tls: {cert: ..., key: ...}}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Listener {
+    Plain(String),
+    Full(ListenerSpec),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSpec {
+    pub address: String,
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Listener {
+    pub fn address(&self) -> &str {
+        match self {
+            Listener::Plain(a) => a,
+            Listener::Full(s) => &s.address,
+        }
+    }
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        match self {
+            Listener::Plain(_) => None,
+            Listener::Full(s) => s.tls.as_ref(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Base URL (required), e.g. `https://ollama.com`. Request paths are appended.
+    pub url: String,
+    /// Pin the upstream to these `ip:port` addresses instead of resolving the URL's host.
+    pub addresses: Vec<String>,
+    pub connect_timeout: Dur,
+    /// Longest silence between two upstream bytes (a stream may last longer in total).
+    pub read_timeout: Dur,
+    pub write_timeout: Dur,
+    /// How long an idle keep-alive connection to the upstream is kept for reuse.
+    pub idle_timeout: Dur,
+    /// How often the upstream host name is resolved again.
+    pub dns_refresh: Dur,
+    /// TCP health check of each upstream address; `0s` turns it off.
+    pub health_check_interval: Dur,
+    /// Verify the upstream's TLS certificate and host name (HTTPS upstreams).
+    pub verify_tls: bool,
+    /// Forward the client's `X-Forwarded-*` / `Forwarded` headers (dropped by default).
+    pub forward_client_ip_headers: bool,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            url: String::new(),
+            addresses: Vec::new(),
+            connect_timeout: Dur::secs(5),
+            read_timeout: Dur::secs(600),
+            write_timeout: Dur::secs(60),
+            idle_timeout: Dur::secs(60),
+            dns_refresh: Dur::secs(60),
+            health_check_interval: Dur::secs(10),
+            verify_tls: true,
+            forward_client_ip_headers: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    pub listen: String,
+    pub token: Option<Secret>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { listen: "127.0.0.1:8081".into(), token: None }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    pub encryption_key: Option<Secret>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { path: "data/ollama-pool.db".into(), encryption_key: None }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeysConfig {
+    /// Key files (SPEC §3.6 formats) loaded at startup; relative paths are relative to the config file.
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolConfig {
+    pub max_attempts: usize,
+    pub failure_threshold: u32,
+    pub cooldown: Dur,
+    /// First park time of a rate-limited key without `Retry-After`; doubles up to `cooldown`.
+    pub rate_limit_backoff: Dur,
+    pub max_request_body: ByteSize,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            max_attempts: 3,
+            failure_threshold: 3,
+            cooldown: Dur::secs(3600),
+            rate_limit_backoff: Dur::secs(60),
+            max_request_body: ByteSize(32 << 20),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    pub interval: Dur,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        HealthCheckConfig { interval: Dur::secs(60) }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientsConfig {
+    pub tokens: Vec<StaticToken>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticToken {
+    pub name: String,
+    pub token: Secret,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoutesConfig {
+    /// Forwarded paths: exact (`/v1/models`) or prefix (`/v1/models/*`). Others answer 404.
+    pub allow: Vec<String>,
+}
+
+/// Inference, embeddings and model listing; never model management (`/api/pull`, `/api/delete`,
+/// `/api/create`, `/api/copy`, `/api/push`, `/api/blobs/*`).
+pub const DEFAULT_ALLOWED_ROUTES: &[&str] = &[
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/models",
+    "/v1/models/*",
+    "/v1/messages",
+    "/v1/messages/count_tokens",
+    "/api/chat",
+    "/api/generate",
+    "/api/embed",
+    "/api/embeddings",
+    "/api/tags",
+    "/api/show",
+    "/api/ps",
+    "/api/version",
+];
+
+impl Default for RoutesConfig {
+    fn default() -> Self {
+        RoutesConfig { allow: DEFAULT_ALLOWED_ROUTES.iter().map(|s| s.to_string()).collect() }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve Prometheus `/metrics` on this address (the admin listener will serve it too).
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// After SIGTERM: how long listeners keep accepting before shutdown begins.
+    pub grace_period: Dur,
+    /// After the grace period: how long in-flight requests get to finish.
+    pub shutdown_timeout: Dur,
+    pub pid_file: PathBuf,
+    pub upgrade_sock: PathBuf,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            grace_period: Dur::secs(5),
+            shutdown_timeout: Dur::secs(30),
+            pid_file: "/tmp/ollama-pool.pid".into(),
+            upgrade_sock: "/tmp/ollama-pool-upgrade.sock".into(),
+        }
+    }
+}
+
+// ---- validation: each section checks itself, then the cross-checks ----
+
+type Errors = Vec<ConfigError>;
+
+fn err(errors: &mut Errors, path: impl Into<String>, message: impl Into<String>) {
+    errors.push(ConfigError { path: path.into(), message: message.into() });
+}
+
+impl Config {
+    pub fn validate(&self) -> Errors {
+        let mut e = Vec::new();
+        if self.listen.is_empty() {
+            err(&mut e, "listen", "at least one listener is required");
+        }
+        for (i, l) in self.listen.iter().enumerate() {
+            if l.address().parse::<std::net::SocketAddr>().is_err() {
+                err(&mut e, format!("listen[{i}]"), format!("{:?} is not an ip:port address", l.address()));
+            }
+        }
+        if self.threads == 0 {
+            err(&mut e, "threads", "must be at least 1");
+        }
+        self.upstream.validate(&mut e);
+        if let Some(a) = &self.admin {
+            a.validate(&mut e);
+        }
+        self.pool.validate(&mut e);
+        self.clients.validate(&mut e);
+        self.routes.validate(&mut e);
+        if let Some(m) = &self.metrics.listen {
+            if m.parse::<std::net::SocketAddr>().is_err() {
+                err(&mut e, "metrics.listen", format!("{m:?} is not an ip:port address"));
+            }
+        }
+        if self.health_check.interval.0.is_zero() {
+            err(&mut e, "health_check.interval", "must be greater than 0s");
+        }
+        e
+    }
+}
+
+impl UpstreamConfig {
+    fn validate(&self, e: &mut Errors) {
+        if self.url.is_empty() {
+            err(e, "upstream.url", "required (e.g. https://ollama.com)");
+        } else if let Err(m) = crate::upstream::UpstreamUrl::parse(&self.url) {
+            err(e, "upstream.url", m);
+        }
+        for (i, a) in self.addresses.iter().enumerate() {
+            if a.parse::<std::net::SocketAddr>().is_err() {
+                err(e, format!("upstream.addresses[{i}]"), format!("{a:?} is not an ip:port address"));
+            }
+        }
+        if self.connect_timeout.0.is_zero() {
+            err(e, "upstream.connect_timeout", "must be greater than 0s");
+        }
+        if self.read_timeout.0.is_zero() {
+            err(e, "upstream.read_timeout", "must be greater than 0s");
+        }
+        if self.dns_refresh.0.is_zero() {
+            err(e, "upstream.dns_refresh", "must be greater than 0s");
+        }
+    }
+}
+
+impl AdminConfig {
+    fn validate(&self, e: &mut Errors) {
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            err(e, "admin.listen", format!("{:?} is not an ip:port address", self.listen));
+        }
+        match &self.token {
+            None => err(e, "admin.token", "required when the admin section is present"),
+            Some(t) if t.len() < 16 => err(e, "admin.token", "must be at least 16 characters"),
+            _ => {}
+        }
+    }
+}
+
+impl PoolConfig {
+    fn validate(&self, e: &mut Errors) {
+        if !(1..=crate::pool::MAX_ATTEMPTS).contains(&self.max_attempts) {
+            err(e, "pool.max_attempts", format!("must be between 1 and {}", crate::pool::MAX_ATTEMPTS));
+        }
+        if self.failure_threshold == 0 {
+            err(e, "pool.failure_threshold", "must be at least 1");
+        }
+        if self.cooldown.0.is_zero() {
+            err(e, "pool.cooldown", "must be greater than 0s");
+        }
+        if self.rate_limit_backoff.0.is_zero() {
+            err(e, "pool.rate_limit_backoff", "must be greater than 0s");
+        }
+        if self.max_request_body.0 == 0 {
+            err(e, "pool.max_request_body", "must be greater than 0");
+        }
+    }
+}
+
+impl ClientsConfig {
+    fn validate(&self, e: &mut Errors) {
+        let mut seen = std::collections::HashSet::new();
+        for (i, t) in self.tokens.iter().enumerate() {
+            if t.name.trim().is_empty() {
+                err(e, format!("clients.tokens[{i}].name"), "must not be empty");
+            }
+            if t.token.len() < 8 {
+                err(e, format!("clients.tokens[{i}].token"), "must be at least 8 characters");
+            }
+            if !seen.insert(t.token.sha256()) {
+                err(e, format!("clients.tokens[{i}].token"), "duplicates an earlier token");
+            }
+        }
+    }
+}
+
+impl RoutesConfig {
+    fn validate(&self, e: &mut Errors) {
+        for (i, r) in self.allow.iter().enumerate() {
+            if !(r.starts_with("/v1/") || r.starts_with("/api/")) {
+                err(e, format!("routes.allow[{i}]"), format!("{r:?} must start with /v1/ or /api/"));
+            } else if r.contains('*') && !r.ends_with("/*") {
+                err(e, format!("routes.allow[{i}]"), format!("{r:?}: '*' is only allowed as a final /*"));
+            }
+        }
+    }
+}

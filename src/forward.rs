@@ -1,0 +1,128 @@
+//! The large-body path: requests whose body is over pingora's 64 KiB replay buffer. The body
+//! is already read whole (proxy::read_body); each attempt sends it on a connection from our own
+//! `Connector`, under the same `Attempts` policy and `classify` as the pingora path. Because we
+//! hold the upstream answer here before the client sees anything, error bodies are peeked
+//! (bounded) so usage-limit messages classify as rate limits.
+
+use crate::metrics;
+use crate::pool::{classify, outcome::ERROR_PEEK_BYTES, Decision, Outcome};
+use crate::proxy::envelope::{ErrorKind, ProxyError};
+use crate::proxy::{error_for, headers, Ctx, PoolProxy};
+use bytes::{Bytes, BytesMut};
+use pingora::http::ResponseHeader;
+use pingora::prelude::HttpPeer;
+use pingora::protocols::http::client::HttpSession;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorType};
+
+/// Headers that describe one hop's connection, not the message.
+const HOP_BY_HOP: &[&str] = &["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"];
+
+/// Runs every attempt of one large-body request and writes the answer (or an error) downstream.
+pub async fn run(proxy: &PoolProxy, session: &mut Session, ctx: &mut Ctx, body: Bytes) -> pingora::Result<()> {
+    let state = &proxy.state;
+    loop {
+        let key = match ctx.attempts.begin(&state.pool) {
+            Ok(k) => k,
+            Err(no_key) => {
+                let err = ProxyError { kind: ErrorKind::NoUsableKey, retry_after: no_key.retry_after };
+                return proxy.respond(session, ctx, err).await.map(drop);
+            }
+        };
+        metrics::attempt_started(&key);
+        let Some(peer) = state.upstream.peer() else {
+            return proxy.respond(session, ctx, ProxyError::new(ErrorKind::UpstreamUnresolved)).await.map(drop);
+        };
+        match attempt(proxy, session, &peer, &key, &body).await {
+            Ok((up, header, peek)) => {
+                let outcome = classify(header.status.as_u16(), &header.headers, peek.as_deref());
+                if ctx.attempts.settle(&state.pool, outcome, true) == Decision::Retry {
+                    metrics::failover(outcome);
+                    continue; // dropping `up` closes that connection: its body was not drained
+                }
+                return deliver(proxy, session, ctx, &peer, up, header, peek).await;
+            }
+            Err(e) => {
+                if ctx.attempts.settle(&state.pool, Outcome::Transient, true) == Decision::Retry {
+                    metrics::failover(Outcome::Transient);
+                    continue;
+                }
+                return proxy.respond(session, ctx, error_for(&e)).await.map(drop);
+            }
+        }
+    }
+}
+
+/// One attempt up to the response header (plus a peek at an error body).
+async fn attempt(
+    proxy: &PoolProxy,
+    session: &Session,
+    peer: &HttpPeer,
+    key: &crate::pool::Key,
+    body: &Bytes,
+) -> pingora::Result<(HttpSession, ResponseHeader, Option<Bytes>)> {
+    let state = &proxy.state;
+    let (mut up, _reused) = state.connector.get_http_session(peer).await?;
+    let mut req = session.req_header().clone();
+    headers::rewrite(&mut req, key, &state.upstream, state.forward_client_ip)?;
+    req.remove_header(&http::header::TRANSFER_ENCODING);
+    req.remove_header(&http::header::EXPECT);
+    req.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    up.write_request_header(Box::new(req)).await?;
+    up.write_request_body(body.clone(), true).await?;
+    up.finish_request_body().await?;
+    up.read_response_header().await?;
+    let header = up
+        .response_header()
+        .cloned()
+        .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "upstream sent no response header"))?;
+    let peek = if header.status.as_u16() >= 400 { Some(peek_body(&mut up).await?) } else { None };
+    Ok((up, header, peek))
+}
+
+/// Up to `ERROR_PEEK_BYTES` of the body (more if a chunk overshoots; nothing is dropped).
+async fn peek_body(up: &mut HttpSession) -> pingora::Result<Bytes> {
+    let mut buf = BytesMut::new();
+    while buf.len() < ERROR_PEEK_BYTES {
+        match up.read_response_body().await? {
+            Some(chunk) => buf.extend_from_slice(&chunk),
+            None => break,
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// Streams the chosen upstream answer to the client chunk by chunk.
+async fn deliver(
+    proxy: &PoolProxy,
+    session: &mut Session,
+    ctx: &mut Ctx,
+    peer: &HttpPeer,
+    mut up: HttpSession,
+    mut header: ResponseHeader,
+    peek: Option<Bytes>,
+) -> pingora::Result<()> {
+    for h in HOP_BY_HOP {
+        header.remove_header(*h);
+    }
+    session.write_response_header(Box::new(header), false).await?;
+    if let Some(p) = peek.filter(|p| !p.is_empty()) {
+        session.write_response_body(Some(p), false).await?;
+    }
+    loop {
+        match up.read_response_body().await {
+            Ok(Some(chunk)) => session.write_response_body(Some(chunk), false).await?,
+            Ok(None) => break,
+            Err(e) => {
+                // Headers are out: the only honest signal left is an incomplete response.
+                ctx.aborted = true;
+                return Err(e);
+            }
+        }
+    }
+    session.write_response_body(None, true).await?;
+    if up.response_done() {
+        proxy.state.connector.release_http_session(up, peer, Some(proxy.state.upstream.idle_timeout())).await;
+    }
+    Ok(())
+}

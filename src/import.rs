@@ -1,0 +1,192 @@
+//! Key-file parsing (SPEC §3.6), shared by `keys.files` at startup and, later, the admin import
+//! and `ollama-pool keys import`. Pure: text in, keys and per-line problems out; no I/O.
+//!
+//! Formats, one entry per line (`#` comments and blank lines skipped; the key is the *last*
+//! `----` field, the label the first when there are two or more):
+//! `KEY`, `LABEL----KEY`, `email----password----session----KEY`,
+//! `email----password----session----aid----KEY`; or JSON: `["k1", …]`, `[{"key": …, "label": …}]`,
+//! `{"keys": [...]}`.
+
+use crate::secret::Secret;
+use serde::Deserialize;
+use std::collections::HashSet;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedKey {
+    pub key: Secret,
+    pub label: Option<String>,
+    /// 1-based line (or array position for JSON) the key came from.
+    pub line: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidLine {
+    pub line: usize,
+    pub reason: String,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Parsed {
+    /// Distinct keys, in file order.
+    pub keys: Vec<ParsedKey>,
+    /// Entries repeating an earlier key of the same input.
+    pub duplicates: usize,
+    pub invalid: Vec<InvalidLine>,
+}
+
+pub fn parse(text: &str) -> Parsed {
+    let trimmed = text.trim_start_matches('\u{feff}').trim();
+    if trimmed.starts_with('[') || trimmed.starts_with('{') {
+        return parse_json(trimmed);
+    }
+    let mut out = Collector::default();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim_start_matches('\u{feff}').trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&str> = line.split("----").map(str::trim).collect();
+        let key = fields[fields.len() - 1];
+        let label = (fields.len() >= 2).then(|| fields[0]).filter(|l| !l.is_empty());
+        out.push(i + 1, key, label);
+    }
+    out.0
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum JsonEntry {
+    Plain(String),
+    Object {
+        key: String,
+        #[serde(default)]
+        label: Option<String>,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum JsonDoc {
+    List(Vec<serde_json::Value>),
+    Wrapped { keys: Vec<serde_json::Value> },
+}
+
+fn parse_json(text: &str) -> Parsed {
+    let mut out = Collector::default();
+    let entries = match serde_json::from_str::<JsonDoc>(text) {
+        Ok(JsonDoc::List(v)) | Ok(JsonDoc::Wrapped { keys: v }) => v,
+        Err(e) => {
+            out.0.invalid.push(InvalidLine {
+                line: e.line(),
+                reason: "not valid JSON: want [\"key\", …], [{\"key\": …, \"label\": …}] or {\"keys\": [...]}".into(),
+            });
+            return out.0;
+        }
+    };
+    for (i, v) in entries.into_iter().enumerate() {
+        match serde_json::from_value::<JsonEntry>(v) {
+            Ok(JsonEntry::Plain(k)) => out.push(i + 1, k.trim(), None),
+            Ok(JsonEntry::Object { key, label }) => {
+                let label = label.as_deref().map(str::trim).filter(|l| !l.is_empty());
+                out.push(i + 1, key.trim(), label)
+            }
+            Err(_) => out.0.invalid.push(InvalidLine {
+                line: i + 1,
+                reason: "entry is neither a string nor an object with a \"key\"".into(),
+            }),
+        }
+    }
+    out.0
+}
+
+#[derive(Default)]
+struct Collector(Parsed, HashSet<[u8; 32]>);
+
+impl Collector {
+    fn push(&mut self, line: usize, key: &str, label: Option<&str>) {
+        if let Err(reason) = check_key(key) {
+            self.0.invalid.push(InvalidLine { line, reason: reason.into() });
+            return;
+        }
+        let key = Secret::new(key);
+        if !self.1.insert(key.sha256()) {
+            self.0.duplicates += 1;
+            return;
+        }
+        self.0.keys.push(ParsedKey { key, label: label.map(str::to_string), line });
+    }
+}
+
+/// Whether `key` can be an API key. Reasons never quote the key.
+pub fn check_key(key: &str) -> Result<(), &'static str> {
+    if key.is_empty() {
+        return Err("no key (empty last field)");
+    }
+    if key.chars().any(char::is_whitespace) {
+        return Err("key contains whitespace");
+    }
+    if !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("key contains characters that cannot go in an HTTP header");
+    }
+    if key.len() < 8 {
+        return Err("key is shorter than 8 characters");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_line_format() {
+        let text = "\
+# comment
+plainkey0000000001
+
+alice----labelledkey000002
+a@b.c----pw----sess;x=1----fourfieldkey0003
+a@b.c----pw----sess----aid----fivefieldkey0004
+plainkey0000000001
+bad key with spaces
+x----
+short
+";
+        let p = parse(text);
+        let got: Vec<(&str, Option<&str>, usize)> =
+            p.keys.iter().map(|k| (k.key.expose(), k.label.as_deref(), k.line)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("plainkey0000000001", None, 2),
+                ("labelledkey000002", Some("alice"), 4),
+                ("fourfieldkey0003", Some("a@b.c"), 5),
+                ("fivefieldkey0004", Some("a@b.c"), 6),
+            ]
+        );
+        assert_eq!(p.duplicates, 1);
+        let lines: Vec<usize> = p.invalid.iter().map(|i| i.line).collect();
+        assert_eq!(lines, vec![8, 9, 10]);
+        assert!(p.invalid.iter().all(|i| !i.reason.contains("short") || i.line == 10));
+    }
+
+    #[test]
+    fn five_fields_take_the_last_not_the_fourth() {
+        let p = parse("e@x----pw----sess----aid123456----realkey123456\n");
+        assert_eq!(p.keys[0].key.expose(), "realkey123456");
+    }
+
+    #[test]
+    fn json_forms() {
+        let p = parse(r#"["jsonkey00001", {"key": "jsonkey00002", "label": "bob"}, 7, "jsonkey00001"]"#);
+        assert_eq!(p.keys.len(), 2);
+        assert_eq!(p.keys[1].label.as_deref(), Some("bob"));
+        assert_eq!(p.duplicates, 1);
+        assert_eq!(
+            p.invalid,
+            vec![InvalidLine { line: 3, reason: "entry is neither a string nor an object with a \"key\"".into() }]
+        );
+        assert_eq!(parse(r#"{"keys": ["jsonkey00003"]}"#).keys.len(), 1);
+        assert_eq!(parse("[oops").invalid.len(), 1);
+    }
+}

@@ -1,0 +1,28 @@
+//! ollama-pool: a Pingora edge proxy that pools many upstream LLM API keys behind one endpoint.
+//!
+//! Layout (where each behaviour lives):
+//! - `cli` — command line; `main.rs` only wires it to `app`.
+//! - `config` — YAML schema, defaults, `${ENV}` expansion, validation with YAML paths.
+//! - `app` — builds the pingora `Server`: listeners, the proxy service, background services.
+//! - `proxy` — the `ProxyHttp` hooks; `proxy::routes` (allow-list, route family),
+//!   `proxy::auth` (client tokens), `proxy::envelope` (error bodies), `proxy::headers`.
+//! - `forward` — the path for request bodies over 64 KiB (same attempt policy).
+//! - `pool` — keys, their state machine, round-robin selection, outcome classification,
+//!   the per-request attempt policy, the clock.
+//! - `upstream` — upstream URL, address discovery + TCP health check, `HttpPeer`s.
+//! - `import` — key-file parsing shared by startup and (later) the admin API and CLI.
+//! - `metrics` — every Prometheus metric.
+//! - `secret` — the `Secret` type that never prints.
+//! - `logging` — logger set-up that keeps pingora's header dumps out of the logs.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod forward;
+pub mod import;
+pub mod logging;
+pub mod metrics;
+pub mod pool;
+pub mod proxy;
+pub mod secret;
+pub mod upstream;

@@ -1,0 +1,284 @@
+//! One upstream key and its live state. The state is a handful of atomics so the request path
+//! reads it without locks; the rare transitions (park, return, disable) take a per-key mutex so
+//! two of them never interleave, and each is logged once.
+
+use crate::secret::Secret;
+use http::HeaderValue;
+use std::fmt;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::*};
+use std::sync::Mutex;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Status {
+    Active = 0,
+    /// Parked for a while (rate-limited, auto-disabled); returns by itself at `until`.
+    Cooling = 1,
+    /// Switched off by an operator, until `until` or until enabled.
+    Disabled = 2,
+    /// Rejected by the upstream (401/403); returns at `until` to be tried again.
+    Invalid = 3,
+    /// Past its `expires_at`; never returns.
+    Expired = 4,
+}
+
+impl Status {
+    fn from_u8(v: u8) -> Status {
+        match v {
+            1 => Status::Cooling,
+            2 => Status::Disabled,
+            3 => Status::Invalid,
+            4 => Status::Expired,
+            _ => Status::Active,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::Cooling => "cooling",
+            Status::Disabled => "disabled",
+            Status::Invalid => "invalid",
+            Status::Expired => "expired",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a key left rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Reason {
+    None = 0,
+    /// The upstream answered 401/403 for it.
+    Credential = 1,
+    /// The upstream answered 429/402 or a usage-limit error for it.
+    RateLimited = 2,
+    /// `failure_threshold` transient failures in a row.
+    AutoDisabled = 3,
+    Manual = 4,
+    Expired = 5,
+}
+
+impl Reason {
+    fn from_u8(v: u8) -> Reason {
+        match v {
+            1 => Reason::Credential,
+            2 => Reason::RateLimited,
+            3 => Reason::AutoDisabled,
+            4 => Reason::Manual,
+            5 => Reason::Expired,
+            _ => Reason::None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::None => "",
+            Reason::Credential => "credential",
+            Reason::RateLimited => "rate-limited",
+            Reason::AutoDisabled => "auto-disabled",
+            Reason::Manual => "manual",
+            Reason::Expired => "expired",
+        }
+    }
+}
+
+pub struct Key {
+    /// First 12 hex of SHA-256 of the secret: what logs, metrics and the admin API show.
+    pub id: String,
+    pub label: Option<String>,
+    secret: Secret,
+    /// `Bearer <key>`, built once so the request path does not format or allocate it.
+    auth_header: HeaderValue,
+    status: AtomicU8,
+    reason: AtomicU8,
+    /// When a parked key returns (ms since epoch); 0 = no scheduled return.
+    until_ms: AtomicU64,
+    /// When the key expires for good (ms since epoch); 0 = never.
+    expires_at_ms: AtomicU64,
+    pub(crate) consecutive_failures: AtomicU32,
+    /// Doublings applied to the rate-limit backoff since the last success.
+    pub(crate) backoff_level: AtomicU32,
+    pub(crate) stats: KeyStats,
+    /// Serialises state transitions (rare) so check-then-set sequences are not torn.
+    transition: Mutex<()>,
+}
+
+/// Per-key counters, bumped with relaxed atomics on the request path.
+#[derive(Default)]
+pub struct KeyStats {
+    pub requests: AtomicU64,
+    pub successes: AtomicU64,
+    pub failures: AtomicU64,
+    pub last_used_ms: AtomicU64,
+    pub last_success_ms: AtomicU64,
+    pub last_failure_ms: AtomicU64,
+}
+
+/// A consistent-enough copy of a key's state for reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyView {
+    pub id: String,
+    pub masked: String,
+    pub label: Option<String>,
+    pub status: Status,
+    pub reason: Reason,
+    pub until_ms: Option<u64>,
+    pub expires_at_ms: Option<u64>,
+    pub consecutive_failures: u32,
+    pub requests: u64,
+    pub successes: u64,
+    pub failures: u64,
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Key").field("id", &self.id).field("status", &self.status()).finish()
+    }
+}
+
+impl Key {
+    pub fn new(secret: Secret, label: Option<String>, expires_at_ms: Option<u64>) -> Result<Key, String> {
+        let mut auth_header = HeaderValue::from_str(&format!("Bearer {}", secret.expose()))
+            .map_err(|_| "key contains characters that cannot go in an HTTP header".to_string())?;
+        auth_header.set_sensitive(true);
+        Ok(Key {
+            id: secret.id(),
+            label,
+            secret,
+            auth_header,
+            status: AtomicU8::new(Status::Active as u8),
+            reason: AtomicU8::new(Reason::None as u8),
+            until_ms: AtomicU64::new(0),
+            expires_at_ms: AtomicU64::new(expires_at_ms.unwrap_or(0)),
+            consecutive_failures: AtomicU32::new(0),
+            backoff_level: AtomicU32::new(0),
+            stats: KeyStats::default(),
+            transition: Mutex::new(()),
+        })
+    }
+
+    pub fn secret(&self) -> &Secret {
+        &self.secret
+    }
+
+    pub fn auth_header(&self) -> &HeaderValue {
+        &self.auth_header
+    }
+
+    pub fn status(&self) -> Status {
+        Status::from_u8(self.status.load(Acquire))
+    }
+
+    pub fn reason(&self) -> Reason {
+        Reason::from_u8(self.reason.load(Relaxed))
+    }
+
+    pub fn until_ms(&self) -> Option<u64> {
+        Some(self.until_ms.load(Acquire)).filter(|&u| u != 0)
+    }
+
+    /// Can this key serve a request at `now`? Lock-free: two atomic loads in the common case.
+    /// A parked key whose `until` has passed counts as usable; `revive` records the return.
+    #[inline]
+    pub fn usable_at(&self, now: u64) -> bool {
+        let expires = self.expires_at_ms.load(Relaxed);
+        if expires != 0 && now >= expires {
+            return false;
+        }
+        match self.status() {
+            Status::Active => true,
+            Status::Expired => false,
+            Status::Cooling | Status::Invalid | Status::Disabled => {
+                let until = self.until_ms.load(Acquire);
+                until != 0 && now >= until
+            }
+        }
+    }
+
+    /// When this key will be usable again, if it is parked with a known return time.
+    pub fn returns_at(&self, now: u64) -> Option<u64> {
+        let expires = self.expires_at_ms.load(Relaxed);
+        if expires != 0 && now >= expires {
+            return None;
+        }
+        match self.status() {
+            Status::Active => Some(now),
+            Status::Expired => None,
+            _ => self.until_ms(),
+        }
+    }
+
+    /// Moves the key to `to` for `reason` until `until` (0 = no scheduled return). Logs the
+    /// transition once; no-op if the key is already exactly there.
+    pub(crate) fn transition(&self, to: Status, reason: Reason, until: u64) {
+        let _guard = self.transition.lock().unwrap_or_else(|p| p.into_inner());
+        let from = self.status();
+        if from == to && self.reason() == reason && self.until_ms.load(Relaxed) == until {
+            return;
+        }
+        // A manual disable is an operator's decision: automatic outcomes never override it.
+        if from == Status::Disabled && reason != Reason::Manual && to != Status::Active {
+            return;
+        }
+        self.until_ms.store(until, Release);
+        self.reason.store(reason as u8, Relaxed);
+        self.status.store(to as u8, Release);
+        if to == Status::Active {
+            self.consecutive_failures.store(0, Relaxed);
+        }
+        if until == 0 {
+            log::info!("key {} {} -> {} reason={}", self.id, from, to, reason.as_str());
+        } else {
+            log::info!(
+                "key {} {} -> {} reason={} until={}",
+                self.id,
+                from,
+                to,
+                reason.as_str(),
+                super::clock::rfc3339(until)
+            );
+        }
+    }
+
+    /// Records that a parked key's time is up, the first time someone notices. The key keeps
+    /// its failure history so that one more failure parks it again with a longer backoff.
+    pub(crate) fn revive(&self, now: u64) {
+        let status = self.status();
+        if status == Status::Active || !self.usable_at(now) {
+            return;
+        }
+        let _guard = self.transition.lock().unwrap_or_else(|p| p.into_inner());
+        if self.status() != status || !self.usable_at(now) {
+            return; // someone else got here first
+        }
+        self.until_ms.store(0, Release);
+        self.reason.store(Reason::None as u8, Relaxed);
+        self.status.store(Status::Active as u8, Release);
+        self.consecutive_failures.store(0, Relaxed);
+        log::info!("key {} {} -> active reason=time-up", self.id, status);
+    }
+
+    /// The key as reports show it at `now` (a key past its expiry shows as expired).
+    pub fn view_at(&self, now: u64) -> KeyView {
+        let expires = self.expires_at_ms.load(Relaxed);
+        let expired = expires != 0 && now >= expires;
+        KeyView {
+            id: self.id.clone(),
+            masked: self.secret.masked(),
+            label: self.label.clone(),
+            status: if expired { Status::Expired } else { self.status() },
+            reason: self.reason(),
+            until_ms: self.until_ms(),
+            expires_at_ms: Some(self.expires_at_ms.load(Relaxed)).filter(|&e| e != 0),
+            consecutive_failures: self.consecutive_failures.load(Relaxed),
+            requests: self.stats.requests.load(Relaxed),
+            successes: self.stats.successes.load(Relaxed),
+            failures: self.stats.failures.load(Relaxed),
+        }
+    }
+}

@@ -1,0 +1,367 @@
+//! The key pool (SPEC §3.1–3.3): keys, their state machine, lock-free round-robin selection,
+//! outcome classification (`outcome`), the per-request attempt policy (`attempt`) and time (`clock`).
+//!
+//! Not here: how keys get in (import.rs, later the store) and what is sent upstream (proxy/).
+
+pub mod attempt;
+pub mod clock;
+pub mod key;
+pub mod outcome;
+
+pub use attempt::{Attempts, Decision, MAX_ATTEMPTS};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use key::{Key, KeyView, Reason, Status};
+pub use outcome::{classify, Outcome};
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use std::sync::atomic::{AtomicUsize, Ordering::*};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What the pool does with failures (from `pool.*` in the config).
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub failure_threshold: u32,
+    pub cooldown: Duration,
+    pub rate_limit_backoff: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            failure_threshold: 3,
+            cooldown: Duration::from_secs(3600),
+            rate_limit_backoff: Duration::from_secs(60),
+        }
+    }
+}
+
+/// No key can serve this request now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoKey {
+    /// How long until the earliest parked key returns, if any will.
+    pub retry_after: Option<Duration>,
+}
+
+pub struct Pool {
+    /// Immutable list of keys, replaced whole on add/remove. Readers take no lock: a request
+    /// loads the current `Arc` and keeps using it even if a writer swaps in a new one.
+    snapshot: ArcSwap<Vec<Arc<Key>>>,
+    /// Round-robin position shared by all threads; relaxed is enough, fairness is statistical.
+    cursor: AtomicUsize,
+    /// id -> key, for admin lookups without scanning the snapshot.
+    by_id: DashMap<String, Arc<Key>>,
+    /// Serialises snapshot writers (admin path only) so two adds cannot lose each other.
+    writer: Mutex<()>,
+    policy: Policy,
+    clock: Arc<dyn Clock>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum AddError {
+    Duplicate(String),
+}
+
+impl Pool {
+    pub fn new(policy: Policy, clock: Arc<dyn Clock>) -> Pool {
+        Pool {
+            snapshot: ArcSwap::from_pointee(Vec::new()),
+            cursor: AtomicUsize::new(0),
+            by_id: DashMap::new(),
+            writer: Mutex::new(()),
+            policy,
+            clock,
+        }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    pub fn len(&self) -> usize {
+        self.snapshot.load().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds a key; a key already present (same secret) is refused.
+    pub fn add(&self, key: Key) -> Result<Arc<Key>, AddError> {
+        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if self.by_id.contains_key(&key.id) {
+            return Err(AddError::Duplicate(key.id.clone()));
+        }
+        let key = Arc::new(key);
+        let mut keys = Vec::clone(&self.snapshot.load());
+        keys.push(key.clone());
+        self.by_id.insert(key.id.clone(), key.clone());
+        self.snapshot.store(Arc::new(keys));
+        Ok(key)
+    }
+
+    /// Adds many keys in one snapshot swap; returns (added, duplicates).
+    pub fn add_all(&self, keys: impl IntoIterator<Item = Key>) -> (usize, usize) {
+        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut list = Vec::clone(&self.snapshot.load());
+        let (mut added, mut dups) = (0, 0);
+        for key in keys {
+            if self.by_id.contains_key(&key.id) {
+                dups += 1;
+                continue;
+            }
+            let key = Arc::new(key);
+            self.by_id.insert(key.id.clone(), key.clone());
+            list.push(key);
+            added += 1;
+        }
+        self.snapshot.store(Arc::new(list));
+        (added, dups)
+    }
+
+    pub fn remove(&self, id: &str) -> bool {
+        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if self.by_id.remove(id).is_none() {
+            return false;
+        }
+        let keys: Vec<Arc<Key>> = self.snapshot.load().iter().filter(|k| k.id != id).cloned().collect();
+        self.snapshot.store(Arc::new(keys));
+        true
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Key>> {
+        self.by_id.get(id).map(|k| k.clone())
+    }
+
+    /// Operator switch-off, for `for_` or until enabled. Takes effect on the next request.
+    pub fn disable(&self, id: &str, for_: Option<Duration>) -> bool {
+        let Some(key) = self.get(id) else { return false };
+        let until = for_.map(|d| self.now_ms() + d.as_millis() as u64).unwrap_or(0);
+        key.transition(Status::Disabled, Reason::Manual, until);
+        true
+    }
+
+    pub fn enable(&self, id: &str) -> bool {
+        let Some(key) = self.get(id) else { return false };
+        key.transition(Status::Active, Reason::Manual, 0);
+        true
+    }
+
+    /// Picks the next usable key round-robin, skipping `exclude` (keys this request already
+    /// used). Lock-free and allocation-free: one atomic add plus two atomic loads per key looked at.
+    pub fn pick(&self, exclude: &[Arc<Key>]) -> Result<Arc<Key>, NoKey> {
+        let keys = self.snapshot.load();
+        let n = keys.len();
+        if n == 0 {
+            return Err(NoKey { retry_after: None });
+        }
+        let now = self.clock.now_ms();
+        let start = self.cursor.fetch_add(1, Relaxed) % n;
+        let (tail, head) = keys.split_at(start);
+        for key in head.iter().chain(tail) {
+            if key.usable_at(now) && !exclude.iter().any(|e| Arc::ptr_eq(e, key)) {
+                key.revive(now);
+                return Ok(key.clone());
+            }
+        }
+        Err(self.no_key(&keys, exclude, now))
+    }
+
+    /// Why nothing was picked: the soonest return among keys this request has not used.
+    #[cold]
+    fn no_key(&self, keys: &[Arc<Key>], exclude: &[Arc<Key>], now: u64) -> NoKey {
+        let soonest =
+            keys.iter().filter(|k| !exclude.iter().any(|e| Arc::ptr_eq(e, k))).filter_map(|k| k.returns_at(now)).min();
+        NoKey { retry_after: soonest.map(|at| Duration::from_millis(at.saturating_sub(now))) }
+    }
+
+    /// Applies an upstream outcome to `key`: counters, and parking it when the outcome says so.
+    pub fn report(&self, key: &Key, outcome: Outcome) {
+        let now = self.clock.now_ms();
+        let s = &key.stats;
+        s.requests.fetch_add(1, Relaxed);
+        s.last_used_ms.store(now, Relaxed);
+        match outcome {
+            Outcome::Success => {
+                s.successes.fetch_add(1, Relaxed);
+                s.last_success_ms.store(now, Relaxed);
+                key.consecutive_failures.store(0, Relaxed);
+                key.backoff_level.store(0, Relaxed);
+            }
+            Outcome::CallerFault => {}
+            Outcome::Credential => {
+                self.count_failure(key, now);
+                key.transition(Status::Invalid, Reason::Credential, now + ms(self.policy.cooldown));
+            }
+            Outcome::RateLimited { retry_after } => {
+                self.count_failure(key, now);
+                let park = retry_after
+                    .unwrap_or_else(|| self.backoff(key))
+                    .clamp(Duration::from_secs(1), Duration::from_secs(31 * 24 * 3600));
+                key.transition(Status::Cooling, Reason::RateLimited, now + ms(park));
+            }
+            Outcome::Transient => {
+                let streak = self.count_failure(key, now);
+                if streak >= self.policy.failure_threshold {
+                    key.transition(Status::Cooling, Reason::AutoDisabled, now + ms(self.policy.cooldown));
+                }
+            }
+        }
+    }
+
+    fn count_failure(&self, key: &Key, now: u64) -> u32 {
+        key.stats.failures.fetch_add(1, Relaxed);
+        key.stats.last_failure_ms.store(now, Relaxed);
+        key.consecutive_failures.fetch_add(1, Relaxed) + 1
+    }
+
+    /// `rate_limit_backoff`, doubling with each rate limit since the last success, capped at `cooldown`.
+    fn backoff(&self, key: &Key) -> Duration {
+        let level = key.backoff_level.fetch_add(1, Relaxed).min(20);
+        (self.policy.rate_limit_backoff * 2u32.pow(level)).min(self.policy.cooldown)
+    }
+
+    /// Number of keys usable right now (a scan: for readiness and reports, not the request path).
+    pub fn usable_count(&self) -> usize {
+        let now = self.clock.now_ms();
+        self.snapshot.load().iter().filter(|k| k.usable_at(now)).count()
+    }
+
+    pub fn views(&self) -> Vec<KeyView> {
+        let now = self.clock.now_ms();
+        self.snapshot.load().iter().map(|k| k.view_at(now)).collect()
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    fn pool(n: usize) -> (Pool, ManualClock) {
+        let clock = ManualClock::new(1_000_000);
+        let p = Pool::new(Policy::default(), Arc::new(clock.clone()));
+        for i in 0..n {
+            p.add(Key::new(Secret::new(format!("key-{i:04}")), None, None).unwrap()).unwrap();
+        }
+        (p, clock)
+    }
+
+    #[test]
+    fn round_robin_visits_every_key() {
+        let (p, _) = pool(4);
+        let mut seen: Vec<String> = (0..8).map(|_| p.pick(&[]).unwrap().id.clone()).collect();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 4);
+    }
+
+    #[test]
+    fn excluded_keys_are_never_picked() {
+        let (p, _) = pool(3);
+        let a = p.pick(&[]).unwrap();
+        let b = p.pick(std::slice::from_ref(&a)).unwrap();
+        let c = p.pick(&[a.clone(), b.clone()]).unwrap();
+        assert!(!Arc::ptr_eq(&a, &b) && !Arc::ptr_eq(&b, &c) && !Arc::ptr_eq(&a, &c));
+        assert_eq!(p.pick(&[a, b, c]).unwrap_err(), NoKey { retry_after: None });
+    }
+
+    #[test]
+    fn credential_parks_for_cooldown_then_returns() {
+        let (p, clock) = pool(1);
+        let k = p.pick(&[]).unwrap();
+        p.report(&k, Outcome::Credential);
+        assert_eq!(k.status(), Status::Invalid);
+        assert_eq!(p.pick(&[]).unwrap_err().retry_after, Some(Duration::from_secs(3600)));
+        clock.advance(Duration::from_secs(3599));
+        assert!(p.pick(&[]).is_err());
+        clock.advance(Duration::from_secs(1));
+        assert!(Arc::ptr_eq(&p.pick(&[]).unwrap(), &k));
+        assert_eq!(k.status(), Status::Active);
+    }
+
+    #[test]
+    fn transient_failures_park_at_threshold() {
+        let (p, _) = pool(1);
+        let k = p.pick(&[]).unwrap();
+        p.report(&k, Outcome::Transient);
+        p.report(&k, Outcome::Success);
+        p.report(&k, Outcome::Transient);
+        p.report(&k, Outcome::Transient);
+        assert_eq!(k.status(), Status::Active, "success reset the streak");
+        p.report(&k, Outcome::Transient);
+        assert_eq!((k.status(), k.reason()), (Status::Cooling, Reason::AutoDisabled));
+    }
+
+    #[test]
+    fn rate_limit_honours_retry_after_else_doubles() {
+        let (p, clock) = pool(1);
+        let k = p.pick(&[]).unwrap();
+        let now = clock.now_ms();
+        p.report(&k, Outcome::RateLimited { retry_after: Some(Duration::from_secs(7)) });
+        assert_eq!(k.until_ms(), Some(now + 7_000));
+        p.report(&k, Outcome::RateLimited { retry_after: None });
+        assert_eq!(k.until_ms(), Some(now + 60_000));
+        p.report(&k, Outcome::RateLimited { retry_after: None });
+        assert_eq!(k.until_ms(), Some(now + 120_000));
+        p.report(&k, Outcome::Success);
+        p.report(&k, Outcome::RateLimited { retry_after: None });
+        assert_eq!(k.until_ms(), Some(now + 60_000));
+    }
+
+    #[test]
+    fn caller_faults_do_not_penalise() {
+        let (p, _) = pool(1);
+        let k = p.pick(&[]).unwrap();
+        for _ in 0..10 {
+            p.report(&k, Outcome::CallerFault);
+        }
+        assert_eq!(k.status(), Status::Active);
+        assert_eq!(k.view_at(0).consecutive_failures, 0);
+    }
+
+    #[test]
+    fn manual_disable_is_not_overridden_and_can_expire() {
+        let (p, clock) = pool(1);
+        let k = p.pick(&[]).unwrap();
+        assert!(p.disable(&k.id, Some(Duration::from_secs(60))));
+        p.report(&k, Outcome::Credential);
+        assert_eq!((k.status(), k.reason()), (Status::Disabled, Reason::Manual));
+        clock.advance(Duration::from_secs(60));
+        assert!(p.pick(&[]).is_ok());
+        assert!(p.disable(&k.id, None));
+        clock.advance(Duration::from_secs(86400 * 365));
+        assert_eq!(p.pick(&[]).unwrap_err(), NoKey { retry_after: None });
+        assert!(p.enable(&k.id));
+        assert!(p.pick(&[]).is_ok());
+    }
+
+    #[test]
+    fn expired_keys_never_serve() {
+        let clock = ManualClock::new(1_000);
+        let p = Pool::new(Policy::default(), Arc::new(clock.clone()));
+        p.add(Key::new(Secret::new("expiring-key-1"), None, Some(2_000)).unwrap()).unwrap();
+        assert!(p.pick(&[]).is_ok());
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(p.pick(&[]).unwrap_err(), NoKey { retry_after: None });
+        assert_eq!(p.views()[0].status, Status::Expired);
+    }
+
+    #[test]
+    fn add_remove_and_duplicates() {
+        let (p, _) = pool(2);
+        let dup = Key::new(Secret::new("key-0000"), None, None).unwrap();
+        assert!(matches!(p.add(dup), Err(AddError::Duplicate(_))));
+        let id = Secret::new("key-0001").id();
+        assert!(p.remove(&id));
+        assert!(!p.remove(&id));
+        for _ in 0..5 {
+            assert_ne!(p.pick(&[]).unwrap().id, id);
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! Errors the proxy itself answers (SPEC §2.3), each in the envelope of the route family:
+//! OpenAI `{"error":{"message","type","code"}}`, Anthropic `{"type":"error","error":{…}}`,
+//! Ollama `{"error":"…"}`. Messages are fixed text: never a secret, never upstream internals.
+
+use super::routes::Family;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    Unauthorized,
+    NotFound,
+    BodyTooLarge,
+    BadRequest,
+    /// No key can serve the request now.
+    NoUsableKey,
+    /// The upstream could not be reached / broke before answering, on every attempt.
+    UpstreamFailed,
+    UpstreamTimeout,
+    /// The upstream host name has no known address yet.
+    UpstreamUnresolved,
+    Internal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyError {
+    pub kind: ErrorKind,
+    /// Seconds until it makes sense to try again (503 only).
+    pub retry_after: Option<Duration>,
+}
+
+impl ProxyError {
+    pub fn new(kind: ErrorKind) -> ProxyError {
+        ProxyError { kind, retry_after: None }
+    }
+
+    pub fn status(&self) -> u16 {
+        match self.kind {
+            ErrorKind::Unauthorized => 401,
+            ErrorKind::NotFound => 404,
+            ErrorKind::BodyTooLarge => 413,
+            ErrorKind::BadRequest => 400,
+            ErrorKind::NoUsableKey => 503,
+            ErrorKind::UpstreamFailed | ErrorKind::UpstreamUnresolved => 502,
+            ErrorKind::UpstreamTimeout => 504,
+            ErrorKind::Internal => 500,
+        }
+    }
+
+    fn message(&self) -> &'static str {
+        match self.kind {
+            ErrorKind::Unauthorized => {
+                "missing or invalid client token: send Authorization: Bearer <token> or x-api-key"
+            }
+            ErrorKind::NotFound => "no such route on this proxy",
+            ErrorKind::BodyTooLarge => "request body exceeds the proxy's pool.max_request_body limit",
+            ErrorKind::BadRequest => "could not read the request body",
+            ErrorKind::NoUsableKey => "no upstream key is available right now; retry later",
+            ErrorKind::UpstreamFailed => "the upstream failed on every attempt",
+            ErrorKind::UpstreamTimeout => "the upstream timed out on every attempt",
+            ErrorKind::UpstreamUnresolved => "the upstream host has no known address yet",
+            ErrorKind::Internal => "internal proxy error",
+        }
+    }
+
+    /// (OpenAI type, OpenAI code, Anthropic type)
+    fn types(&self) -> (&'static str, &'static str, &'static str) {
+        match self.kind {
+            ErrorKind::Unauthorized => ("invalid_request_error", "invalid_api_key", "authentication_error"),
+            ErrorKind::NotFound => ("invalid_request_error", "not_found", "not_found_error"),
+            ErrorKind::BodyTooLarge => ("invalid_request_error", "request_too_large", "request_too_large"),
+            ErrorKind::BadRequest => ("invalid_request_error", "bad_request", "invalid_request_error"),
+            ErrorKind::NoUsableKey => ("service_unavailable", "no_usable_key", "overloaded_error"),
+            ErrorKind::UpstreamFailed | ErrorKind::UpstreamUnresolved => {
+                ("upstream_error", "upstream_failed", "api_error")
+            }
+            ErrorKind::UpstreamTimeout => ("upstream_error", "upstream_timeout", "api_error"),
+            ErrorKind::Internal => ("server_error", "internal_error", "api_error"),
+        }
+    }
+
+    pub fn body(&self, family: Family) -> Bytes {
+        let message = self.message();
+        let (oa_type, oa_code, an_type) = self.types();
+        let v = match family {
+            Family::OpenAi => serde_json::json!({"error": {"message": message, "type": oa_type, "code": oa_code}}),
+            Family::Anthropic => serde_json::json!({"type": "error", "error": {"type": an_type, "message": message}}),
+            Family::Ollama => serde_json::json!({"error": message}),
+        };
+        Bytes::from(v.to_string())
+    }
+
+    /// The full response header for this error (status, JSON type, length, Retry-After).
+    pub fn header(&self, body_len: usize) -> ResponseHeader {
+        let mut h = ResponseHeader::build(self.status(), Some(4)).expect("valid status");
+        let _ = h.insert_header(http::header::CONTENT_TYPE, "application/json");
+        let _ = h.insert_header(http::header::CONTENT_LENGTH, body_len.to_string());
+        let _ = h.insert_header(http::header::CACHE_CONTROL, "no-store");
+        if let Some(ra) = self.retry_after {
+            // Round up: "retry in 0 s" would invite a hot loop.
+            let secs = ra.as_secs() + u64::from(ra.subsec_nanos() > 0);
+            let _ = h.insert_header(http::header::RETRY_AFTER, secs.max(1).to_string());
+        }
+        if self.kind == ErrorKind::Unauthorized {
+            let _ = h.insert_header(http::header::WWW_AUTHENTICATE, "Bearer");
+        }
+        h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(b: Bytes) -> serde_json::Value {
+        serde_json::from_slice(&b).unwrap()
+    }
+
+    #[test]
+    fn envelopes_per_family() {
+        let e = ProxyError::new(ErrorKind::Unauthorized);
+        assert_eq!(json(e.body(Family::OpenAi))["error"]["code"], "invalid_api_key");
+        let a = json(e.body(Family::Anthropic));
+        assert_eq!((a["type"].as_str(), a["error"]["type"].as_str()), (Some("error"), Some("authentication_error")));
+        assert!(json(e.body(Family::Ollama))["error"].is_string());
+    }
+
+    #[test]
+    fn retry_after_rounds_up() {
+        let e = ProxyError { kind: ErrorKind::NoUsableKey, retry_after: Some(Duration::from_millis(1500)) };
+        assert_eq!(e.header(0).headers.get("retry-after").unwrap(), "2");
+        assert_eq!(e.status(), 503);
+    }
+}

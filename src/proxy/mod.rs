@@ -1,0 +1,332 @@
+//! The client-facing proxy: the pingora `ProxyHttp` hooks, which only delegate — routes and
+//! envelopes (`routes`, `envelope`), client auth (`auth`), the upstream header (`headers`),
+//! key choice and failover (`crate::pool`), bodies over 64 KiB (`crate::forward`).
+//!
+//! Request flow: `request_filter` answers health/404/401/413 itself and reads the body whole
+//! (so any attempt can replay it); ≤ 64 KiB continues on pingora's proxy path, where
+//! `upstream_peer` takes a key from `Attempts` and `upstream_response_filter` /
+//! `fail_to_connect` / `error_while_proxy` turn outcomes into retries; larger bodies go to
+//! `forward::run`, which applies the same `Attempts` policy on its own connector.
+
+pub mod auth;
+pub mod envelope;
+pub mod headers;
+pub mod routes;
+
+use crate::metrics;
+use crate::pool::{classify, Attempts, Decision, Outcome, Pool};
+use crate::upstream::Upstream;
+use async_trait::async_trait;
+use auth::{Client, Clients};
+use bytes::{Bytes, BytesMut};
+use envelope::{ErrorKind, ProxyError};
+use pingora::connectors::http::Connector;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
+use pingora::{Error, ErrorSource, ErrorType};
+use routes::{AllowList, Family, Route};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Everything the request path reads. Built once by `app.rs`; shared by all worker threads.
+pub struct ProxyState {
+    pub pool: Arc<Pool>,
+    pub clients: Arc<Clients>,
+    pub upstream: Arc<Upstream>,
+    pub routes: AllowList,
+    pub max_attempts: usize,
+    pub max_request_body: u64,
+    pub forward_client_ip: bool,
+    /// Connection pool of the large-body path (pingora's proxy path has its own).
+    pub connector: Connector,
+}
+
+impl ProxyState {
+    /// Ready = the upstream has an address and at least one key can serve.
+    pub fn ready(&self) -> bool {
+        self.upstream.resolved() && self.pool.usable_count() > 0
+    }
+}
+
+pub struct PoolProxy {
+    pub state: Arc<ProxyState>,
+}
+
+/// Per-request state.
+pub struct Ctx {
+    pub(crate) family: Family,
+    pub(crate) client: Option<Arc<Client>>,
+    pub(crate) attempts: Attempts,
+    /// The error to answer with, when the proxy (not the upstream) decided the request fails.
+    pub(crate) failure: Option<ProxyError>,
+    /// The response had started when the upstream broke: the client saw a cut-off response.
+    pub(crate) aborted: bool,
+    started: Instant,
+}
+
+/// Bodies up to this size are replayed by pingora's own retry buffer.
+pub const PINGORA_REPLAY_LIMIT: usize = 64 * 1024;
+
+impl PoolProxy {
+    /// Answers the request with a proxy-made error in the route family's envelope.
+    pub(crate) async fn respond(&self, session: &mut Session, ctx: &mut Ctx, err: ProxyError) -> pingora::Result<bool> {
+        let body = err.body(ctx.family);
+        let header = err.header(body.len());
+        session.set_keepalive(None);
+        session.write_response_header(Box::new(header), false).await?;
+        session.write_response_body(Some(body), true).await?;
+        Ok(true)
+    }
+
+    async fn respond_json(&self, session: &mut Session, status: u16, body: &'static str) -> pingora::Result<bool> {
+        let mut h = ResponseHeader::build(status, Some(3))?;
+        h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+        h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+        h.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+        session.write_response_header(Box::new(h), false).await?;
+        session.write_response_body(Some(Bytes::from_static(body.as_bytes())), true).await?;
+        Ok(true)
+    }
+
+    /// Reads the whole request body (bounded by `max_request_body`) with pingora's retry buffer
+    /// on. Returns the body only when it is too big for that buffer (the large-body path needs it).
+    async fn read_body(&self, session: &mut Session) -> Result<Option<Bytes>, ProxyError> {
+        let max = self.state.max_request_body;
+        let declared = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max) {
+            return Err(ProxyError::new(ErrorKind::BodyTooLarge));
+        }
+        if session.is_body_empty() {
+            return Ok(None);
+        }
+        session.enable_retry_buffering();
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut total: u64 = 0;
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    total += chunk.len() as u64;
+                    if total > max {
+                        return Err(ProxyError::new(ErrorKind::BodyTooLarge));
+                    }
+                    chunks.push(chunk);
+                }
+                Ok(None) => break,
+                Err(_) => return Err(ProxyError::new(ErrorKind::BadRequest)),
+            }
+        }
+        if !session.retry_buffer_truncated() {
+            return Ok(None); // pingora holds it and will replay it on every attempt
+        }
+        let mut body = BytesMut::with_capacity(total as usize);
+        for c in chunks {
+            body.extend_from_slice(&c);
+        }
+        Ok(Some(body.freeze()))
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for PoolProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            family: Family::OpenAi,
+            client: None,
+            attempts: Attempts::new(self.state.max_attempts),
+            failure: None,
+            aborted: false,
+            started: Instant::now(),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
+        let route = self.state.routes.resolve(session.req_header().uri.path());
+        match route {
+            Route::Healthz => return self.respond_json(session, 200, r#"{"status":"ok"}"#).await,
+            Route::Readyz if self.state.ready() => {
+                return self.respond_json(session, 200, r#"{"status":"ready"}"#).await
+            }
+            Route::Readyz => return self.respond_json(session, 503, r#"{"status":"not ready"}"#).await,
+            Route::Unknown => return self.respond(session, ctx, ProxyError::new(ErrorKind::NotFound)).await,
+            Route::NotAllowed(f) => {
+                ctx.family = f;
+                return self.respond(session, ctx, ProxyError::new(ErrorKind::NotFound)).await;
+            }
+            Route::Forward(f) => ctx.family = f,
+        }
+        let now = self.state.pool.now_ms();
+        match self.state.clients.authenticate(&session.req_header().headers, now) {
+            Some(c) => ctx.client = Some(c),
+            None => return self.respond(session, ctx, ProxyError::new(ErrorKind::Unauthorized)).await,
+        }
+        match self.read_body(session).await {
+            Ok(None) => Ok(false),
+            Ok(Some(large)) => {
+                crate::forward::run(self, session, ctx, large).await?;
+                Ok(true)
+            }
+            Err(e) => self.respond(session, ctx, e).await,
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> pingora::Result<Box<HttpPeer>> {
+        let key = match ctx.attempts.begin(&self.state.pool) {
+            Ok(k) => k,
+            Err(no_key) => {
+                ctx.failure = Some(ProxyError { kind: ErrorKind::NoUsableKey, retry_after: no_key.retry_after });
+                return Error::e_explain(ErrorType::HTTPStatus(503), "no usable key");
+            }
+        };
+        metrics::attempt_started(&key);
+        match self.state.upstream.peer() {
+            Some(peer) => Ok(Box::new(peer)),
+            None => {
+                ctx.failure = Some(ProxyError::new(ErrorKind::UpstreamUnresolved));
+                Error::e_explain(ErrorType::HTTPStatus(502), "upstream unresolved")
+            }
+        }
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        let key =
+            ctx.attempts.current().ok_or_else(|| Error::explain(ErrorType::InternalError, "no key for attempt"))?;
+        headers::rewrite(upstream_request, key, &self.state.upstream, self.state.forward_client_ip)
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        let status = upstream_response.status.as_u16();
+        let outcome = classify(status, &upstream_response.headers, None);
+        let may_retry = session.response_written().is_none();
+        if ctx.attempts.settle(&self.state.pool, outcome, may_retry) == Decision::Retry {
+            metrics::failover(outcome);
+            let mut e = Error::explain(ErrorType::HTTPStatus(status), "failing over to another key");
+            e.set_retry(true);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let retry = ctx.attempts.settle(&self.state.pool, Outcome::Transient, true) == Decision::Retry;
+        if retry {
+            metrics::failover(Outcome::Transient);
+        }
+        e.set_retry(retry);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        _peer: &HttpPeer,
+        session: &mut Session,
+        mut e: Box<Error>,
+        ctx: &mut Ctx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        // Never fail over once the client has a response header: it would see two answers.
+        let may_retry = session.response_written().is_none();
+        let decision = match ctx.attempts.is_settled() {
+            Some(d) => d,
+            None => {
+                let d = ctx.attempts.settle(&self.state.pool, Outcome::Transient, may_retry);
+                if d == Decision::Retry {
+                    metrics::failover(Outcome::Transient);
+                }
+                d
+            }
+        };
+        if !may_retry {
+            ctx.aborted = true;
+        }
+        e.set_retry(may_retry && decision == Decision::Retry);
+        e
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        if session.response_written().is_some() {
+            // Mid-response: closing the connection without the final chunk is the only honest signal.
+            ctx.aborted = true;
+            return FailToProxy { error_code: 0, can_reuse_downstream: false };
+        }
+        let err = ctx.failure.take().unwrap_or_else(|| error_for(e));
+        let code = err.status();
+        if self.respond(session, ctx, err).await.is_err() {
+            return FailToProxy { error_code: 0, can_reuse_downstream: false };
+        }
+        FailToProxy { error_code: code, can_reuse_downstream: false }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, _error: &Error) -> bool {
+        true // `logging` writes one line per request instead
+    }
+
+    fn suppress_proxy_warn_log(&self, _s: &Session, _c: &Ctx, _e: &Error, _w: ProxyWarnLogContext) -> bool {
+        true // retries are counted in metrics and summarised in the request's log line
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
+        metrics::request_done(ctx.family, status, ctx.aborted);
+        if log::log_enabled!(target: "ollama_pool::access", log::Level::Debug) {
+            let keys: Vec<&str> = ctx.attempts.tried().iter().map(|k| k.id.as_str()).collect();
+            let req = session.req_header();
+            log::debug!(
+                target: "ollama_pool::access",
+                "{} {} status={} client={} attempts={} keys={} outcome={} aborted={} ms={} error={}",
+                req.method,
+                req.uri.path(),
+                status,
+                ctx.client.as_ref().map(|c| c.name.as_str()).unwrap_or("-"),
+                ctx.attempts.count(),
+                keys.join(","),
+                ctx.attempts.last_outcome.map(|o| o.as_str()).unwrap_or("-"),
+                ctx.aborted,
+                ctx.started.elapsed().as_millis(),
+                e.map(|e| e.etype().as_str()).unwrap_or("-"),
+            );
+        }
+    }
+}
+
+/// The client-facing error for a pingora error that we did not decide ourselves.
+pub(crate) fn error_for(e: &Error) -> ProxyError {
+    use ErrorType::*;
+    let kind = match e.etype() {
+        ConnectTimedout | ReadTimedout | WriteTimedout => ErrorKind::UpstreamTimeout,
+        _ => match e.esource() {
+            ErrorSource::Upstream => ErrorKind::UpstreamFailed,
+            ErrorSource::Downstream => ErrorKind::BadRequest,
+            _ if matches!(e.etype(), HTTPStatus(_)) => ErrorKind::UpstreamFailed,
+            _ => match e.etype() {
+                ConnectError | ConnectRefused | ConnectNoRoute | TLSHandshakeFailure | ConnectionClosed => {
+                    ErrorKind::UpstreamFailed
+                }
+                _ => ErrorKind::Internal,
+            },
+        },
+    };
+    ProxyError::new(kind)
+}

@@ -1,0 +1,224 @@
+//! Where requests go: the upstream base URL, its addresses (resolved off the request path by a
+//! pingora `LoadBalancer` with our DNS discovery and a TCP health check), and the `HttpPeer` an
+//! attempt connects to. Keys are not here: a pingora `Backend` models a host, never a key.
+
+use crate::config::UpstreamConfig;
+use async_trait::async_trait;
+use http::HeaderValue;
+use pingora::lb::discovery::ServiceDiscovery;
+use pingora::lb::health_check::TcpHealthCheck;
+use pingora::lb::selection::RoundRobin;
+use pingora::lb::{Backend, LoadBalancer};
+use pingora::prelude::HttpPeer;
+use pingora::protocols::ALPN;
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The parsed `upstream.url`: scheme, host, port and an optional path prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Prepended to every forwarded path (`https://h/ollama` → `/ollama/v1/...`); no trailing `/`.
+    pub base_path: String,
+}
+
+impl UpstreamUrl {
+    pub fn parse(url: &str) -> Result<UpstreamUrl, String> {
+        let uri: http::Uri = url.parse().map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(format!("{url:?}: the scheme must be http or https")),
+        };
+        let host = uri.host().filter(|h| !h.is_empty()).ok_or_else(|| format!("{url:?} has no host"))?;
+        if uri.query().is_some() {
+            return Err(format!("{url:?}: a base URL cannot carry a query string"));
+        }
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        Ok(UpstreamUrl {
+            tls,
+            port: uri.port_u16().unwrap_or(if tls { 443 } else { 80 }),
+            host,
+            base_path: uri.path().trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// `Host` header value: the host, plus the port when it is not the scheme's default.
+    pub fn authority(&self) -> String {
+        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        let default = if self.tls { 443 } else { 80 };
+        if self.port == default {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+/// Resolves the upstream host (or returns the pinned addresses) for the load balancer.
+struct Discovery {
+    host: String,
+    port: u16,
+    pinned: Vec<SocketAddr>,
+}
+
+impl Discovery {
+    fn immediate(&self) -> Option<Vec<SocketAddr>> {
+        if !self.pinned.is_empty() {
+            return Some(self.pinned.clone());
+        }
+        self.host.parse::<IpAddr>().ok().map(|ip| vec![SocketAddr::new(ip, self.port)])
+    }
+}
+
+#[async_trait]
+impl ServiceDiscovery for Discovery {
+    async fn discover(&self) -> pingora::Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
+        let addrs: Vec<SocketAddr> = match self.immediate() {
+            Some(a) => a,
+            None => tokio::net::lookup_host((self.host.as_str(), self.port))
+                .await
+                .map_err(|e| {
+                    log::warn!("upstream: cannot resolve {}: {e}", self.host);
+                    pingora::Error::because(pingora::ErrorType::ConnectNoRoute, "resolving upstream host", e)
+                })?
+                .collect(),
+        };
+        let backends =
+            addrs.into_iter().map(|a| Backend { addr: a.into(), weight: 1, ext: Default::default() }).collect();
+        Ok((backends, HashMap::new()))
+    }
+}
+
+pub struct Upstream {
+    pub url: UpstreamUrl,
+    /// Precomputed `Host` header for upstream requests.
+    pub host_header: HeaderValue,
+    lb: Arc<LoadBalancer<RoundRobin>>,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+    write_timeout: Duration,
+    idle_timeout: Duration,
+    verify_tls: bool,
+}
+
+impl Upstream {
+    /// Builds the upstream and its address book. IP literals and pinned addresses are known at
+    /// once; a host name is resolved by the background service (`background()`) when it starts.
+    pub fn new(cfg: &UpstreamConfig) -> Result<Upstream, String> {
+        let url = UpstreamUrl::parse(&cfg.url)?;
+        let pinned = cfg
+            .addresses
+            .iter()
+            .map(|a| a.parse().map_err(|_| format!("upstream.addresses: {a:?} is not ip:port")))
+            .collect::<Result<Vec<SocketAddr>, String>>()?;
+        let discovery = Discovery { host: url.host.clone(), port: url.port, pinned };
+        let known_now = discovery.immediate().is_some();
+        let mut lb = LoadBalancer::<RoundRobin>::from_backends(pingora::lb::Backends::new(Box::new(discovery)));
+        lb.update_frequency = Some(cfg.dns_refresh.0);
+        if !cfg.health_check_interval.0.is_zero() {
+            lb.set_health_check(TcpHealthCheck::new());
+            lb.health_check_frequency = Some(cfg.health_check_interval.0);
+            lb.parallel_health_check = true;
+        }
+        if known_now {
+            // Static discovery completes on first poll: no runtime needed, no request ever races it.
+            use futures_lite_now::now_or_never;
+            now_or_never(lb.update())
+                .ok_or("upstream: static discovery did not complete")?
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(Upstream {
+            host_header: HeaderValue::from_str(&url.authority()).map_err(|e| e.to_string())?,
+            url,
+            lb: Arc::new(lb),
+            connect_timeout: cfg.connect_timeout.0,
+            read_timeout: cfg.read_timeout.0,
+            write_timeout: cfg.write_timeout.0,
+            idle_timeout: cfg.idle_timeout.0,
+            verify_tls: cfg.verify_tls,
+        })
+    }
+
+    /// The load balancer, to run as a pingora background service (DNS refresh + health checks).
+    pub fn load_balancer(&self) -> Arc<LoadBalancer<RoundRobin>> {
+        self.lb.clone()
+    }
+
+    /// Whether at least one upstream address is known.
+    pub fn resolved(&self) -> bool {
+        !self.lb.backends().get_backend().is_empty()
+    }
+
+    /// The peer for one attempt: the next healthy address round-robin (any address if none is
+    /// healthy: a wrong health verdict must not take the whole proxy down). None = unresolved.
+    pub fn peer(&self) -> Option<HttpPeer> {
+        let backend = self.lb.select(b"", 16).or_else(|| self.lb.select_with(b"", 16, |_, _| true))?;
+        let addr = *backend.addr.as_inet()?;
+        let mut peer = HttpPeer::new(addr, self.url.tls, self.url.host.clone());
+        let o = &mut peer.options;
+        o.connection_timeout = Some(self.connect_timeout);
+        o.read_timeout = Some(self.read_timeout);
+        o.write_timeout = Some(self.write_timeout);
+        o.idle_timeout = Some(self.idle_timeout);
+        // HTTP/1.1 only: pingora's h2 upstream path can silently re-send a POST.
+        o.alpn = ALPN::H1;
+        o.verify_cert = self.verify_tls;
+        o.verify_hostname = self.verify_tls;
+        Some(peer)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+}
+
+/// A tiny `now_or_never` so we do not pull in a futures crate for one call.
+mod futures_lite_now {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
+
+    pub fn now_or_never<F: Future>(f: F) -> Option<F::Output> {
+        fn noop(_: *const ()) {}
+        fn clone(p: *const ()) -> RawWaker {
+            RawWaker::new(p, &VTABLE)
+        }
+        static VTABLE: RawWakerVTable = RawWakerVTable::new(clone, noop, noop, noop);
+        // SAFETY: the vtable functions do nothing with the (null) data pointer.
+        let waker = unsafe { Waker::from_raw(RawWaker::new(std::ptr::null(), &VTABLE)) };
+        match pin!(f).poll(&mut Context::from_waker(&waker)) {
+            Poll::Ready(v) => Some(v),
+            Poll::Pending => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_urls() {
+        let u = UpstreamUrl::parse("https://ollama.com").unwrap();
+        assert_eq!((u.tls, u.host.as_str(), u.port, u.base_path.as_str()), (true, "ollama.com", 443, ""));
+        assert_eq!(u.authority(), "ollama.com");
+        let u = UpstreamUrl::parse("http://127.0.0.1:9000/base/").unwrap();
+        assert_eq!((u.tls, u.port, u.base_path.as_str()), (false, 9000, "/base"));
+        assert_eq!(u.authority(), "127.0.0.1:9000");
+        assert!(UpstreamUrl::parse("ftp://x").is_err());
+        assert!(UpstreamUrl::parse("not a url").is_err());
+    }
+
+    #[test]
+    fn ip_literals_resolve_without_a_runtime() {
+        let cfg = UpstreamConfig { url: "http://127.0.0.1:9".into(), ..Default::default() };
+        let up = Upstream::new(&cfg).unwrap();
+        assert!(up.resolved());
+        assert_eq!(up.peer().unwrap()._address.to_string(), "127.0.0.1:9");
+    }
+}
