@@ -1,0 +1,278 @@
+//! A scriptable mock upstream speaking just enough HTTP/1.1: keep-alive, content-length and
+//! chunked bodies, and per-key misbehaviour (statuses, resets, streams cut mid-way, gated
+//! streams). Every request it receives is recorded, body bytes included.
+
+#![allow(deprecated)] // set_linger(0): the RST is the point
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+#[derive(Clone)]
+pub enum Behavior {
+    /// Answer like the real API for the path (JSON, SSE or NDJSON).
+    Normal,
+    /// Answer this status, extra headers and body.
+    Status { status: u16, headers: Vec<(String, String)>, body: String },
+    /// Read the request, then close the connection with an RST before any response byte.
+    Reset,
+    /// Send a streaming header and two chunks, then drop the connection (no final chunk).
+    CutMidStream,
+    /// Stream: send the first event, wait for `gate`, then send the rest.
+    Gated(Arc<Notify>),
+}
+
+impl Behavior {
+    pub fn status(status: u16, body: &str) -> Behavior {
+        Behavior::Status { status, headers: vec![], body: body.to_string() }
+    }
+    pub fn status_with(status: u16, headers: &[(&str, &str)], body: &str) -> Behavior {
+        Behavior::Status {
+            status,
+            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            body: body.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    /// Path and query as received.
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// The bearer token the request carried (the upstream key), if any.
+    pub key: Option<String>,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Default)]
+struct State {
+    by_key: Mutex<HashMap<String, Behavior>>,
+    log: Mutex<Vec<Recorded>>,
+}
+
+#[derive(Clone)]
+pub struct Mock {
+    pub addr: SocketAddr,
+    state: Arc<State>,
+}
+
+impl Mock {
+    pub async fn start() -> Mock {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(State::default());
+        let s = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let _ = serve(stream, s).await;
+                });
+            }
+        });
+        Mock { addr, state }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// How the mock treats requests made with `key`.
+    pub fn set(&self, key: &str, b: Behavior) {
+        self.state.by_key.lock().unwrap().insert(key.to_string(), b);
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.log.lock().unwrap().clone()
+    }
+
+    pub fn clear(&self) {
+        self.state.log.lock().unwrap().clear();
+    }
+}
+
+async fn serve(mut stream: TcpStream, state: Arc<State>) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(8192);
+    loop {
+        let Some(req) = read_request(&mut stream, &mut buf).await? else { return Ok(()) };
+        let behavior =
+            req.key.as_ref().and_then(|k| state.by_key.lock().unwrap().get(k).cloned()).unwrap_or(Behavior::Normal);
+        state.log.lock().unwrap().push(req.clone());
+        match behavior {
+            Behavior::Normal => normal(&mut stream, &req).await?,
+            Behavior::Status { status, headers, body } => {
+                let mut head = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+                    body.len()
+                );
+                for (k, v) in headers {
+                    head.push_str(&format!("{k}: {v}\r\n"));
+                }
+                head.push_str("\r\n");
+                stream.write_all(head.as_bytes()).await?;
+                stream.write_all(body.as_bytes()).await?;
+            }
+            Behavior::Reset => {
+                stream.set_linger(Some(std::time::Duration::ZERO))?;
+                return Ok(());
+            }
+            Behavior::CutMidStream => {
+                stream.write_all(stream_head("text/event-stream").as_bytes()).await?;
+                stream.write_all(chunk(b"data: {\"n\":1}\n\n").as_slice()).await?;
+                stream.write_all(chunk(b"data: {\"n\":2}\n\n").as_slice()).await?;
+                stream.flush().await?;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                stream.set_linger(Some(std::time::Duration::ZERO))?;
+                return Ok(());
+            }
+            Behavior::Gated(gate) => {
+                stream.write_all(stream_head("text/event-stream").as_bytes()).await?;
+                stream.write_all(chunk(b"data: {\"n\":1}\n\n").as_slice()).await?;
+                stream.flush().await?;
+                gate.notified().await;
+                stream.write_all(chunk(b"data: {\"n\":2}\n\n").as_slice()).await?;
+                stream.write_all(chunk(b"data: [DONE]\n\n").as_slice()).await?;
+                stream.write_all(b"0\r\n\r\n").await?;
+            }
+        }
+        stream.flush().await?;
+    }
+}
+
+fn stream_head(content_type: &str) -> String {
+    format!("HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ntransfer-encoding: chunked\r\ncache-control: no-cache\r\n\r\n")
+}
+
+fn chunk(data: &[u8]) -> Vec<u8> {
+    let mut v = format!("{:x}\r\n", data.len()).into_bytes();
+    v.extend_from_slice(data);
+    v.extend_from_slice(b"\r\n");
+    v
+}
+
+async fn write_json(stream: &mut TcpStream, body: &str) -> std::io::Result<()> {
+    let head = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len());
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await
+}
+
+async fn write_stream(stream: &mut TcpStream, content_type: &str, events: &[&str]) -> std::io::Result<()> {
+    stream.write_all(stream_head(content_type).as_bytes()).await?;
+    for e in events {
+        stream.write_all(&chunk(e.as_bytes())).await?;
+    }
+    stream.write_all(b"0\r\n\r\n").await
+}
+
+pub const CHAT_JSON: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","model":"m1","choices":[{"index":0,"message":{"role":"assistant","content":"hello"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#;
+pub const SSE_EVENTS: &[&str] = &[
+    "data: {\"choices\":[{\"delta\":{\"content\":\"hel\"}}]}\n\n",
+    "data: {\"choices\":[{\"delta\":{\"content\":\"lo\"}}]}\n\n",
+    "data: [DONE]\n\n",
+];
+pub const NDJSON_LINES: &[&str] = &[
+    "{\"message\":{\"role\":\"assistant\",\"content\":\"hel\"},\"done\":false}\n",
+    "{\"message\":{\"role\":\"assistant\",\"content\":\"lo\"},\"done\":false}\n",
+    "{\"done\":true,\"prompt_eval_count\":3,\"eval_count\":2}\n",
+];
+pub const ANTHROPIC_JSON: &str = r#"{"id":"msg_1","type":"message","role":"assistant","content":[{"type":"text","text":"hello"}],"usage":{"input_tokens":3,"output_tokens":1}}"#;
+pub const MODELS_JSON: &str =
+    r#"{"object":"list","data":[{"id":"m1","object":"model","created":0,"owned_by":"ollama"}]}"#;
+
+async fn normal(stream: &mut TcpStream, req: &Recorded) -> std::io::Result<()> {
+    let path = req.target.split('?').next().unwrap_or("");
+    let body = String::from_utf8_lossy(&req.body);
+    let streaming = body.contains("\"stream\":true") || body.contains("\"stream\": true");
+    match path {
+        "/v1/chat/completions" if streaming => write_stream(stream, "text/event-stream", SSE_EVENTS).await,
+        "/v1/chat/completions" => write_json(stream, CHAT_JSON).await,
+        "/v1/messages" => write_json(stream, ANTHROPIC_JSON).await,
+        "/api/chat" => write_stream(stream, "application/x-ndjson", NDJSON_LINES).await,
+        "/v1/models" => write_json(stream, MODELS_JSON).await,
+        _ => write_json(stream, &format!("{{\"path\":{:?},\"bytes\":{}}}", path, req.body.len())).await,
+    }
+}
+
+/// Reads one request (None on a clean close between requests).
+async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Option<Recorded>> {
+    let head_len = loop {
+        if let Some(i) = find(buf, b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut tmp = [0u8; 8192];
+        let n = stream.read(&mut tmp).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    };
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut parsed = httparse::Request::new(&mut headers);
+    parsed.parse(&buf[..head_len]).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let method = parsed.method.unwrap_or("").to_string();
+    let target = parsed.path.unwrap_or("").to_string();
+    let headers: Vec<(String, String)> = parsed
+        .headers
+        .iter()
+        .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).to_string()))
+        .collect();
+    buf.drain(..head_len);
+    let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    let body = if let Some(len) = get("content-length") {
+        let len: usize = len.trim().parse().unwrap_or(0);
+        fill(stream, buf, len).await?;
+        buf.drain(..len).collect()
+    } else if get("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+        let mut body = Vec::new();
+        loop {
+            let line_end = loop {
+                if let Some(i) = find(buf, b"\r\n") {
+                    break i;
+                }
+                fill(stream, buf, buf.len() + 1).await?;
+            };
+            let size = usize::from_str_radix(String::from_utf8_lossy(&buf[..line_end]).trim(), 16)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            buf.drain(..line_end + 2);
+            fill(stream, buf, size + 2).await?;
+            body.extend_from_slice(&buf[..size]);
+            buf.drain(..size + 2);
+            if size == 0 {
+                break;
+            }
+        }
+        body
+    } else {
+        Vec::new()
+    };
+    let key = get("authorization").and_then(|v| v.strip_prefix("Bearer ").map(str::to_string));
+    Ok(Some(Recorded { method, target, headers, body, key }))
+}
+
+async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>, want: usize) -> std::io::Result<()> {
+    while buf.len() < want {
+        let mut tmp = [0u8; 65536];
+        let n = stream.read(&mut tmp).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    }
+    Ok(())
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}

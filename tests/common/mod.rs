@@ -1,0 +1,197 @@
+//! Test harness: a real ollama-pool server in-process on a free loopback port, a mock upstream,
+//! a controllable clock, and a log capture that every test checks for leaked secrets.
+#![allow(dead_code, unused_imports)]
+
+pub mod mock;
+
+use async_trait::async_trait;
+use ollama_pool::pool::ManualClock;
+use ollama_pool::proxy::ProxyState;
+use pingora::server::{RunArgs, ShutdownSignal, ShutdownSignalWatch};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+pub use mock::{Behavior, Mock};
+
+pub const TOKEN: &str = "client-token-0123456789abcdef";
+pub const KEYS: [&str; 4] = [
+    "upstream-key-aaaaaaaaaaaaaaaa",
+    "upstream-key-bbbbbbbbbbbbbbbb",
+    "upstream-key-cccccccccccccccc",
+    "upstream-key-dddddddddddddddd",
+];
+
+static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+
+struct Capture(Arc<Mutex<Vec<u8>>>);
+impl Write for Capture {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs the production log filter at its most verbose, writing into a buffer.
+fn logs() -> Arc<Mutex<Vec<u8>>> {
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        // Client-side crates of the test itself are not the proxy's logs: keep them quiet.
+        ollama_pool::logging::builder(Some("trace,reqwest=warn,hyper=warn,hyper_util=warn,h2=warn"))
+            .target(env_logger::Target::Pipe(Box::new(Capture(buf.clone()))))
+            .try_init()
+            .ok();
+        buf
+    })
+    .clone()
+}
+
+pub fn captured_logs() -> String {
+    String::from_utf8_lossy(&logs().lock().unwrap()).to_string()
+}
+
+struct TestSignal(tokio::sync::watch::Receiver<bool>);
+
+#[async_trait]
+impl ShutdownSignalWatch for TestSignal {
+    async fn recv(&self) -> ShutdownSignal {
+        let mut rx = self.0.clone();
+        let _ = rx.wait_for(|stop| *stop).await;
+        ShutdownSignal::FastShutdown
+    }
+}
+
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub state: Arc<ProxyState>,
+    pub clock: ManualClock,
+    secrets: Vec<String>,
+    stop: tokio::sync::watch::Sender<bool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Options for one proxy under test.
+pub struct Setup {
+    pub keys: Vec<&'static str>,
+    /// Extra YAML appended to the generated config (must not repeat its top-level keys:
+    /// listen, threads, upstream, keys, clients).
+    pub extra: String,
+    /// `upstream.addresses` override (e.g. a refusing address first).
+    pub addresses: Vec<String>,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup { keys: KEYS.to_vec(), extra: String::new(), addresses: vec![] }
+    }
+}
+
+impl Proxy {
+    pub async fn start(mock: &Mock) -> Proxy {
+        Proxy::start_with(mock, Setup::default()).await
+    }
+
+    pub async fn start_with(mock: &Mock, setup: Setup) -> Proxy {
+        let logs = logs();
+        let _ = logs; // installed
+        let dir = tempfile::tempdir().unwrap();
+        // The key file uses the ollama.txt formats, so start-up import is exercised too.
+        let mut key_file = String::from("# test keys\n");
+        for (i, k) in setup.keys.iter().enumerate() {
+            match i % 3 {
+                0 => key_file.push_str(&format!("{k}\n")),
+                1 => key_file.push_str(&format!("label{i}----{k}\n")),
+                _ => key_file.push_str(&format!("u{i}@x.io----pw----sess----{k}\n")),
+            }
+        }
+        std::fs::write(dir.path().join("keys.txt"), key_file).unwrap();
+        let port = free_port();
+        let addresses = if setup.addresses.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", addresses: [{}]",
+                setup.addresses.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ")
+            )
+        };
+        let yaml = format!(
+            "listen: [\"127.0.0.1:{port}\"]\nthreads: 1\n\
+             upstream: {{url: \"{}\", health_check_interval: 0s, connect_timeout: 2s, read_timeout: 10s{addresses}}}\n\
+             keys: {{files: [keys.txt]}}\n\
+             clients: {{tokens: [{{name: app, token: \"{TOKEN}\"}}]}}\n\
+             server: {{grace_period: 0s, shutdown_timeout: 1s, upgrade_sock: {}}}\n{}",
+            mock.url(),
+            dir.path().join("upgrade.sock").display(),
+            setup.extra
+        );
+        let cfg_path = dir.path().join("ollama-pool.yaml");
+        std::fs::write(&cfg_path, &yaml).unwrap();
+        let loaded = ollama_pool::config::load(&cfg_path).unwrap_or_else(|e| panic!("test config: {e:?}\n{yaml}"));
+        let clock = ManualClock::new(ollama_pool::pool::Clock::now_ms(&ollama_pool::pool::SystemClock));
+        let app = ollama_pool::app::build(&loaded, Default::default(), Arc::new(clock.clone())).unwrap();
+        let state = app.state.clone();
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let server = app.server;
+        let thread = std::thread::spawn(move || server.run(RunArgs { shutdown_signal: Box::new(TestSignal(rx)) }));
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        wait_listening(addr).await;
+        let mut secrets: Vec<String> = setup.keys.iter().map(|s| s.to_string()).collect();
+        secrets.push(TOKEN.to_string());
+        Proxy { addr, state, clock, secrets, stop, thread: Some(thread), _dir: dir }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// An authenticated POST with a JSON body.
+    pub fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> reqwest::RequestBuilder {
+        client().post(self.url(path)).bearer_auth(TOKEN).header("content-type", "application/json").body(body)
+    }
+
+    pub fn key_id(&self, key: &str) -> String {
+        ollama_pool::secret::Secret::new(key).id()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if std::thread::panicking() {
+            return;
+        }
+        let logs = captured_logs();
+        for s in &self.secrets {
+            assert!(!logs.contains(s.as_str()), "a secret appeared in the proxy's logs");
+        }
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    static C: OnceLock<reqwest::Client> = OnceLock::new();
+    C.get_or_init(|| reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap()).clone()
+}
+
+async fn wait_listening(addr: SocketAddr) {
+    for _ in 0..200 {
+        if let Ok(r) = client().get(format!("http://{addr}/healthz")).send().await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("proxy did not start listening on {addr}");
+}

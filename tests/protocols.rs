@@ -1,0 +1,175 @@
+//! The three client protocols end to end: OpenAI (JSON + SSE), Anthropic, Ollama-native NDJSON,
+//! model listing, what is forwarded and what is stripped, routes and client auth.
+
+mod common;
+
+use common::{client, mock, Mock, Proxy, KEYS, TOKEN};
+use serde_json::Value;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_chat_non_stream_and_headers() {
+    let mock = Mock::start().await;
+    let proxy = Proxy::start(&mock).await;
+    let body = r#"{"model":"m1","messages":[{"role":"user","content":"hi"}]}"#;
+    let resp = proxy
+        .post("/v1/chat/completions?trace=1&x=a%20b", body)
+        .header("user-agent", "my-app/1.0")
+        .header("accept", "application/json")
+        .header("cookie", "session=secret")
+        .header("x-forwarded-for", "10.1.2.3")
+        .header("x-api-key", "also-stripped")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), mock::CHAT_JSON, "body passed through unchanged");
+
+    let reqs = mock.requests();
+    assert_eq!(reqs.len(), 1);
+    let r = &reqs[0];
+    assert_eq!(r.method, "POST");
+    assert_eq!(r.target, "/v1/chat/completions?trace=1&x=a%20b", "path and query preserved");
+    assert_eq!(r.body, body.as_bytes());
+    let key = r.key.as_deref().expect("upstream key sent");
+    assert!(KEYS.contains(&key), "Authorization carries a pool key");
+    assert_eq!(r.header("user-agent"), Some("my-app/1.0"));
+    assert_eq!(r.header("accept"), Some("application/json"));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.header("host"), Some(mock.addr.to_string().as_str()));
+    for stripped in ["cookie", "x-forwarded-for", "x-api-key"] {
+        assert_eq!(r.header(stripped), None, "{stripped} must not be forwarded");
+    }
+    assert!(!r.headers.iter().any(|(_, v)| v.contains(TOKEN)), "client token never forwarded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_sse_stream_passes_through() {
+    let mock = Mock::start().await;
+    let proxy = Proxy::start(&mock).await;
+    let resp =
+        proxy.post("/v1/chat/completions", r#"{"model":"m1","stream":true,"messages":[]}"#).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    assert!(resp.headers().get("content-encoding").is_none(), "event streams are not compressed");
+    assert_eq!(resp.text().await.unwrap(), mock::SSE_EVENTS.concat());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_messages_with_x_api_key() {
+    let mock = Mock::start().await;
+    let proxy = Proxy::start(&mock).await;
+    let resp = client()
+        .post(proxy.url("/v1/messages"))
+        .header("x-api-key", TOKEN)
+        .header("anthropic-version", "2023-06-01")
+        .body(r#"{"model":"m1","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), mock::ANTHROPIC_JSON);
+    let r = &mock.requests()[0];
+    assert_eq!(r.header("x-api-key"), None);
+    assert_eq!(r.header("anthropic-version"), Some("2023-06-01"));
+    assert!(r.key.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ollama_chat_ndjson_stream() {
+    let mock = Mock::start().await;
+    let proxy = Proxy::start(&mock).await;
+    let resp = proxy.post("/api/chat", r#"{"model":"m1","messages":[]}"#).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
+    assert_eq!(resp.text().await.unwrap(), mock::NDJSON_LINES.concat());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_listing() {
+    let mock = Mock::start().await;
+    let proxy = Proxy::start(&mock).await;
+    let resp = client().get(proxy.url("/v1/models")).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["object"], "list");
+    assert_eq!(mock.requests()[0].method, "GET");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_or_bad_token_is_401_in_each_envelope_and_never_reaches_upstream() {
+    let mock = Mock::start().await;
+    let proxy = Proxy::start(&mock).await;
+    let cases = [
+        ("/v1/chat/completions", None, "openai"),
+        ("/v1/chat/completions", Some("Bearer wrong-token-123"), "openai"),
+        ("/v1/messages", Some("Bearer nope-nope-nope"), "anthropic"),
+        ("/api/chat", None, "ollama"),
+    ];
+    for (path, auth, family) in cases {
+        let mut req = client().post(proxy.url(path)).body("{}");
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 401, "{path}");
+        let v: Value = resp.json().await.unwrap();
+        match family {
+            "openai" => assert_eq!(v["error"]["code"], "invalid_api_key"),
+            "anthropic" => {
+                assert_eq!(v["type"], "error");
+                assert_eq!(v["error"]["type"], "authentication_error");
+            }
+            _ => assert!(v["error"].is_string()),
+        }
+        assert!(!v.to_string().contains("wrong-token"), "the presented token is not echoed");
+    }
+    assert!(mock.requests().is_empty(), "no upstream request for unauthenticated clients");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_unknown_and_not_allowed_are_404() {
+    let mock = Mock::start().await;
+    let proxy = Proxy::start(&mock).await;
+    for (path, ollama) in [("/nope", false), ("/api/pull", true), ("/api/delete", true), ("/v1/files", false)] {
+        let resp = client().post(proxy.url(path)).bearer_auth(TOKEN).body("{}").send().await.unwrap();
+        assert_eq!(resp.status(), 404, "{path}");
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["error"].is_string(), ollama, "{path}: {v}");
+    }
+    assert!(mock.requests().is_empty());
+    let h = client().get(proxy.url("/healthz")).send().await.unwrap();
+    assert_eq!(h.status(), 200);
+    let r = client().get(proxy.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_over_limit_is_413() {
+    let mock = Mock::start().await;
+    let proxy = Proxy::start_with(
+        &mock,
+        common::Setup { extra: "pool: {max_request_body: 100KiB}\n".into(), ..Default::default() },
+    )
+    .await;
+    let big = vec![b'x'; 150 * 1024];
+    let resp = proxy.post("/v1/chat/completions", big.clone()).send().await.unwrap();
+    assert_eq!(resp.status(), 413);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "request_too_large");
+    // Without a Content-Length (chunked) the limit still holds.
+    let stream =
+        futures_util::stream::iter(big.chunks(8192).map(|c| Ok::<_, std::io::Error>(c.to_vec())).collect::<Vec<_>>());
+    let resp = proxy.post("/api/chat", reqwest::Body::wrap_stream(stream)).send().await.unwrap();
+    assert_eq!(resp.status(), 413);
+    assert!(mock.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_503_without_keys() {
+    let mock = Mock::start().await;
+    let proxy = Proxy::start_with(&mock, common::Setup { keys: vec![], ..Default::default() }).await;
+    assert_eq!(client().get(proxy.url("/readyz")).send().await.unwrap().status(), 503);
+    let resp = proxy.post("/v1/chat/completions", "{}").send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().get("retry-after").is_none(), "no key will return: no promise");
+}
