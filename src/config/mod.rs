@@ -68,7 +68,10 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
     expand_env(&mut value, &mut String::new(), env, &mut errors);
     let config = deserialize_all(value, &mut errors);
     if let Some(c) = &config {
-        errors.extend(c.validate());
+        // The pruned document still validates, so one run reports value problems as well as
+        // type problems; skip paths already reported (their default stood in for the bad value).
+        let reported: Vec<String> = errors.iter().map(|e| e.path.clone()).collect();
+        errors.extend(c.validate().into_iter().filter(|e| !reported.iter().any(|r| covers(r, &e.path))));
     }
     match config {
         Some(c) if errors.is_empty() => Ok(c),
@@ -76,7 +79,7 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
     }
 }
 
-/// Replaces `${NAME}` in every string value. `$${` is a literal `${`.
+/// Replaces `${NAME}` and `${NAME:-fallback}` in every string value. `$${` is a literal `${`.
 fn expand_env(v: &mut Value, path: &mut String, env: &dyn Fn(&str) -> Option<String>, errors: &mut Vec<ConfigError>) {
     match v {
         Value::String(s) if s.contains("${") => match expand_str(s, env) {
@@ -126,10 +129,15 @@ fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, V
         } else if let Some(inner) = after.strip_prefix("${") {
             match inner.find('}') {
                 Some(end) => {
-                    let name = &inner[..end];
-                    match env(name) {
-                        Some(val) => out.push_str(&val),
-                        None => missing.push(name.to_string()),
+                    // `${NAME:-fallback}` uses the fallback when NAME is unset or empty.
+                    let (name, fallback) = match inner[..end].split_once(":-") {
+                        Some((n, f)) => (n, Some(f)),
+                        None => (&inner[..end], None),
+                    };
+                    match (env(name).filter(|v| !v.is_empty() || fallback.is_none()), fallback) {
+                        (Some(val), _) => out.push_str(&val),
+                        (None, Some(f)) => out.push_str(f),
+                        (None, None) => missing.push(name.to_string()),
                     }
                     rest = &inner[end + 1..];
                 }
@@ -153,13 +161,12 @@ fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, V
 
 /// Deserializes the whole document, and on each error records it, removes the offending node
 /// and tries again, so one run reports every bad field rather than only the first.
+/// Returns the config built from what is left (callers check `errors` before trusting it).
 fn deserialize_all(mut value: Value, errors: &mut Vec<ConfigError>) -> Option<Config> {
-    let mut failed = false;
     for _ in 0..64 {
         match serde_path_to_error::deserialize::<_, Config>(value.clone()) {
-            Ok(c) => return (!failed).then_some(c),
+            Ok(c) => return Some(c),
             Err(e) => {
-                failed = true;
                 let segments: Vec<Segment> = e.path().iter().map(Segment::from).collect();
                 let message = e.inner().to_string();
                 let mut path = e.path().to_string();
@@ -190,6 +197,13 @@ fn deserialize_all(mut value: Value, errors: &mut Vec<ConfigError>) -> Option<Co
         }
     }
     None
+}
+
+/// Whether a problem at `reported` already accounts for one at `path` (same node or a parent).
+fn covers(reported: &str, path: &str) -> bool {
+    path == reported
+        || reported.is_empty()
+        || path.strip_prefix(reported).is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
 }
 
 fn unknown_field(message: &str) -> Option<String> {
@@ -286,6 +300,7 @@ mod tests {
         assert!(p.contains(&"upstream.url: environment variable NOPE is not set".to_string()), "{p:?}");
         assert!(p.contains(&"clients.tokens[0].token: environment variable ALSO_NOPE is not set".to_string()), "{p:?}");
         assert_eq!(expand_str("a$${b}c$d", &env).unwrap(), "a${b}c$d");
+        assert_eq!(expand_str("${NOPE:-keys.txt}|${HOST:-x}", &env).unwrap(), "keys.txt|ollama.com");
     }
 
     #[test]
@@ -305,8 +320,8 @@ mod tests {
         ] {
             assert!(joined.contains(want), "missing {want:?} in:\n{joined}");
         }
-        // Validation problems are only reachable once the document deserializes.
-        let p = problems("listen: [nowhere]\npool: {max_attempts: 0}\n").join("\n");
+        // Value problems are reported in the same run as type problems.
+        let p = problems("listen: [nowhere]\npool: {max_attempts: 0, cooldown: soon}\nbogus: 1\n").join("\n");
         for want in
             ["upstream.url: required", "listen[0]: \"nowhere\" is not an ip:port", "pool.max_attempts: must be between"]
         {

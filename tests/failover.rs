@@ -1,0 +1,225 @@
+//! Failover (SPEC §3.2–3.3): every retryable failure moves the request to another key with a
+//! byte-identical body, on both the pingora path (≤ 64 KiB) and the large-body path; caller
+//! faults pass through after one attempt; parked keys stay out until their time is up.
+
+mod common;
+
+use common::{client, Behavior, Mock, Proxy, Setup, KEYS, TOKEN};
+use ollama_pool::pool::{Reason, Status};
+use std::time::Duration;
+
+fn small_body() -> Vec<u8> {
+    br#"{"model":"m1","messages":[{"role":"user","content":"hello there"}]}"#.to_vec()
+}
+
+/// 200 KB: well over pingora's 64 KiB replay buffer, so the large-body path serves it.
+fn large_body() -> Vec<u8> {
+    let filler: String = (0..200_000).map(|i| (b'a' + (i * 7 % 26) as u8) as char).collect();
+    format!(r#"{{"model":"m1","messages":[{{"role":"user","content":"{filler}"}}]}}"#).into_bytes()
+}
+
+/// Two keys; the first one (picked first by a fresh pool) misbehaves as `b`.
+async fn two_keys(b: Behavior) -> (Mock, Proxy) {
+    let mock = Mock::start().await;
+    mock.set(KEYS[0], b);
+    let proxy = Proxy::start_with(&mock, Setup { keys: vec![KEYS[0], KEYS[1]], ..Default::default() }).await;
+    (mock, proxy)
+}
+
+fn key_state(proxy: &Proxy, key: &str) -> ollama_pool::pool::KeyView {
+    proxy.state.pool.get(&proxy.key_id(key)).unwrap().view_at(proxy.clock_now())
+}
+
+trait ClockNow {
+    fn clock_now(&self) -> u64;
+}
+impl ClockNow for Proxy {
+    fn clock_now(&self) -> u64 {
+        ollama_pool::pool::Clock::now_ms(&self.clock)
+    }
+}
+
+/// The request succeeds on the second key, and the upstream saw the identical body twice.
+async fn assert_fails_over(b: Behavior, body: Vec<u8>) -> Proxy {
+    let (mock, proxy) = two_keys(b).await;
+    let resp = proxy.post("/v1/chat/completions", body.clone()).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), common::mock::CHAT_JSON);
+    let reqs = mock.requests();
+    let keys: Vec<_> = reqs.iter().map(|r| r.key.clone().unwrap()).collect();
+    assert_eq!(keys, vec![KEYS[0].to_string(), KEYS[1].to_string()], "one attempt per key, in order");
+    for r in &reqs {
+        assert!(r.body == body, "upstream got a different body ({} vs {} bytes)", r.body.len(), body.len());
+    }
+    proxy
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_failures_fail_over_and_park_the_key() {
+    for body in [small_body(), large_body()] {
+        for status in [401, 403] {
+            let proxy = assert_fails_over(Behavior::status(status, r#"{"error":"unauthorized"}"#), body.clone()).await;
+            let k = key_state(&proxy, KEYS[0]);
+            assert_eq!((k.status, k.reason), (Status::Invalid, Reason::Credential), "{status}");
+            assert_eq!(k.until_ms, Some(proxy.clock_now() + 3_600_000), "parked for pool.cooldown");
+            assert_eq!(key_state(&proxy, KEYS[1]).status, Status::Active);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_fail_over_and_park_until_retry_after_or_backoff() {
+    for body in [small_body(), large_body()] {
+        let proxy = assert_fails_over(Behavior::status_with(429, &[("retry-after", "30")], "{}"), body.clone()).await;
+        let k = key_state(&proxy, KEYS[0]);
+        assert_eq!((k.status, k.reason), (Status::Cooling, Reason::RateLimited));
+        assert_eq!(k.until_ms, Some(proxy.clock_now() + 30_000));
+
+        let proxy = assert_fails_over(Behavior::status(429, "{}"), body.clone()).await;
+        let k = key_state(&proxy, KEYS[0]);
+        assert_eq!(k.until_ms, Some(proxy.clock_now() + 60_000), "first backoff step is 1 m");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_fail_over_and_count_toward_the_threshold() {
+    for body in [small_body(), large_body()] {
+        for b in [Behavior::status(503, "overloaded"), Behavior::status(500, "oops"), Behavior::Reset] {
+            let proxy = assert_fails_over(b, body.clone()).await;
+            let k = key_state(&proxy, KEYS[0]);
+            assert_eq!((k.status, k.consecutive_failures), (Status::Active, 1));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_refused_fails_over_to_another_attempt() {
+    for body in [small_body(), large_body()] {
+        let mock = Mock::start().await;
+        let refused = format!("127.0.0.1:{}", common::free_port());
+        let proxy =
+            Proxy::start_with(&mock, Setup { addresses: vec![refused, mock.addr.to_string()], ..Default::default() })
+                .await;
+        for _ in 0..4 {
+            let resp = proxy.post("/v1/chat/completions", body.clone()).send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+        }
+        let reqs = mock.requests();
+        assert_eq!(reqs.len(), 4, "every request reached the live address exactly once");
+        assert!(reqs.iter().all(|r| r.body == body));
+        let failures: u64 = proxy.state.pool.views().iter().map(|v| v.failures).sum();
+        assert!(failures >= 1, "at least one attempt hit the refusing address and was retried");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_faults_pass_through_after_one_attempt_without_penalty() {
+    for body in [small_body(), large_body()] {
+        for status in [400, 404, 422] {
+            let upstream_body = format!(r#"{{"error":"model 'x' not found ({status})"}}"#);
+            let (mock, proxy) = two_keys(Behavior::status(status, &upstream_body)).await;
+            let resp = proxy.post("/v1/chat/completions", body.clone()).send().await.unwrap();
+            assert_eq!(resp.status().as_u16(), status);
+            assert_eq!(resp.text().await.unwrap(), upstream_body, "upstream body unchanged");
+            assert_eq!(mock.requests().len(), 1, "exactly one attempt");
+            let k = key_state(&proxy, KEYS[0]);
+            assert_eq!((k.status, k.consecutive_failures, k.failures), (Status::Active, 0, 0));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_limit_bodies_are_rate_limits_on_the_large_path() {
+    // The large-body path reads the error body before deciding, so a 403 that says
+    // "usage limit" parks the key as rate-limited rather than as a bad credential.
+    let b = Behavior::status(403, r#"{"error":"you have reached your weekly usage limit"}"#);
+    let proxy = assert_fails_over(b, large_body()).await;
+    let k = key_state(&proxy, KEYS[0]);
+    assert_eq!((k.status, k.reason), (Status::Cooling, Reason::RateLimited));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_keys_get_no_traffic_until_their_time_then_return() {
+    let (mock, proxy) = two_keys(Behavior::status_with(429, &[("retry-after", "30")], "{}")).await;
+    assert_eq!(proxy.post("/v1/chat/completions", small_body()).send().await.unwrap().status(), 200);
+    mock.set(KEYS[0], Behavior::Normal);
+    mock.clear();
+    for _ in 0..6 {
+        assert_eq!(proxy.post("/v1/chat/completions", small_body()).send().await.unwrap().status(), 200);
+    }
+    assert!(mock.requests().iter().all(|r| r.key.as_deref() == Some(KEYS[1])), "parked key got traffic");
+    proxy.clock.advance(Duration::from_secs(30));
+    mock.clear();
+    for _ in 0..6 {
+        assert_eq!(proxy.post("/v1/chat/completions", small_body()).send().await.unwrap().status(), 200);
+    }
+    let used0 = mock.requests().iter().filter(|r| r.key.as_deref() == Some(KEYS[0])).count();
+    assert_eq!(used0, 3, "returned key is back in the round-robin");
+    assert_eq!(key_state(&proxy, KEYS[0]).status, Status::Active);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_use_distinct_keys_and_deliver_the_last_upstream_answer() {
+    let mock = Mock::start().await;
+    for k in KEYS {
+        mock.set(k, Behavior::status(502, r#"{"error":"bad gateway upstream"}"#));
+    }
+    let proxy = Proxy::start(&mock).await; // 4 keys, max_attempts 3
+    let resp = proxy.post("/api/chat", small_body()).send().await.unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.text().await.unwrap(), r#"{"error":"bad gateway upstream"}"#);
+    let mut keys: Vec<_> = mock.requests().iter().map(|r| r.key.clone().unwrap()).collect();
+    assert_eq!(keys.len(), 3, "pool.max_attempts");
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 3, "never the same key twice in one request");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_keys_parked_is_503_with_retry_after() {
+    for body in [small_body(), large_body()] {
+        let mock = Mock::start().await;
+        mock.set(KEYS[0], Behavior::status(401, "{}"));
+        mock.set(KEYS[1], Behavior::status_with(429, &[("retry-after", "120")], "{}"));
+        let proxy = Proxy::start_with(&mock, Setup { keys: vec![KEYS[0], KEYS[1]], ..Default::default() }).await;
+        // Both attempts fail; the last upstream answer (the 429) goes back as is.
+        let resp = proxy.post("/v1/chat/completions", body.clone()).send().await.unwrap();
+        assert_eq!(resp.status(), 429);
+        mock.clear();
+        let resp = proxy.post("/v1/chat/completions", body.clone()).send().await.unwrap();
+        assert_eq!(resp.status(), 503);
+        assert_eq!(resp.headers()["retry-after"], "120", "seconds until the earliest key returns");
+        let v: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "no_usable_key");
+        assert!(mock.requests().is_empty(), "no upstream request when nothing can serve");
+        // Anthropic and Ollama clients get their own envelopes.
+        let resp = client().post(proxy.url("/v1/messages")).header("x-api-key", TOKEN).body("{}").send().await.unwrap();
+        let v: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(v["error"]["type"], "overloaded_error");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_attempt_failing_to_connect_is_502() {
+    let mock = Mock::start().await;
+    let refused = format!("127.0.0.1:{}", common::free_port());
+    let proxy = Proxy::start_with(&mock, Setup { addresses: vec![refused], ..Default::default() }).await;
+    for body in [small_body(), large_body()] {
+        let resp = proxy.post("/v1/chat/completions", body).send().await.unwrap();
+        assert_eq!(resp.status(), 502);
+        let v: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "upstream_failed");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_transient_failures_auto_disable_a_key() {
+    let (mock, proxy) = two_keys(Behavior::status(503, "down")).await;
+    for _ in 0..6 {
+        assert_eq!(proxy.post("/v1/chat/completions", small_body()).send().await.unwrap().status(), 200);
+    }
+    let k = key_state(&proxy, KEYS[0]);
+    assert_eq!((k.status, k.reason), (Status::Cooling, Reason::AutoDisabled), "after pool.failure_threshold");
+    let hits = mock.requests().iter().filter(|r| r.key.as_deref() == Some(KEYS[0])).count();
+    assert_eq!(hits, 3, "no traffic once parked");
+}

@@ -1,0 +1,71 @@
+//! Streaming (SPEC §3.3): chunks reach the client as the upstream sends them, and an upstream
+//! failure mid-stream ends the client's response abnormally — never a clean, fabricated end.
+
+mod common;
+
+use common::{Behavior, Mock, Proxy, Setup, KEYS};
+use futures_util::StreamExt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+fn bodies() -> [Vec<u8>; 2] {
+    let small = br#"{"model":"m1","stream":true,"messages":[]}"#.to_vec();
+    let pad = "p".repeat(100_000);
+    let large = format!(r#"{{"model":"m1","stream":true,"messages":[],"pad":"{pad}"}}"#).into_bytes();
+    [small, large]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_event_arrives_before_the_upstream_sends_the_rest() {
+    for body in bodies() {
+        let mock = Mock::start().await;
+        let gate = Arc::new(Notify::new());
+        mock.set(KEYS[0], Behavior::Gated(gate.clone()));
+        let proxy = Proxy::start_with(&mock, Setup { keys: vec![KEYS[0]], ..Default::default() }).await;
+        let resp = proxy.post("/v1/chat/completions", body).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut stream = resp.bytes_stream();
+        // The mock holds everything after the first event until the gate opens, so receiving
+        // it proves the proxy did not buffer the response.
+        let first = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .expect("first event must arrive while the upstream is still holding the rest")
+            .unwrap()
+            .unwrap();
+        assert_eq!(&first[..], b"data: {\"n\":1}\n\n");
+        gate.notify_one();
+        let mut rest = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            rest.extend_from_slice(&chunk.unwrap());
+        }
+        assert_eq!(rest, b"data: {\"n\":2}\n\ndata: [DONE]\n\n");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_cut_mid_stream_breaks_the_client_response() {
+    for body in bodies() {
+        let mock = Mock::start().await;
+        mock.set(KEYS[0], Behavior::CutMidStream);
+        let proxy = Proxy::start_with(&mock, Setup { keys: vec![KEYS[0], KEYS[1]], ..Default::default() }).await;
+        let resp = proxy.post("/v1/chat/completions", body).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "the header had already gone out");
+        let mut stream = resp.bytes_stream();
+        let mut got = Vec::new();
+        let mut broke = false;
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(c) => got.extend_from_slice(&c),
+                Err(_) => {
+                    broke = true;
+                    break;
+                }
+            }
+        }
+        assert!(broke, "the client must see an abnormal end, got a clean one after {got:?}");
+        let text = String::from_utf8_lossy(&got);
+        assert!(!text.contains("[DONE]"), "no fabricated end of stream");
+        assert_eq!(mock.requests().len(), 1, "no failover once the response has started");
+    }
+}
