@@ -52,7 +52,9 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
         clock,
     ));
     load_key_files(loaded, &pool)?;
-    let upstream = Arc::new(Upstream::new(&cfg.upstream).map_err(AppError::Upstream)?);
+    let mut upstream_cfg = cfg.upstream.clone();
+    upstream_cfg.ca_file = upstream_cfg.ca_file.map(|p| loaded.resolve(&p));
+    let upstream = Arc::new(Upstream::new(&upstream_cfg).map_err(AppError::Upstream)?);
 
     let conf = ServerConf {
         threads: cfg.threads,

@@ -104,6 +104,8 @@ pub struct Upstream {
     write_timeout: Duration,
     idle_timeout: Duration,
     verify_tls: bool,
+    /// CA certificates from `upstream.ca_file`, shared by every peer.
+    ca: Option<Arc<pingora::protocols::tls::CaType>>,
 }
 
 impl Upstream {
@@ -132,7 +134,20 @@ impl Upstream {
                 .ok_or("upstream: static discovery did not complete")?
                 .map_err(|e| e.to_string())?;
         }
+        let ca = match &cfg.ca_file {
+            None => None,
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+                let certs = pingora::tls::x509::X509::stack_from_pem(&pem)
+                    .map_err(|e| format!("ca_file {}: not PEM certificates: {e}", path.display()))?;
+                if certs.is_empty() {
+                    return Err(format!("ca_file {}: no certificates in it", path.display()));
+                }
+                Some(Arc::new(certs.into_boxed_slice()))
+            }
+        };
         Ok(Upstream {
+            ca,
             host_header: HeaderValue::from_str(&url.authority()).map_err(|e| e.to_string())?,
             url,
             lb: Arc::new(lb),
@@ -169,6 +184,7 @@ impl Upstream {
         o.alpn = ALPN::H1;
         o.verify_cert = self.verify_tls;
         o.verify_hostname = self.verify_tls;
+        o.ca = self.ca.clone();
         Some(peer)
     }
 

@@ -102,6 +102,8 @@ pub struct UpstreamConfig {
     pub health_check_interval: Dur,
     /// Verify the upstream's TLS certificate and host name (HTTPS upstreams).
     pub verify_tls: bool,
+    /// PEM file of CA certificates to trust for the upstream instead of the system store.
+    pub ca_file: Option<PathBuf>,
     /// Forward the client's `X-Forwarded-*` / `Forwarded` headers (dropped by default).
     pub forward_client_ip_headers: bool,
 }
@@ -118,6 +120,7 @@ impl Default for UpstreamConfig {
             dns_refresh: Dur::secs(60),
             health_check_interval: Dur::secs(10),
             verify_tls: true,
+            ca_file: None,
             forward_client_ip_headers: false,
         }
     }

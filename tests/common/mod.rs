@@ -87,11 +87,15 @@ pub struct Setup {
     pub extra: String,
     /// `upstream.addresses` override (e.g. a refusing address first).
     pub addresses: Vec<String>,
+    /// `upstream.url` override (default: the mock's URL).
+    pub url: Option<String>,
+    /// More `upstream` fields, YAML flow style, e.g. `ca_file: /x.pem, verify_tls: false`.
+    pub upstream_extra: String,
 }
 
 impl Default for Setup {
     fn default() -> Self {
-        Setup { keys: KEYS.to_vec(), extra: String::new(), addresses: vec![] }
+        Setup { keys: KEYS.to_vec(), extra: String::new(), addresses: vec![], url: None, upstream_extra: String::new() }
     }
 }
 
@@ -123,13 +127,15 @@ impl Proxy {
                 setup.addresses.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ")
             )
         };
+        let upstream_extra =
+            if setup.upstream_extra.is_empty() { String::new() } else { format!(", {}", setup.upstream_extra) };
         let yaml = format!(
             "listen: [\"127.0.0.1:{port}\"]\nthreads: 1\n\
-             upstream: {{url: \"{}\", health_check_interval: 0s, connect_timeout: 2s, read_timeout: 10s{addresses}}}\n\
+             upstream: {{url: \"{}\", health_check_interval: 0s, connect_timeout: 2s, read_timeout: 10s{addresses}{upstream_extra}}}\n\
              keys: {{files: [keys.txt]}}\n\
              clients: {{tokens: [{{name: app, token: \"{TOKEN}\"}}]}}\n\
              server: {{grace_period: 0s, shutdown_timeout: 1s, upgrade_sock: {}}}\n{}",
-            mock.url(),
+            setup.url.clone().unwrap_or_else(|| mock.url()),
             dir.path().join("upgrade.sock").display(),
             setup.extra
         );
