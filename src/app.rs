@@ -10,6 +10,7 @@ use crate::proxy::{PoolProxy, ProxyState};
 use crate::secret::Secret;
 use crate::upstream::Upstream;
 use pingora::connectors::http::Connector;
+use pingora::connectors::ConnectorOptions;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::GenBackgroundService;
@@ -79,7 +80,8 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
         max_attempts: cfg.pool.max_attempts,
         max_request_body: cfg.pool.max_request_body.0,
         forward_client_ip: cfg.upstream.forward_client_ip_headers,
-        connector: Connector::new(None),
+        client_body_timeout: cfg.server.client_body_timeout.0,
+        connector: Connector::new(Some(ConnectorOptions::from_server_conf(&server.configuration))),
     });
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(

@@ -173,3 +173,83 @@ async fn readyz_is_503_without_keys() {
     assert_eq!(resp.status(), 503);
     assert!(resp.headers().get("retry-after").is_none(), "no key will return: no promise");
 }
+
+/// Sends raw bytes on a fresh connection and reads until `until` appears or the peer closes.
+async fn raw_exchange(stream: &mut tokio::net::TcpStream, send: &[u8], until: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(send).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains(until) {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("timed out waiting for {until:?}; got {:?}", String::from_utf8_lossy(&got)),
+        }
+    }
+    String::from_utf8_lossy(&got).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_is_answered_by_the_proxy() {
+    let mock = Mock::start().await;
+    let proxy = Proxy::start(&mock).await;
+    let body = r#"{"model":"m1","messages":[]}"#;
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        body.len()
+    );
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let interim = raw_exchange(&mut s, head.as_bytes(), "\r\n\r\n").await;
+    assert!(interim.starts_with("HTTP/1.1 100"), "got {interim:?}");
+    let resp = raw_exchange(&mut s, body.as_bytes(), "\"usage\"").await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "got {resp:?}");
+    let r = &mock.requests()[0];
+    assert_eq!(r.header("expect"), None, "the upstream gets the whole body at once, no Expect");
+    assert_eq!(r.body, body.as_bytes());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stalls_mid_body_gets_408() {
+    let mock = Mock::start().await;
+    let proxy = Proxy::start_with(
+        &mock,
+        common::Setup { server_extra: "client_body_timeout: 1s".into(), ..Default::default() },
+    )
+    .await;
+    let head = format!(
+        "POST /api/chat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 100\r\n\r\n0123456789"
+    );
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let resp = raw_exchange(&mut s, head.as_bytes(), "}").await;
+    assert!(resp.starts_with("HTTP/1.1 408"), "got {resp:?}");
+    assert!(resp.contains("\"error\":\"the request body did not arrive in time"), "Ollama envelope: {resp:?}");
+    assert!(mock.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_and_failovers_without_secrets() {
+    let mock = Mock::start().await;
+    mock.set(KEYS[0], common::Behavior::status(401, "{}"));
+    let port = common::free_port();
+    let proxy = Proxy::start_with(
+        &mock,
+        common::Setup { extra: format!("metrics: {{listen: \"127.0.0.1:{port}\"}}\n"), ..Default::default() },
+    )
+    .await;
+    assert_eq!(proxy.post("/v1/chat/completions", "{}").send().await.unwrap().status(), 200);
+    let text = client().get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap().text().await.unwrap();
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing from:\n{text}"))
+    };
+    assert!(value(r#"ollama_pool_requests_total{family="openai",status_class="2xx"}"#) >= 1.0);
+    assert!(value(r#"ollama_pool_failovers_total{reason="credential"}"#) >= 1.0);
+    assert!(value("ollama_pool_upstream_attempts_total") >= 2.0);
+    for secret in KEYS.iter().chain([&TOKEN]) {
+        assert!(!text.contains(secret), "a secret in /metrics");
+    }
+}

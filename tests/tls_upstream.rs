@@ -67,7 +67,11 @@ fn start_tls_mock() -> TlsMock {
             let head = String::from_utf8_lossy(&buf).to_string();
             let header = |name: &str| {
                 head.lines()
-                    .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_string()))
+                    .find_map(|l| {
+                        l.split_once(':')
+                            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                            .map(|(_, v)| v.trim().to_string())
+                    })
                     .unwrap_or_default()
             };
             let len: usize = header("content-length").parse().unwrap_or(0);

@@ -254,6 +254,8 @@ pub struct ServerConfig {
     pub grace_period: Dur,
     /// After the grace period: how long in-flight requests get to finish.
     pub shutdown_timeout: Dur,
+    /// Longest wait for the next piece of a client's request body (slow clients get 408).
+    pub client_body_timeout: Dur,
     pub pid_file: PathBuf,
     pub upgrade_sock: PathBuf,
 }
@@ -263,6 +265,7 @@ impl Default for ServerConfig {
         ServerConfig {
             grace_period: Dur::secs(5),
             shutdown_timeout: Dur::secs(30),
+            client_body_timeout: Dur::secs(60),
             pid_file: "/tmp/ollama-pool.pid".into(),
             upgrade_sock: "/tmp/ollama-pool-upgrade.sock".into(),
         }

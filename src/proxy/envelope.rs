@@ -13,6 +13,8 @@ pub enum ErrorKind {
     NotFound,
     BodyTooLarge,
     BadRequest,
+    /// The client stopped sending its body.
+    RequestTimeout,
     /// No key can serve the request now.
     NoUsableKey,
     /// The upstream could not be reached / broke before answering, on every attempt.
@@ -41,6 +43,7 @@ impl ProxyError {
             ErrorKind::NotFound => 404,
             ErrorKind::BodyTooLarge => 413,
             ErrorKind::BadRequest => 400,
+            ErrorKind::RequestTimeout => 408,
             ErrorKind::NoUsableKey => 503,
             ErrorKind::UpstreamFailed | ErrorKind::UpstreamUnresolved => 502,
             ErrorKind::UpstreamTimeout => 504,
@@ -56,6 +59,7 @@ impl ProxyError {
             ErrorKind::NotFound => "no such route on this proxy",
             ErrorKind::BodyTooLarge => "request body exceeds the proxy's pool.max_request_body limit",
             ErrorKind::BadRequest => "could not read the request body",
+            ErrorKind::RequestTimeout => "the request body did not arrive in time (server.client_body_timeout)",
             ErrorKind::NoUsableKey => "no upstream key is available right now; retry later",
             ErrorKind::UpstreamFailed => "the upstream failed on every attempt",
             ErrorKind::UpstreamTimeout => "the upstream timed out on every attempt",
@@ -71,6 +75,7 @@ impl ProxyError {
             ErrorKind::NotFound => ("invalid_request_error", "not_found", "not_found_error"),
             ErrorKind::BodyTooLarge => ("invalid_request_error", "request_too_large", "request_too_large"),
             ErrorKind::BadRequest => ("invalid_request_error", "bad_request", "invalid_request_error"),
+            ErrorKind::RequestTimeout => ("invalid_request_error", "request_timeout", "invalid_request_error"),
             ErrorKind::NoUsableKey => ("service_unavailable", "no_usable_key", "overloaded_error"),
             ErrorKind::UpstreamFailed | ErrorKind::UpstreamUnresolved => {
                 ("upstream_error", "upstream_failed", "api_error")

@@ -38,6 +38,8 @@ pub struct ProxyState {
     pub max_attempts: usize,
     pub max_request_body: u64,
     pub forward_client_ip: bool,
+    /// Longest wait for the next piece of a request body.
+    pub client_body_timeout: std::time::Duration,
     /// Connection pool of the large-body path (pingora's proxy path has its own).
     pub connector: Connector,
 }
@@ -104,6 +106,19 @@ impl PoolProxy {
         if session.is_body_empty() {
             return Ok(None);
         }
+        // We read the body before choosing an upstream, so we answer `Expect: 100-continue`
+        // ourselves (and never forward it: the upstream receives the whole body at once).
+        let expects_continue = session
+            .req_header()
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if expects_continue {
+            session.req_header_mut().remove_header(&http::header::EXPECT);
+            session.write_continue_response().await.map_err(|_| ProxyError::new(ErrorKind::BadRequest))?;
+        }
+        // A client that stops sending mid-body must not hold the request forever.
+        session.set_read_timeout(Some(self.state.client_body_timeout));
         session.enable_retry_buffering();
         let mut chunks: Vec<Bytes> = Vec::new();
         let mut total: u64 = 0;
@@ -117,6 +132,9 @@ impl PoolProxy {
                     chunks.push(chunk);
                 }
                 Ok(None) => break,
+                Err(e) if matches!(e.etype(), ErrorType::ReadTimedout) => {
+                    return Err(ProxyError::new(ErrorKind::RequestTimeout))
+                }
                 Err(_) => return Err(ProxyError::new(ErrorKind::BadRequest)),
             }
         }

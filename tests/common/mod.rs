@@ -91,11 +91,20 @@ pub struct Setup {
     pub url: Option<String>,
     /// More `upstream` fields, YAML flow style, e.g. `ca_file: /x.pem, verify_tls: false`.
     pub upstream_extra: String,
+    /// More `server` fields, YAML flow style.
+    pub server_extra: String,
 }
 
 impl Default for Setup {
     fn default() -> Self {
-        Setup { keys: KEYS.to_vec(), extra: String::new(), addresses: vec![], url: None, upstream_extra: String::new() }
+        Setup {
+            keys: KEYS.to_vec(),
+            extra: String::new(),
+            addresses: vec![],
+            url: None,
+            upstream_extra: String::new(),
+            server_extra: String::new(),
+        }
     }
 }
 
@@ -127,6 +136,8 @@ impl Proxy {
                 setup.addresses.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ")
             )
         };
+        let server_extra =
+            if setup.server_extra.is_empty() { String::new() } else { format!(", {}", setup.server_extra) };
         let upstream_extra =
             if setup.upstream_extra.is_empty() { String::new() } else { format!(", {}", setup.upstream_extra) };
         let yaml = format!(
@@ -134,9 +145,10 @@ impl Proxy {
              upstream: {{url: \"{}\", health_check_interval: 0s, connect_timeout: 2s, read_timeout: 10s{addresses}{upstream_extra}}}\n\
              keys: {{files: [keys.txt]}}\n\
              clients: {{tokens: [{{name: app, token: \"{TOKEN}\"}}]}}\n\
-             server: {{grace_period: 0s, shutdown_timeout: 1s, upgrade_sock: {}}}\n{}",
+             server: {{grace_period: 0s, shutdown_timeout: 1s, upgrade_sock: {}{}}}\n{}",
             setup.url.clone().unwrap_or_else(|| mock.url()),
             dir.path().join("upgrade.sock").display(),
+            server_extra,
             setup.extra
         );
         let cfg_path = dir.path().join("ollama-pool.yaml");
