@@ -15,11 +15,13 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
+/// (SNI, Host header, Authorization) of one request served.
+type Seen = (Option<String>, String, String);
+
 struct TlsMock {
     port: u16,
     cert_pem: Vec<u8>,
-    /// (SNI, Host header, Authorization) of each request served.
-    seen: Arc<Mutex<Vec<(Option<String>, String, String)>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
 }
 
 fn self_signed_localhost() -> (X509, PKey<openssl::pkey::Private>) {
