@@ -2,8 +2,9 @@
 //! every listener and background task. `main.rs` runs what this returns; tests run it in-process.
 
 use crate::config::Loaded;
+use crate::health::HealthChecker;
 use crate::import;
-use crate::pool::{Clock, Key, Policy, Pool};
+use crate::pool::{Clock, Key, Policy, Pool, StormPolicy};
 use crate::proxy::auth::Clients;
 use crate::proxy::routes::AllowList;
 use crate::proxy::{PoolProxy, ProxyState};
@@ -38,6 +39,7 @@ pub struct RunMode {
 pub struct App {
     pub server: Server,
     pub state: Arc<ProxyState>,
+    pub health: Arc<HealthChecker>,
 }
 
 pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<App, AppError> {
@@ -49,6 +51,13 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
             failure_threshold: cfg.pool.failure_threshold,
             cooldown: cfg.pool.cooldown.0,
             rate_limit_backoff: cfg.pool.rate_limit_backoff.0,
+            storm: StormPolicy {
+                window: cfg.pool.storm_window.0,
+                fraction: cfg.pool.storm_fraction,
+                min_keys: cfg.pool.storm_min_keys,
+                // Clients are told to come back when the next probe may have ended it.
+                retry_after: cfg.health_check.interval.0,
+            },
         },
         clock,
     ));
@@ -99,6 +108,13 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
     }
     server.add_service(proxy);
     server.add_service(GenBackgroundService::new("upstream addresses".into(), upstream.load_balancer()));
+    let health = Arc::new(HealthChecker::new(
+        state.pool.clone(),
+        upstream.clone(),
+        Connector::new(Some(ConnectorOptions::from_server_conf(&server.configuration))),
+        cfg.health_check.clone(),
+    ));
+    server.add_service(GenBackgroundService::new("health checks".into(), health.clone()));
 
     if let Some(m) = &cfg.metrics.listen {
         let mut metrics = pingora_prometheus::prometheus_http_service();
@@ -108,7 +124,7 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
     if cfg.admin.is_some() {
         log::warn!("admin: the admin API is not part of this build yet; the admin section is validated but not served");
     }
-    Ok(App { server, state })
+    Ok(App { server, state, health })
 }
 
 /// Imports `keys.files` into the pool. Problem lines are reported by number, never by content.

@@ -9,6 +9,7 @@
 //! - `forward` — the path for request bodies over 64 KiB (same attempt policy).
 //! - `pool` — keys, their state machine, round-robin selection, outcome classification,
 //!   the per-request attempt policy, the clock.
+//! - `health` — background probes: parked keys back, bad/exhausted keys out, storm recovery.
 //! - `upstream` — upstream URL, address discovery + TCP health check, `HttpPeer`s.
 //! - `import` — key-file parsing shared by startup and (later) the admin API and CLI.
 //! - `metrics` — every Prometheus metric.
@@ -19,6 +20,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod forward;
+pub mod health;
 pub mod import;
 pub mod logging;
 pub mod metrics;

@@ -51,6 +51,10 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
 /// Registers every metric now (so `/metrics` lists them before the first request).
 pub fn init() {
     LazyLock::force(&METRICS);
+    LazyLock::force(&TRANSITIONS);
+    LazyLock::force(&STORM);
+    LazyLock::force(&PROBES);
+    LazyLock::force(&USAGE);
 }
 
 pub fn attempt_started(_key: &Key) {
@@ -69,4 +73,53 @@ pub fn request_done(family: Family, status: u16, aborted: bool) {
     if aborted {
         METRICS.stream_aborts.inc();
     }
+}
+
+static TRANSITIONS: LazyLock<prometheus::IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "ollama_pool_key_transitions_total",
+        "Key state changes, by from/to status and reason.",
+        &["from", "to", "reason"]
+    )
+    .expect("register key_transitions_total")
+});
+
+static STORM: LazyLock<prometheus::IntGauge> = LazyLock::new(|| {
+    prometheus::register_int_gauge!(
+        "ollama_pool_storm_active",
+        "1 while the pool treats failures as an upstream-wide outage or throttle."
+    )
+    .expect("register storm_active")
+});
+
+/// A key changed state (rare: a label lookup here is fine).
+pub fn key_transition(from: crate::pool::Status, to: crate::pool::Status, reason: crate::pool::Reason) {
+    let reason = if reason.as_str().is_empty() { "time-up" } else { reason.as_str() };
+    TRANSITIONS.with_label_values(&[from.as_str(), to.as_str(), reason]).inc();
+}
+
+pub fn storm(active: bool) {
+    STORM.set(i64::from(active));
+}
+
+static PROBES: LazyLock<prometheus::IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!("ollama_pool_probes_total", "Health probes, by outcome class.", &["result"])
+        .expect("register probes_total")
+});
+
+static USAGE: LazyLock<prometheus::GaugeVec> = LazyLock::new(|| {
+    prometheus::register_gauge_vec!(
+        "ollama_pool_key_usage_ratio",
+        "Share (0..1) of each usage window a key has used, from the usage probe; -1 = no limit.",
+        &["key_id", "window"]
+    )
+    .expect("register key_usage_ratio")
+});
+
+pub fn probe(result: &str) {
+    PROBES.with_label_values(&[result]).inc();
+}
+
+pub fn key_usage(key_id: &str, window: &str, fraction: Option<f64>) {
+    USAGE.with_label_values(&[key_id, window]).set(fraction.unwrap_or(-1.0));
 }

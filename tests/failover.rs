@@ -129,13 +129,15 @@ async fn caller_faults_pass_through_after_one_attempt_without_penalty() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn usage_limit_bodies_are_rate_limits_on_the_large_path() {
+async fn usage_limit_bodies_park_until_the_window_resets_on_the_large_path() {
     // The large-body path reads the error body before deciding, so a 403 that says
     // "usage limit" parks the key as rate-limited rather than as a bad credential.
+    // The window it names decides when the key returns: next Monday 00:00 UTC.
     let b = Behavior::status(403, r#"{"error":"you have reached your weekly usage limit"}"#);
     let proxy = assert_fails_over(b, large_body()).await;
     let k = key_state(&proxy, KEYS[0]);
-    assert_eq!((k.status, k.reason), (Status::Cooling, Reason::RateLimited));
+    assert_eq!((k.status, k.reason), (Status::Cooling, Reason::QuotaWeekly));
+    assert_eq!(k.until_ms, Some(ollama_pool::pool::Window::Weekly.next_reset(proxy.clock_now())));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,15 +202,23 @@ async fn all_keys_parked_is_503_with_retry_after() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_attempt_failing_to_connect_is_502() {
-    let mock = Mock::start().await;
-    let refused = format!("127.0.0.1:{}", common::free_port());
-    let proxy = Proxy::start_with(&mock, Setup { addresses: vec![refused], ..Default::default() }).await;
+async fn every_attempt_failing_to_connect_is_502_then_the_storm_guard_answers_503() {
     for body in [small_body(), large_body()] {
-        let resp = proxy.post("/v1/chat/completions", body).send().await.unwrap();
+        let mock = Mock::start().await;
+        let refused = format!("127.0.0.1:{}", common::free_port());
+        let proxy = Proxy::start_with(&mock, Setup { addresses: vec![refused], ..Default::default() }).await;
+        let resp = proxy.post("/v1/chat/completions", body.clone()).send().await.unwrap();
         assert_eq!(resp.status(), 502);
         let v: serde_json::Value = resp.json().await.unwrap();
         assert_eq!(v["error"]["code"], "upstream_failed");
+        // Three of four keys failed at once with nothing succeeding: an upstream condition.
+        // The keys are not blamed, and clients are told to come back after the next probe.
+        assert!(proxy.state.pool.storm_since().is_some());
+        let resp = proxy.post("/v1/chat/completions", body).send().await.unwrap();
+        assert_eq!(resp.status(), 503);
+        assert_eq!(resp.headers()["retry-after"], "60", "health_check.interval");
+        let parked = proxy.state.pool.views().iter().filter(|v| v.status != Status::Active).count();
+        assert_eq!(parked, 0, "no key was parked for an upstream outage");
     }
 }
 

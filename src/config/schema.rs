@@ -168,6 +168,11 @@ pub struct PoolConfig {
     /// First park time of a rate-limited key without `Retry-After`; doubles up to `cooldown`.
     pub rate_limit_backoff: Dur,
     pub max_request_body: ByteSize,
+    /// Storm guard: failures of at least this share of the pool (and `storm_min_keys` keys)
+    /// within `storm_window`, with almost no success, are an upstream condition, not the keys'.
+    pub storm_window: Dur,
+    pub storm_fraction: f64,
+    pub storm_min_keys: u32,
 }
 
 impl Default for PoolConfig {
@@ -178,6 +183,9 @@ impl Default for PoolConfig {
             cooldown: Dur::secs(3600),
             rate_limit_backoff: Dur::secs(60),
             max_request_body: ByteSize(32 << 20),
+            storm_window: Dur::secs(10),
+            storm_fraction: 0.5,
+            storm_min_keys: 3,
         }
     }
 }
@@ -185,12 +193,57 @@ impl Default for PoolConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HealthCheckConfig {
+    /// How often parked keys are probed (and how long clients are told to wait in a storm).
     pub interval: Dur,
+    /// How often every key is probed, active ones included.
+    pub sweep_interval: Dur,
+    /// Probes in flight at once.
+    pub concurrency: usize,
+    /// Each probe waits a random share of this first, so sweeps never burst.
+    pub jitter: Dur,
+    /// Longest wait for one probe's answer.
+    pub timeout: Dur,
+    /// Failed probes back off, doubling from `interval` up to this.
+    pub max_backoff: Dur,
+    pub probe: ProbeConfig,
+    /// Also ask `usage_path` (Ollama Cloud's undocumented `GET /api/usage`) how much of each
+    /// window a key has used, and park keys at or above `park_at_usage` until the reset.
+    pub usage_probe: bool,
+    pub usage_path: String,
+    pub park_at_usage: f64,
 }
 
 impl Default for HealthCheckConfig {
     fn default() -> Self {
-        HealthCheckConfig { interval: Dur::secs(60) }
+        HealthCheckConfig {
+            interval: Dur::secs(60),
+            sweep_interval: Dur::secs(30 * 60),
+            concurrency: 8,
+            jitter: Dur::secs(2),
+            timeout: Dur::secs(10),
+            max_backoff: Dur::secs(3600),
+            probe: ProbeConfig::default(),
+            usage_probe: false,
+            usage_path: "/api/usage".into(),
+            park_at_usage: 0.98,
+        }
+    }
+}
+
+/// The request that tells whether a key works without spending model tokens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProbeConfig {
+    pub method: String,
+    pub path: String,
+    pub body: String,
+    /// The status that means "valid"; absent = any 2xx.
+    pub expect_status: Option<u16>,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        ProbeConfig { method: "POST".into(), path: "/api/me".into(), body: String::new(), expect_status: None }
     }
 }
 
@@ -306,9 +359,7 @@ impl Config {
                 err(&mut e, "metrics.listen", format!("{m:?} is not an ip:port address"));
             }
         }
-        if self.health_check.interval.0.is_zero() {
-            err(&mut e, "health_check.interval", "must be greater than 0s");
-        }
+        self.health_check.validate(&mut e);
         e
     }
 }
@@ -367,6 +418,12 @@ impl PoolConfig {
         if self.max_request_body.0 == 0 {
             err(e, "pool.max_request_body", "must be greater than 0");
         }
+        if !(self.storm_fraction > 0.0 && self.storm_fraction <= 1.0) {
+            err(e, "pool.storm_fraction", "must be in (0, 1]");
+        }
+        if self.storm_window.0.is_zero() {
+            err(e, "pool.storm_window", "must be greater than 0s");
+        }
     }
 }
 
@@ -383,6 +440,38 @@ impl ClientsConfig {
             if !seen.insert(t.token.sha256()) {
                 err(e, format!("clients.tokens[{i}].token"), "duplicates an earlier token");
             }
+        }
+    }
+}
+
+impl HealthCheckConfig {
+    fn validate(&self, e: &mut Errors) {
+        for (name, d) in
+            [("interval", self.interval), ("sweep_interval", self.sweep_interval), ("timeout", self.timeout)]
+        {
+            if d.0.is_zero() {
+                err(e, format!("health_check.{name}"), "must be greater than 0s");
+            }
+        }
+        if self.max_backoff < self.interval {
+            err(e, "health_check.max_backoff", "must be at least health_check.interval");
+        }
+        if self.concurrency == 0 {
+            err(e, "health_check.concurrency", "must be at least 1");
+        }
+        if http::Method::from_bytes(self.probe.method.as_bytes()).is_err() {
+            err(e, "health_check.probe.method", format!("{:?} is not an HTTP method", self.probe.method));
+        }
+        for (name, p) in [("probe.path", &self.probe.path), ("usage_path", &self.usage_path)] {
+            if !p.starts_with('/') {
+                err(e, format!("health_check.{name}"), format!("{p:?} must start with /"));
+            }
+        }
+        if !(100..600).contains(&self.probe.expect_status.unwrap_or(200)) {
+            err(e, "health_check.probe.expect_status", "must be an HTTP status (100-599)");
+        }
+        if !(self.park_at_usage > 0.0 && self.park_at_usage <= 1.0) {
+            err(e, "health_check.park_at_usage", "must be in (0, 1]");
         }
     }
 }

@@ -62,6 +62,15 @@ pub enum Reason {
     AutoDisabled = 3,
     Manual = 4,
     Expired = 5,
+    /// A usage window is used up (429 body or usage probe); back at the window's reset.
+    QuotaHourly = 6,
+    QuotaSession = 7,
+    QuotaWeekly = 8,
+    QuotaMonthly = 9,
+    /// A health probe found the key working again.
+    Probe = 10,
+    /// An upstream-wide storm ended; keys parked by it come back together.
+    StormOver = 11,
 }
 
 impl Reason {
@@ -72,6 +81,12 @@ impl Reason {
             3 => Reason::AutoDisabled,
             4 => Reason::Manual,
             5 => Reason::Expired,
+            6 => Reason::QuotaHourly,
+            7 => Reason::QuotaSession,
+            8 => Reason::QuotaWeekly,
+            9 => Reason::QuotaMonthly,
+            10 => Reason::Probe,
+            11 => Reason::StormOver,
             _ => Reason::None,
         }
     }
@@ -83,7 +98,34 @@ impl Reason {
             Reason::AutoDisabled => "auto-disabled",
             Reason::Manual => "manual",
             Reason::Expired => "expired",
+            Reason::QuotaHourly => "quota:hourly",
+            Reason::QuotaSession => "quota:session",
+            Reason::QuotaWeekly => "quota:weekly",
+            Reason::QuotaMonthly => "quota:monthly",
+            Reason::Probe => "probe",
+            Reason::StormOver => "storm-over",
         }
+    }
+
+    pub fn quota(w: super::Window) -> Reason {
+        match w {
+            super::Window::Hourly => Reason::QuotaHourly,
+            super::Window::Session => Reason::QuotaSession,
+            super::Window::Weekly => Reason::QuotaWeekly,
+            super::Window::Monthly => Reason::QuotaMonthly,
+        }
+    }
+
+    /// Parked for its allowance (a probe saying "the key works" does not mean it has quota).
+    pub fn is_allowance(self) -> bool {
+        matches!(
+            self,
+            Reason::RateLimited
+                | Reason::QuotaHourly
+                | Reason::QuotaSession
+                | Reason::QuotaWeekly
+                | Reason::QuotaMonthly
+        )
     }
 }
 
@@ -104,6 +146,14 @@ pub struct Key {
     /// Doublings applied to the rate-limit backoff since the last success.
     pub(crate) backoff_level: AtomicU32,
     pub(crate) stats: KeyStats,
+    /// When the health checker should probe this key next (ms); 0 = at the next tick.
+    pub(crate) next_probe_ms: AtomicU64,
+    /// Failed probes in a row (drives the probe backoff).
+    pub(crate) probe_failures: AtomicU32,
+    /// When the key last left rotation (ms), to find the keys a storm parked.
+    pub(crate) parked_at_ms: AtomicU64,
+    /// The storm-guard window in which this key last failed (counts each key once per window).
+    pub(crate) storm_window: AtomicU64,
     /// Serialises state transitions (rare) so check-then-set sequences are not torn.
     transition: Mutex<()>,
 }
@@ -158,6 +208,10 @@ impl Key {
             consecutive_failures: AtomicU32::new(0),
             backoff_level: AtomicU32::new(0),
             stats: KeyStats::default(),
+            next_probe_ms: AtomicU64::new(0),
+            probe_failures: AtomicU32::new(0),
+            parked_at_ms: AtomicU64::new(0),
+            storm_window: AtomicU64::new(u64::MAX),
             transition: Mutex::new(()),
         })
     }
@@ -213,24 +267,30 @@ impl Key {
         }
     }
 
-    /// Moves the key to `to` for `reason` until `until` (0 = no scheduled return). Logs the
-    /// transition once; no-op if the key is already exactly there.
-    pub(crate) fn transition(&self, to: Status, reason: Reason, until: u64) {
+    /// Moves the key to `to` for `reason` until `until` (0 = no scheduled return), at `now`.
+    /// Logs and counts the transition once; no-op if the key is already exactly there.
+    /// Returns whether the key moved.
+    pub(crate) fn transition(&self, to: Status, reason: Reason, until: u64, now: u64) -> bool {
         let _guard = self.transition.lock().unwrap_or_else(|p| p.into_inner());
         let from = self.status();
         if from == to && self.reason() == reason && self.until_ms.load(Relaxed) == until {
-            return;
+            return false;
         }
-        // A manual disable is an operator's decision: automatic outcomes never override it.
-        if from == Status::Disabled && reason != Reason::Manual && to != Status::Active {
-            return;
+        // A manual disable is an operator's decision: only the operator (reason Manual) changes it.
+        if from == Status::Disabled && self.reason() == Reason::Manual && reason != Reason::Manual {
+            return false;
         }
         self.until_ms.store(until, Release);
         self.reason.store(reason as u8, Relaxed);
         self.status.store(to as u8, Release);
         if to == Status::Active {
             self.consecutive_failures.store(0, Relaxed);
+            self.probe_failures.store(0, Relaxed);
+        } else if from == Status::Active {
+            self.parked_at_ms.store(now, Relaxed);
+            self.next_probe_ms.store(0, Relaxed);
         }
+        crate::metrics::key_transition(from, to, reason);
         if until == 0 {
             log::info!("key {} {} -> {} reason={}", self.id, from, to, reason.as_str());
         } else {
@@ -242,6 +302,15 @@ impl Key {
                 reason.as_str(),
                 super::clock::rfc3339(until)
             );
+        }
+        true
+    }
+
+    /// Pushes a parked key's return out to at least `until` (a failed probe); no log, no count.
+    pub(crate) fn extend_park(&self, until: u64) {
+        let _guard = self.transition.lock().unwrap_or_else(|p| p.into_inner());
+        if matches!(self.status(), Status::Cooling | Status::Invalid) {
+            self.until_ms.fetch_max(until, AcqRel);
         }
     }
 
@@ -260,6 +329,7 @@ impl Key {
         self.reason.store(Reason::None as u8, Relaxed);
         self.status.store(Status::Active as u8, Release);
         self.consecutive_failures.store(0, Relaxed);
+        crate::metrics::key_transition(status, Status::Active, Reason::None);
         log::info!("key {} {} -> active reason=time-up", self.id, status);
     }
 

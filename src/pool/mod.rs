@@ -7,15 +7,17 @@ pub mod attempt;
 pub mod clock;
 pub mod key;
 pub mod outcome;
+pub mod window;
 
 pub use attempt::{Attempts, Decision, MAX_ATTEMPTS};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use key::{Key, KeyView, Reason, Status};
 pub use outcome::{classify, Outcome};
+pub use window::Window;
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
-use std::sync::atomic::{AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,6 +27,19 @@ pub struct Policy {
     pub failure_threshold: u32,
     pub cooldown: Duration,
     pub rate_limit_backoff: Duration,
+    pub storm: StormPolicy,
+}
+
+/// When failures stop being the keys' fault (SPEC §3.2): within one `window`, at least
+/// `fraction` of the pool (and `min_keys`) failed with rate-limit/transient outcomes and almost
+/// nothing succeeded. Then the pool parks no more keys, answers 503 for `retry_after`, and the
+/// health checker's probes decide when it is over.
+#[derive(Debug, Clone)]
+pub struct StormPolicy {
+    pub window: Duration,
+    pub fraction: f64,
+    pub min_keys: u32,
+    pub retry_after: Duration,
 }
 
 impl Default for Policy {
@@ -33,8 +48,31 @@ impl Default for Policy {
             failure_threshold: 3,
             cooldown: Duration::from_secs(3600),
             rate_limit_backoff: Duration::from_secs(60),
+            storm: StormPolicy::default(),
         }
     }
+}
+
+impl Default for StormPolicy {
+    fn default() -> Self {
+        StormPolicy {
+            window: Duration::from_secs(10),
+            fraction: 0.5,
+            min_keys: 3,
+            retry_after: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Storm-guard counters for the current window. Approximate on purpose: a few racing updates
+/// at a window edge do not change the verdict, and the request path stays lock-free.
+#[derive(Default)]
+struct Storm {
+    window_id: AtomicU64,
+    failing_keys: AtomicU32,
+    successes: AtomicU32,
+    /// When the storm began (ms); 0 = no storm.
+    since_ms: AtomicU64,
 }
 
 /// No key can serve this request now.
@@ -56,6 +94,7 @@ pub struct Pool {
     writer: Mutex<()>,
     policy: Policy,
     clock: Arc<dyn Clock>,
+    storm: Storm,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -72,7 +111,17 @@ impl Pool {
             writer: Mutex::new(()),
             policy,
             clock,
+            storm: Storm::default(),
         }
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Every key, for background work (probes, reports). Not for the request path.
+    pub fn keys(&self) -> Arc<Vec<Arc<Key>>> {
+        self.snapshot.load_full()
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -137,14 +186,15 @@ impl Pool {
     /// Operator switch-off, for `for_` or until enabled. Takes effect on the next request.
     pub fn disable(&self, id: &str, for_: Option<Duration>) -> bool {
         let Some(key) = self.get(id) else { return false };
-        let until = for_.map(|d| self.now_ms() + d.as_millis() as u64).unwrap_or(0);
-        key.transition(Status::Disabled, Reason::Manual, until);
+        let now = self.now_ms();
+        let until = for_.map(|d| now + d.as_millis() as u64).unwrap_or(0);
+        key.transition(Status::Disabled, Reason::Manual, until, now);
         true
     }
 
     pub fn enable(&self, id: &str) -> bool {
         let Some(key) = self.get(id) else { return false };
-        key.transition(Status::Active, Reason::Manual, 0);
+        key.transition(Status::Active, Reason::Manual, 0, self.now_ms());
         true
     }
 
@@ -157,6 +207,9 @@ impl Pool {
             return Err(NoKey { retry_after: None });
         }
         let now = self.clock.now_ms();
+        if self.storm.since_ms.load(Relaxed) != 0 {
+            return Err(NoKey { retry_after: Some(self.policy.storm.retry_after) });
+        }
         let start = self.cursor.fetch_add(1, Relaxed) % n;
         let (tail, head) = keys.split_at(start);
         for key in head.iter().chain(tail) {
@@ -188,26 +241,114 @@ impl Pool {
                 s.last_success_ms.store(now, Relaxed);
                 key.consecutive_failures.store(0, Relaxed);
                 key.backoff_level.store(0, Relaxed);
+                self.storm_window(now);
+                self.storm.successes.fetch_add(1, Relaxed);
             }
             Outcome::CallerFault => {}
             Outcome::Credential => {
                 self.count_failure(key, now);
-                key.transition(Status::Invalid, Reason::Credential, now + ms(self.policy.cooldown));
+                key.transition(Status::Invalid, Reason::Credential, now + ms(self.policy.cooldown), now);
             }
-            Outcome::RateLimited { retry_after } => {
+            Outcome::RateLimited { retry_after, window } => {
                 self.count_failure(key, now);
-                let park = retry_after
-                    .unwrap_or_else(|| self.backoff(key))
-                    .clamp(Duration::from_secs(1), Duration::from_secs(31 * 24 * 3600));
-                key.transition(Status::Cooling, Reason::RateLimited, now + ms(park));
+                // A named usage window is this key's own allowance, not an upstream-wide storm.
+                if window.is_none() && self.storm_failure(key, now) {
+                    return;
+                }
+                self.park_rate_limited(key, retry_after, window, now);
             }
             Outcome::Transient => {
                 let streak = self.count_failure(key, now);
+                if self.storm_failure(key, now) {
+                    return;
+                }
                 if streak >= self.policy.failure_threshold {
-                    key.transition(Status::Cooling, Reason::AutoDisabled, now + ms(self.policy.cooldown));
+                    key.transition(Status::Cooling, Reason::AutoDisabled, now + ms(self.policy.cooldown), now);
                 }
             }
         }
+    }
+
+    /// Parks a rate-limited key: until `retry_after`, else the named window's reset, else the
+    /// doubling backoff.
+    pub(crate) fn park_rate_limited(&self, key: &Key, retry_after: Option<Duration>, window: Option<Window>, now: u64) {
+        let until = match (retry_after, window) {
+            (Some(ra), _) => now + ms(ra.clamp(Duration::from_secs(1), Duration::from_secs(31 * 86_400))),
+            (None, Some(w)) => w.next_reset(now),
+            (None, None) => now + ms(self.backoff(key)),
+        };
+        let reason = window.map(Reason::quota).unwrap_or(Reason::RateLimited);
+        key.transition(Status::Cooling, reason, until, now);
+    }
+
+    /// The storm-guard window id for `now`, resetting the counters when a new window begins.
+    fn storm_window(&self, now: u64) -> u64 {
+        let id = now / ms(self.policy.storm.window).max(1);
+        let old = self.storm.window_id.load(Relaxed);
+        if old != id && self.storm.window_id.compare_exchange(old, id, Relaxed, Relaxed).is_ok() {
+            self.storm.failing_keys.store(0, Relaxed);
+            self.storm.successes.store(0, Relaxed);
+        }
+        id
+    }
+
+    /// Counts a rate-limit/transient failure for the storm guard. Returns true when the pool is
+    /// in a storm, in which case the key must not be parked for it.
+    fn storm_failure(&self, key: &Key, now: u64) -> bool {
+        if self.storm.since_ms.load(Relaxed) != 0 {
+            return true;
+        }
+        let id = self.storm_window(now);
+        if key.storm_window.swap(id, Relaxed) == id {
+            return false; // this key already counted in this window
+        }
+        let failing = self.storm.failing_keys.fetch_add(1, Relaxed) + 1;
+        let p = &self.policy.storm;
+        let needed = p.min_keys.max((p.fraction * self.len() as f64).ceil() as u32);
+        let successes = self.storm.successes.load(Relaxed);
+        if failing >= needed
+            && successes * 10 < failing
+            && self.storm.since_ms.compare_exchange(0, now.max(1), Relaxed, Relaxed).is_ok()
+        {
+            log::warn!(
+                "pool: {failing} keys failed within {:?} with almost no success: treating it as an upstream \
+                 outage or throttle; keys are no longer parked for it and clients get 503 until a probe succeeds",
+                p.window
+            );
+            crate::metrics::storm(true);
+            return true;
+        }
+        false
+    }
+
+    /// When the current storm began, if there is one.
+    pub fn storm_since(&self) -> Option<u64> {
+        Some(self.storm.since_ms.load(Relaxed)).filter(|&s| s != 0)
+    }
+
+    /// Ends a storm (a probe got through): keys parked for rate limits or transient failures
+    /// since shortly before it began return at once. Returns how many came back.
+    pub fn end_storm(&self) -> usize {
+        let since = self.storm.since_ms.swap(0, Relaxed);
+        if since == 0 {
+            return 0;
+        }
+        let now = self.now_ms();
+        let from = since.saturating_sub(ms(self.policy.storm.window));
+        let mut back = 0;
+        for key in self.keys().iter() {
+            let parked_by_storm = matches!(key.reason(), Reason::RateLimited | Reason::AutoDisabled)
+                && key.status() == Status::Cooling
+                && key.parked_at_ms.load(Relaxed) >= from;
+            if parked_by_storm && key.transition(Status::Active, Reason::StormOver, 0, now) {
+                back += 1;
+            }
+        }
+        self.storm.failing_keys.store(0, Relaxed);
+        self.storm.successes.store(0, Relaxed);
+        crate::metrics::storm(false);
+        log::warn!("pool: upstream storm over after {} s; {back} keys returned", now.saturating_sub(since) / 1000);
+        back
     }
 
     fn count_failure(&self, key: &Key, now: u64) -> u32 {
@@ -303,14 +444,14 @@ mod tests {
         let (p, clock) = pool(1);
         let k = p.pick(&[]).unwrap();
         let now = clock.now_ms();
-        p.report(&k, Outcome::RateLimited { retry_after: Some(Duration::from_secs(7)) });
+        p.report(&k, Outcome::RateLimited { retry_after: Some(Duration::from_secs(7)), window: None });
         assert_eq!(k.until_ms(), Some(now + 7_000));
-        p.report(&k, Outcome::RateLimited { retry_after: None });
+        p.report(&k, Outcome::RateLimited { retry_after: None, window: None });
         assert_eq!(k.until_ms(), Some(now + 60_000));
-        p.report(&k, Outcome::RateLimited { retry_after: None });
+        p.report(&k, Outcome::RateLimited { retry_after: None, window: None });
         assert_eq!(k.until_ms(), Some(now + 120_000));
         p.report(&k, Outcome::Success);
-        p.report(&k, Outcome::RateLimited { retry_after: None });
+        p.report(&k, Outcome::RateLimited { retry_after: None, window: None });
         assert_eq!(k.until_ms(), Some(now + 60_000));
     }
 

@@ -1,6 +1,7 @@
 //! The one place that decides what an upstream answer means (SPEC §3.2). The proxy path, the
 //! large-body path and health probes all call `classify`; nothing else interprets statuses.
 
+use super::Window;
 use http::HeaderMap;
 use std::time::Duration;
 
@@ -13,8 +14,9 @@ pub enum Outcome {
     Success,
     /// 401/403: the upstream rejects this key.
     Credential,
-    /// 429/402 or a usage/quota-limit error: this key is out of allowance for a while.
-    RateLimited { retry_after: Option<Duration> },
+    /// 429/402 or a usage/quota-limit error: this key is out of allowance for a while —
+    /// until `retry_after`, or the reset of the usage `window` the error body named.
+    RateLimited { retry_after: Option<Duration>, window: Option<Window> },
     /// 5xx of the retryable kind, connect errors, resets and timeouts before the response.
     Transient,
     /// Anything else (400, 404, 422, 501…): the request's own fault; passed through untouched.
@@ -46,12 +48,13 @@ pub fn classify(status: u16, headers: &HeaderMap, body: Option<&[u8]>) -> Outcom
         return Outcome::Success;
     }
     let retry_after = retry_after(headers);
+    let window = body.and_then(|b| Window::named_in(&String::from_utf8_lossy(&b[..b.len().min(ERROR_PEEK_BYTES)])));
     if status == 429 || status == 402 {
-        return Outcome::RateLimited { retry_after };
+        return Outcome::RateLimited { retry_after, window };
     }
     // Some providers report an exhausted allowance with a 400/403 and say so in the body.
     if body.is_some_and(mentions_usage_limit) {
-        return Outcome::RateLimited { retry_after };
+        return Outcome::RateLimited { retry_after, window };
     }
     match status {
         401 | 403 => Outcome::Credential,
@@ -119,8 +122,8 @@ mod tests {
         assert_eq!(classify(200, &none, None), Outcome::Success);
         assert_eq!(classify(401, &none, None), Outcome::Credential);
         assert_eq!(classify(403, &none, None), Outcome::Credential);
-        assert_eq!(classify(429, &none, None), Outcome::RateLimited { retry_after: None });
-        assert_eq!(classify(402, &none, None), Outcome::RateLimited { retry_after: None });
+        assert_eq!(classify(429, &none, None), Outcome::RateLimited { retry_after: None, window: None });
+        assert_eq!(classify(402, &none, None), Outcome::RateLimited { retry_after: None, window: None });
         for s in [500, 502, 503, 504, 529] {
             assert_eq!(classify(s, &none, None), Outcome::Transient, "{s}");
         }
@@ -132,19 +135,24 @@ mod tests {
     #[test]
     fn retry_after_forms() {
         let r = classify(429, &h(&[("retry-after", "30")]), None);
-        assert_eq!(r, Outcome::RateLimited { retry_after: Some(Duration::from_secs(30)) });
+        assert_eq!(r, Outcome::RateLimited { retry_after: Some(Duration::from_secs(30)), window: None });
         let r = classify(429, &h(&[("retry-after-ms", "1500")]), None);
-        assert_eq!(r, Outcome::RateLimited { retry_after: Some(Duration::from_millis(1500)) });
+        assert_eq!(r, Outcome::RateLimited { retry_after: Some(Duration::from_millis(1500)), window: None });
         let past = classify(429, &h(&[("retry-after", "Sun, 06 Nov 1994 08:49:37 GMT")]), None);
-        assert_eq!(past, Outcome::RateLimited { retry_after: Some(Duration::ZERO) });
-        assert_eq!(classify(429, &h(&[("retry-after", "soon")]), None), Outcome::RateLimited { retry_after: None });
+        assert_eq!(past, Outcome::RateLimited { retry_after: Some(Duration::ZERO), window: None });
+        assert_eq!(
+            classify(429, &h(&[("retry-after", "soon")]), None),
+            Outcome::RateLimited { retry_after: None, window: None }
+        );
     }
 
     #[test]
     fn usage_limit_bodies() {
         let none = HeaderMap::new();
         let body = br#"{"error":"you've reached your weekly usage limit, please upgrade"}"#;
-        assert_eq!(classify(403, &none, Some(body)), Outcome::RateLimited { retry_after: None });
+        let weekly = Outcome::RateLimited { retry_after: None, window: Some(Window::Weekly) };
+        assert_eq!(classify(403, &none, Some(body)), weekly);
+        assert_eq!(classify(429, &none, Some(body)), weekly);
         assert_eq!(classify(400, &none, Some(b"{\"error\":\"model not found\"}")), Outcome::CallerFault);
         assert_eq!(classify(200, &none, Some(body)), Outcome::Success);
     }

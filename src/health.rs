@@ -1,0 +1,421 @@
+//! The health checker (SPEC §3.5): a pingora `BackgroundService` that brings parked keys back,
+//! finds bad or exhausted keys before traffic does, and decides when an upstream-wide storm is
+//! over. Probes cost no model tokens (default `POST /api/me`); the optional usage probe reads
+//! Ollama Cloud's `GET /api/usage` and parks keys whose window is used up until it resets.
+//!
+//! Every `interval`: probe the keys that are parked (half-open; a success returns the key early,
+//! a failure keeps it out with a doubling backoff, so a revoked key never flaps back into
+//! traffic). Every `sweep_interval`: probe every key. During a storm: probe a few keys, and end
+//! the storm at the first success. Manually disabled keys are never probed nor changed.
+//! Outcomes go through `pool::classify`, like traffic.
+
+use crate::config::HealthCheckConfig;
+use crate::metrics;
+use crate::pool::{classify, Key, Outcome, Pool, Reason, Status, Window};
+use crate::upstream::Upstream;
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use http::HeaderMap;
+use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use serde::Serialize;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Probe answers are read up to this size (usage JSON is small; anything longer is cut).
+const MAX_PROBE_BODY: usize = 64 * 1024;
+
+/// What one probe found and did, for logs and `POST /admin/health-check`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ProbeReport {
+    pub id: String,
+    /// `success`, `credential`, `rate_limited`, `transient`, `caller_fault` or `skipped`.
+    pub result: &'static str,
+    pub status: Option<u16>,
+    /// What happened to the key: `ok`, `returned`, `parked`, `kept-parked`, `unchanged`, `skipped`.
+    pub action: &'static str,
+    pub key_status: &'static str,
+    pub reason: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+/// Fractions (0..1) of each usage window a key has used; None = no such limit.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct Usage {
+    pub session: Option<f64>,
+    pub weekly: Option<f64>,
+    pub monthly: Option<f64>,
+}
+
+impl Usage {
+    /// Parses `{"limits": {"session": {"usage": 0.4}, "weekly": {...}, "monthly": null}}`
+    /// defensively: anything missing, null, negative or non-numeric counts as "no limit".
+    pub fn parse(body: &[u8]) -> Option<Usage> {
+        let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+        let limits = v.get("limits")?.as_object()?;
+        let frac = |name: &str| {
+            limits.get(name)?.get("usage")?.as_f64().filter(|f| f.is_finite() && *f >= 0.0).map(|f| f.min(1.0))
+        };
+        Some(Usage { session: frac("session"), weekly: frac("weekly"), monthly: frac("monthly") })
+    }
+
+    fn windows(&self) -> [(Window, Option<f64>); 3] {
+        [(Window::Session, self.session), (Window::Weekly, self.weekly), (Window::Monthly, self.monthly)]
+    }
+
+    /// The used-up window that resets last (the key is useless until then), if any.
+    pub fn exhausted(&self, at: f64, now_ms: u64) -> Option<Window> {
+        self.windows()
+            .into_iter()
+            .filter(|(_, f)| f.is_some_and(|f| f >= at))
+            .max_by_key(|(w, _)| w.next_reset(now_ms))
+            .map(|(w, _)| w)
+    }
+}
+
+pub struct HealthChecker {
+    pool: Arc<Pool>,
+    upstream: Arc<Upstream>,
+    connector: Connector,
+    cfg: HealthCheckConfig,
+    /// Rotates which keys a storm tick probes.
+    storm_cursor: AtomicUsize,
+    /// Varies the jitter from one tick to the next.
+    ticks: AtomicU64,
+}
+
+impl HealthChecker {
+    pub fn new(
+        pool: Arc<Pool>,
+        upstream: Arc<Upstream>,
+        connector: Connector,
+        cfg: HealthCheckConfig,
+    ) -> HealthChecker {
+        HealthChecker { pool, upstream, connector, cfg, storm_cursor: AtomicUsize::new(0), ticks: AtomicU64::new(0) }
+    }
+
+    /// One round: a storm check, or the parked keys due for a probe, or (`sweep`) every key.
+    pub async fn tick(&self, sweep: bool) -> Vec<ProbeReport> {
+        self.ticks.fetch_add(1, Relaxed);
+        let keys = self.pool.keys();
+        if self.pool.storm_since().is_some() {
+            let n = keys.len().max(1);
+            let start = self.storm_cursor.fetch_add(self.cfg.concurrency, Relaxed);
+            let sample: Vec<Arc<Key>> = (0..self.cfg.concurrency.min(keys.len()))
+                .map(|i| keys[(start + i) % n].clone())
+                .filter(|k| probeable(k))
+                .collect();
+            let reports = self.probe_all(sample, false).await;
+            if reports.iter().any(|r| r.result == "success") {
+                self.pool.end_storm();
+            }
+            return reports;
+        }
+        let now = self.pool.now_ms();
+        let due: Vec<Arc<Key>> =
+            keys.iter().filter(|k| probeable(k)).filter(|k| sweep || self.parked_and_due(k, now)).cloned().collect();
+        self.probe_all(due, true).await
+    }
+
+    /// Probes the listed keys (all when None) right now, whatever their schedule.
+    pub async fn check_now(&self, ids: Option<&[String]>) -> Vec<ProbeReport> {
+        let keys: Vec<Arc<Key>> = match ids {
+            None => self.pool.keys().iter().cloned().collect(),
+            Some(ids) => ids.iter().filter_map(|id| self.pool.get(id)).collect(),
+        };
+        let reports = self.probe_all(keys, false).await;
+        if self.pool.storm_since().is_some() && reports.iter().any(|r| r.result == "success") {
+            self.pool.end_storm();
+        }
+        reports
+    }
+
+    fn parked_and_due(&self, key: &Key, now: u64) -> bool {
+        let parked = matches!(key.status(), Status::Cooling | Status::Invalid);
+        // A working key can still be out of allowance: without the usage probe, /api/me cannot
+        // tell, so such keys wait for their Retry-After / window reset instead.
+        let can_judge = !key.reason().is_allowance() || self.cfg.usage_probe;
+        parked && can_judge && key.next_probe_ms.load(Relaxed) <= now
+    }
+
+    async fn probe_all(&self, keys: Vec<Arc<Key>>, jitter: bool) -> Vec<ProbeReport> {
+        let tick = self.ticks.load(Relaxed);
+        futures_util::stream::iter(keys)
+            .map(|k| async move {
+                if jitter {
+                    tokio::time::sleep(self.jitter_for(&k, tick)).await;
+                }
+                self.probe(&k).await
+            })
+            .buffer_unordered(self.cfg.concurrency)
+            .collect()
+            .await
+    }
+
+    /// A spread-out delay in `[0, jitter)`, different per key and per tick.
+    fn jitter_for(&self, key: &Key, tick: u64) -> Duration {
+        let max = self.cfg.jitter.0.as_millis() as u64;
+        if max == 0 {
+            return Duration::ZERO;
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (key.id.as_str(), tick).hash(&mut h);
+        Duration::from_millis(h.finish() % max)
+    }
+
+    /// Probes one key and applies what it found.
+    pub async fn probe(&self, key: &Key) -> ProbeReport {
+        if !probeable(key) {
+            return self.report(key, "skipped", None, "skipped", None);
+        }
+        let p = &self.cfg.probe;
+        let answer = self.send(key, &p.method, &p.path, p.body.as_bytes()).await;
+        let (outcome, status) = match &answer {
+            Ok((status, headers, body)) => {
+                let o = match p.expect_status {
+                    Some(want) if *status == want => Outcome::Success,
+                    Some(_) if *status < 400 => Outcome::CallerFault, // an answer, not the one configured
+                    _ => classify(*status, headers, Some(body)),
+                };
+                (o, Some(*status))
+            }
+            Err(_) => (Outcome::Transient, None),
+        };
+        let usage = match outcome {
+            Outcome::Success if self.cfg.usage_probe => self.usage(key).await,
+            _ => None,
+        };
+        let action = self.apply(key, outcome, usage.as_ref(), status);
+        metrics::probe(outcome.as_str());
+        self.report(key, outcome.as_str(), status, action, usage)
+    }
+
+    async fn usage(&self, key: &Key) -> Option<Usage> {
+        let (status, _, body) = self.send(key, "GET", &self.cfg.usage_path, b"").await.ok()?;
+        let usage = if status == 200 { Usage::parse(&body) } else { None };
+        if let Some(u) = &usage {
+            for (w, f) in u.windows() {
+                metrics::key_usage(&key.id, w.as_str(), f);
+            }
+        } else {
+            log::debug!("health: key {}: {} answered {status} without a usable body", key.id, self.cfg.usage_path);
+        }
+        usage
+    }
+
+    /// Turns a probe's outcome into the key's next state. Returns the action taken.
+    fn apply(&self, key: &Key, outcome: Outcome, usage: Option<&Usage>, status: Option<u16>) -> &'static str {
+        let now = self.pool.now_ms();
+        if !probeable(key) {
+            return "skipped"; // disabled by an operator while the probe ran
+        }
+        let parked = key.status() != Status::Active;
+        match outcome {
+            Outcome::Success => {
+                key.probe_failures.store(0, Relaxed);
+                if let Some(w) = usage.and_then(|u| u.exhausted(self.cfg.park_at_usage, now)) {
+                    key.transition(Status::Cooling, Reason::quota(w), w.next_reset(now), now);
+                    return "parked";
+                }
+                if !parked {
+                    "ok"
+                } else if key.reason().is_allowance() && usage.is_none() {
+                    "unchanged" // it works, but nothing says its allowance is back
+                } else {
+                    key.transition(Status::Active, Reason::Probe, 0, now);
+                    "returned"
+                }
+            }
+            Outcome::Credential => {
+                let next = self.schedule_retry(key, now);
+                if parked {
+                    key.extend_park(next + self.interval_ms());
+                    "kept-parked"
+                } else {
+                    let until = (now + self.pool.policy().cooldown.as_millis() as u64).max(next + self.interval_ms());
+                    key.transition(Status::Invalid, Reason::Credential, until, now);
+                    "parked"
+                }
+            }
+            Outcome::RateLimited { retry_after, window } => {
+                self.schedule_retry(key, now);
+                self.pool.park_rate_limited(key, retry_after, window, now);
+                "parked"
+            }
+            Outcome::Transient => {
+                // A probe that could not get through says little about the key: never park an
+                // active key for it, but keep a parked one out until the next probe.
+                let next = self.schedule_retry(key, now);
+                if parked {
+                    key.extend_park(next + self.interval_ms());
+                    "kept-parked"
+                } else {
+                    "unchanged"
+                }
+            }
+            Outcome::CallerFault => {
+                log::warn!(
+                    "health: probe {} {} answered {} for key {}: check health_check.probe",
+                    self.cfg.probe.method,
+                    self.cfg.probe.path,
+                    status.unwrap_or(0),
+                    key.id
+                );
+                self.schedule_retry(key, now);
+                "unchanged"
+            }
+        }
+    }
+
+    fn interval_ms(&self) -> u64 {
+        self.cfg.interval.0.as_millis() as u64
+    }
+
+    /// After a failed probe: the next one after `interval` doubling per failure, capped.
+    fn schedule_retry(&self, key: &Key, now: u64) -> u64 {
+        let failures = key.probe_failures.fetch_add(1, Relaxed).min(30);
+        let backoff = self.cfg.interval.0.saturating_mul(1u32 << failures.min(20)).min(self.cfg.max_backoff.0);
+        let next = now + backoff.as_millis() as u64;
+        key.next_probe_ms.store(next, Relaxed);
+        next
+    }
+
+    fn report(
+        &self,
+        key: &Key,
+        result: &'static str,
+        status: Option<u16>,
+        action: &'static str,
+        usage: Option<Usage>,
+    ) -> ProbeReport {
+        ProbeReport {
+            id: key.id.clone(),
+            result,
+            status,
+            action,
+            key_status: key.status().as_str(),
+            reason: key.reason().as_str(),
+            usage,
+        }
+    }
+
+    /// One request as `key`, bounded by `health_check.timeout`. Errors carry no secret.
+    async fn send(&self, key: &Key, method: &str, path: &str, body: &[u8]) -> Result<(u16, HeaderMap, Bytes), String> {
+        match tokio::time::timeout(self.cfg.timeout.0, self.exchange(key, method, path, body)).await {
+            Ok(r) => r.map_err(|e| e.etype().as_str().to_string()),
+            Err(_) => Err("timeout".into()),
+        }
+    }
+
+    async fn exchange(
+        &self,
+        key: &Key,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> pingora::Result<(u16, HeaderMap, Bytes)> {
+        let peer = self
+            .upstream
+            .peer()
+            .ok_or_else(|| pingora::Error::explain(pingora::ErrorType::ConnectNoRoute, "upstream unresolved"))?;
+        let (mut s, _) = self.connector.get_http_session(&peer).await?;
+        let full_path = format!("{}{}", self.upstream.url.base_path, path);
+        let mut req = RequestHeader::build(method, full_path.as_bytes(), None)?;
+        req.insert_header(http::header::HOST, self.upstream.host_header.clone())?;
+        req.insert_header(http::header::AUTHORIZATION, key.auth_header().clone())?;
+        req.insert_header(http::header::USER_AGENT, concat!("ollama-pool-health/", env!("CARGO_PKG_VERSION")))?;
+        req.insert_header(http::header::ACCEPT, "application/json")?;
+        if !body.is_empty() || method != "GET" {
+            req.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+        }
+        if !body.is_empty() {
+            req.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+        }
+        s.write_request_header(Box::new(req)).await?;
+        if !body.is_empty() {
+            s.write_request_body(Bytes::copy_from_slice(body), true).await?;
+        }
+        s.finish_request_body().await?;
+        s.read_response_header().await?;
+        let header = s
+            .response_header()
+            .cloned()
+            .ok_or_else(|| pingora::Error::explain(pingora::ErrorType::InvalidHTTPHeader, "no response header"))?;
+        let mut buf = BytesMut::new();
+        while buf.len() < MAX_PROBE_BODY {
+            match s.read_response_body().await? {
+                Some(chunk) => buf.extend_from_slice(&chunk),
+                None => break,
+            }
+        }
+        if s.response_done() {
+            self.connector.release_http_session(s, &peer, Some(self.upstream.idle_timeout())).await;
+        }
+        Ok((header.status.as_u16(), header.headers.clone(), buf.freeze()))
+    }
+}
+
+/// Manually disabled and expired keys are never probed.
+fn probeable(key: &Key) -> bool {
+    !matches!(key.status(), Status::Disabled | Status::Expired) && key.reason() != Reason::Expired
+}
+
+#[async_trait]
+impl BackgroundService for HealthChecker {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut next_sweep = tokio::time::Instant::now() + self.cfg.sweep_interval.0;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(self.cfg.interval.0) => {}
+            }
+            let sweep = tokio::time::Instant::now() >= next_sweep;
+            if sweep {
+                next_sweep += self.cfg.sweep_interval.0;
+            }
+            // Racing the round against shutdown drops in-flight probes: stopping is prompt even
+            // in the middle of a 10k-key sweep.
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                reports = self.tick(sweep) => {
+                    let changed = reports.iter().filter(|r| matches!(r.action, "returned" | "parked")).count();
+                    if !reports.is_empty() {
+                        log::debug!("health: probed {} keys ({}), {changed} changed state", reports.len(), if sweep { "sweep" } else { "parked" });
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_parsing_is_defensive() {
+        let u =
+            Usage::parse(br#"{"limits":{"session":{"usage":0.25},"weekly":{"usage":1.2},"monthly":null}}"#).unwrap();
+        assert_eq!(u, Usage { session: Some(0.25), weekly: Some(1.0), monthly: None });
+        let u = Usage::parse(br#"{"limits":{"session":{"usage":"lots"},"weekly":{}}}"#).unwrap();
+        assert_eq!(u, Usage::default());
+        assert_eq!(Usage::parse(b"not json"), None);
+        assert_eq!(Usage::parse(br#"{"plan":"free"}"#), None);
+    }
+
+    #[test]
+    fn the_latest_reset_among_exhausted_windows_wins() {
+        let now = 1_764_158_400_000; // 2025-11-26T12:00:00Z, a Wednesday
+        let u = Usage { session: Some(0.99), weekly: Some(0.985), monthly: Some(0.5) };
+        assert_eq!(u.exhausted(0.98, now), Some(Window::Weekly));
+        assert_eq!(u.exhausted(0.995, now), None);
+        let u = Usage { session: Some(1.0), weekly: None, monthly: None };
+        assert_eq!(u.exhausted(0.98, now), Some(Window::Session));
+    }
+}
