@@ -233,3 +233,19 @@ async fn repeated_transient_failures_auto_disable_a_key() {
     let hits = mock.requests().iter().filter(|r| r.key.as_deref() == Some(KEYS[0])).count();
     assert_eq!(hits, 3, "no traffic once parked");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivered_usage_limit_answer_parks_its_key_until_the_window_resets() {
+    // On the pingora path a retried answer is dropped at its header, but the answer that is
+    // delivered is read on its way to the client: its window decides the park time.
+    let mock = Mock::start().await;
+    let body = r#"{"error":"you've reached your session usage limit, please wait"}"#;
+    mock.set(KEYS[0], Behavior::status(429, body));
+    let proxy = Proxy::start_with(&mock, Setup { keys: vec![KEYS[0]], ..Default::default() }).await;
+    let resp = proxy.post("/api/chat", small_body()).send().await.unwrap();
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.text().await.unwrap(), body, "passed through untouched");
+    let k = key_state(&proxy, KEYS[0]);
+    assert_eq!((k.status, k.reason), (Status::Cooling, Reason::QuotaSession));
+    assert_eq!(k.until_ms, Some(ollama_pool::pool::Window::Session.next_reset(proxy.clock_now())));
+}

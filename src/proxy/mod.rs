@@ -14,7 +14,7 @@ pub mod headers;
 pub mod routes;
 
 use crate::metrics;
-use crate::pool::{classify, Attempts, Decision, Outcome, Pool};
+use crate::pool::{classify, outcome::ERROR_PEEK_BYTES, Attempts, Decision, Outcome, Pool, Window};
 use crate::upstream::Upstream;
 use async_trait::async_trait;
 use auth::{Client, Clients};
@@ -64,6 +64,9 @@ pub struct Ctx {
     pub(crate) failure: Option<ProxyError>,
     /// The response had started when the upstream broke: the client saw a cut-off response.
     pub(crate) aborted: bool,
+    /// The start of a delivered upstream error body, kept to learn which usage window (if
+    /// any) it names. None unless the delivered answer is a 4xx.
+    error_peek: Option<BytesMut>,
     started: Instant,
 }
 
@@ -160,6 +163,7 @@ impl ProxyHttp for PoolProxy {
             attempts: Attempts::new(self.state.max_attempts),
             failure: None,
             aborted: false,
+            error_peek: None,
             started: Instant::now(),
         }
     }
@@ -238,7 +242,37 @@ impl ProxyHttp for PoolProxy {
             e.set_retry(true);
             return Err(e);
         }
+        // This answer goes to the client. If it is a 4xx, look at its body on the way through:
+        // a usage-limit message names the window the key must wait out (SPEC §3.2).
+        if (400..500).contains(&status) {
+            ctx.error_peek = Some(BytesMut::new());
+        }
         Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<Option<std::time::Duration>> {
+        if let Some(peek) = ctx.error_peek.as_mut() {
+            if let Some(b) = body {
+                let room = ERROR_PEEK_BYTES.saturating_sub(peek.len());
+                peek.extend_from_slice(&b[..b.len().min(room)]);
+            }
+            if end_of_stream || peek.len() >= ERROR_PEEK_BYTES {
+                let peek = ctx.error_peek.take().unwrap_or_default();
+                if let (Some(w), Some(key)) =
+                    (Window::named_in(&String::from_utf8_lossy(&peek)), ctx.attempts.current())
+                {
+                    let pool = &self.state.pool;
+                    pool.park_rate_limited(key, None, Some(w), pool.now_ms());
+                }
+            }
+        }
+        Ok(None)
     }
 
     fn fail_to_connect(

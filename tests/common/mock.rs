@@ -23,6 +23,8 @@ pub enum Behavior {
     CutMidStream,
     /// Stream: send the first event, wait for `gate`, then send the rest.
     Gated(Arc<Notify>),
+    /// Never answer (the connection stays open).
+    Hang,
 }
 
 impl Behavior {
@@ -58,6 +60,10 @@ impl Recorded {
 #[derive(Default)]
 struct State {
     by_key: Mutex<HashMap<String, Behavior>>,
+    /// (key, path) overrides, checked before `by_key`.
+    by_key_path: Mutex<HashMap<(String, String), Behavior>>,
+    /// For every key without an entry of its own.
+    default: Mutex<Option<Behavior>>,
     log: Mutex<Vec<Recorded>>,
 }
 
@@ -65,6 +71,19 @@ struct State {
 pub struct Mock {
     pub addr: SocketAddr,
     state: Arc<State>,
+    accept_task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+fn accept_loop(listener: TcpListener, s: Arc<State>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let s = s.clone();
+            tokio::spawn(async move {
+                let _ = serve(stream, s).await;
+            });
+        }
+    })
 }
 
 impl Mock {
@@ -72,17 +91,46 @@ impl Mock {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State::default());
-        let s = state.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
-                let s = s.clone();
-                tokio::spawn(async move {
-                    let _ = serve(stream, s).await;
-                });
+        let task = accept_loop(listener, state.clone());
+        Mock { addr, state, accept_task: Arc::new(Mutex::new(Some(task))) }
+    }
+
+    /// Stops listening: new connections are refused until `resume`.
+    pub fn pause(&self) {
+        if let Some(t) = self.accept_task.lock().unwrap().take() {
+            t.abort();
+        }
+    }
+
+    /// Listens again on the same address.
+    pub async fn resume(&self) {
+        let mut listener = None;
+        for _ in 0..100 {
+            match TcpListener::bind(self.addr).await {
+                Ok(l) => {
+                    listener = Some(l);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
             }
-        });
-        Mock { addr, state }
+        }
+        let task = accept_loop(listener.expect("rebind mock address"), self.state.clone());
+        *self.accept_task.lock().unwrap() = Some(task);
+    }
+
+    /// How the mock treats requests to `path` made with `key` (wins over `set`).
+    pub fn set_path(&self, key: &str, path: &str, b: Behavior) {
+        self.state.by_key_path.lock().unwrap().insert((key.to_string(), path.to_string()), b);
+    }
+
+    /// How the mock treats every key that has no behaviour of its own (None = Normal).
+    pub fn set_default(&self, b: Option<Behavior>) {
+        *self.state.default.lock().unwrap() = b;
+    }
+
+    /// Requests whose path (without query) is `path`.
+    pub fn requests_to(&self, path: &str) -> Vec<Recorded> {
+        self.requests().into_iter().filter(|r| r.target.split('?').next() == Some(path)).collect()
     }
 
     pub fn url(&self) -> String {
@@ -107,8 +155,16 @@ async fn serve(mut stream: TcpStream, state: Arc<State>) -> std::io::Result<()> 
     let mut buf = Vec::with_capacity(8192);
     loop {
         let Some(req) = read_request(&mut stream, &mut buf).await? else { return Ok(()) };
-        let behavior =
-            req.key.as_ref().and_then(|k| state.by_key.lock().unwrap().get(k).cloned()).unwrap_or(Behavior::Normal);
+        let path = req.target.split('?').next().unwrap_or("").to_string();
+        let behavior = req
+            .key
+            .as_ref()
+            .and_then(|k| {
+                let by_path = state.by_key_path.lock().unwrap().get(&(k.clone(), path.clone())).cloned();
+                by_path.or_else(|| state.by_key.lock().unwrap().get(k).cloned())
+            })
+            .or_else(|| state.default.lock().unwrap().clone())
+            .unwrap_or(Behavior::Normal);
         state.log.lock().unwrap().push(req.clone());
         match behavior {
             Behavior::Normal => normal(&mut stream, &req).await?,
@@ -145,6 +201,9 @@ async fn serve(mut stream: TcpStream, state: Arc<State>) -> std::io::Result<()> 
                 stream.write_all(chunk(b"data: {\"n\":2}\n\n").as_slice()).await?;
                 stream.write_all(chunk(b"data: [DONE]\n\n").as_slice()).await?;
                 stream.write_all(b"0\r\n\r\n").await?;
+            }
+            Behavior::Hang => {
+                std::future::pending::<()>().await;
             }
         }
         stream.flush().await?;

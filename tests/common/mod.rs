@@ -54,23 +54,27 @@ pub fn captured_logs() -> String {
     String::from_utf8_lossy(&logs().lock().unwrap()).to_string()
 }
 
-struct TestSignal(tokio::sync::watch::Receiver<bool>);
+/// 0 = run, 1 = fast shutdown, 2 = graceful (SIGTERM-like) shutdown.
+struct TestSignal(tokio::sync::watch::Receiver<u8>);
 
 #[async_trait]
 impl ShutdownSignalWatch for TestSignal {
     async fn recv(&self) -> ShutdownSignal {
         let mut rx = self.0.clone();
-        let _ = rx.wait_for(|stop| *stop).await;
-        ShutdownSignal::FastShutdown
+        match rx.wait_for(|v| *v != 0).await.map(|v| *v) {
+            Ok(2) => ShutdownSignal::GracefulTerminate,
+            _ => ShutdownSignal::FastShutdown,
+        }
     }
 }
 
 pub struct Proxy {
     pub addr: SocketAddr,
     pub state: Arc<ProxyState>,
+    pub health: Arc<ollama_pool::health::HealthChecker>,
     pub clock: ManualClock,
     secrets: Vec<String>,
-    stop: tokio::sync::watch::Sender<bool>,
+    stop: tokio::sync::watch::Sender<u8>,
     thread: Option<std::thread::JoinHandle<()>>,
     _dir: tempfile::TempDir,
 }
@@ -136,8 +140,13 @@ impl Proxy {
                 setup.addresses.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ")
             )
         };
-        let server_extra =
-            if setup.server_extra.is_empty() { String::new() } else { format!(", {}", setup.server_extra) };
+        let server_extra = if setup.server_extra.contains("shutdown_timeout") {
+            format!(", {}", setup.server_extra)
+        } else if setup.server_extra.is_empty() {
+            ", shutdown_timeout: 1s".to_string()
+        } else {
+            format!(", shutdown_timeout: 1s, {}", setup.server_extra)
+        };
         let upstream_extra =
             if setup.upstream_extra.is_empty() { String::new() } else { format!(", {}", setup.upstream_extra) };
         let yaml = format!(
@@ -145,7 +154,7 @@ impl Proxy {
              upstream: {{url: \"{}\", health_check_interval: 0s, connect_timeout: 2s, read_timeout: 10s{addresses}{upstream_extra}}}\n\
              keys: {{files: [keys.txt]}}\n\
              clients: {{tokens: [{{name: app, token: \"{TOKEN}\"}}]}}\n\
-             server: {{grace_period: 0s, shutdown_timeout: 1s, upgrade_sock: {}{}}}\n{}",
+             server: {{grace_period: 0s, upgrade_sock: {}{}}}\n{}",
             setup.url.clone().unwrap_or_else(|| mock.url()),
             dir.path().join("upgrade.sock").display(),
             server_extra,
@@ -157,14 +166,15 @@ impl Proxy {
         let clock = ManualClock::new(ollama_pool::pool::Clock::now_ms(&ollama_pool::pool::SystemClock));
         let app = ollama_pool::app::build(&loaded, Default::default(), Arc::new(clock.clone())).unwrap();
         let state = app.state.clone();
-        let (stop, rx) = tokio::sync::watch::channel(false);
+        let health = app.health.clone();
+        let (stop, rx) = tokio::sync::watch::channel(0u8);
         let server = app.server;
         let thread = std::thread::spawn(move || server.run(RunArgs { shutdown_signal: Box::new(TestSignal(rx)) }));
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         wait_listening(addr).await;
         let mut secrets: Vec<String> = setup.keys.iter().map(|s| s.to_string()).collect();
         secrets.push(TOKEN.to_string());
-        Proxy { addr, state, clock, secrets, stop, thread: Some(thread), _dir: dir }
+        Proxy { addr, state, health, clock, secrets, stop, thread: Some(thread), _dir: dir }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -179,11 +189,29 @@ impl Proxy {
     pub fn key_id(&self, key: &str) -> String {
         ollama_pool::secret::Secret::new(key).id()
     }
+
+    pub fn now(&self) -> u64 {
+        ollama_pool::pool::Clock::now_ms(&self.clock)
+    }
+
+    pub fn key(&self, key: &str) -> ollama_pool::pool::KeyView {
+        self.state.pool.get(&self.key_id(key)).expect("key in pool").view_at(self.now())
+    }
+
+    /// Stops the server as SIGTERM would (graceful) and returns how long that took.
+    pub fn shutdown_graceful(mut self) -> Duration {
+        let t = std::time::Instant::now();
+        let _ = self.stop.send(2);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        t.elapsed()
+    }
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        let _ = self.stop.send(true);
+        let _ = self.stop.send(1);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
