@@ -79,8 +79,20 @@ pub struct Proxy {
     _dir: tempfile::TempDir,
 }
 
+/// A loopback port nobody in this process has been handed before, outside the kernel's
+/// ephemeral range (where mocks bind to port 0). Pingora listens with SO_REUSEPORT, so two
+/// proxies given the same port would silently share it; a process-wide counter rules that out.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: OnceLock<AtomicU16> = OnceLock::new();
+    let next = NEXT.get_or_init(|| AtomicU16::new(20_000 + (std::process::id() % 500) as u16 * 20));
+    loop {
+        let port = next.fetch_add(1, Ordering::Relaxed);
+        assert!(port < 32_000, "ran out of test ports");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Options for one proxy under test.
