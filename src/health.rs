@@ -109,7 +109,7 @@ impl HealthChecker {
             let start = self.storm_cursor.fetch_add(self.cfg.concurrency, Relaxed);
             let sample: Vec<Arc<Key>> = (0..self.cfg.concurrency.min(keys.len()))
                 .map(|i| keys[(start + i) % n].clone())
-                .filter(|k| probeable(k))
+                .filter(|k| probeable(k, self.pool.now_ms()))
                 .collect();
             let reports = self.probe_all(sample, false).await;
             if reports.iter().any(|r| r.result == "success") {
@@ -118,8 +118,12 @@ impl HealthChecker {
             return reports;
         }
         let now = self.pool.now_ms();
-        let due: Vec<Arc<Key>> =
-            keys.iter().filter(|k| probeable(k)).filter(|k| sweep || self.parked_and_due(k, now)).cloned().collect();
+        let due: Vec<Arc<Key>> = keys
+            .iter()
+            .filter(|k| probeable(k, now))
+            .filter(|k| sweep || self.parked_and_due(k, now))
+            .cloned()
+            .collect();
         self.probe_all(due, true).await
     }
 
@@ -171,7 +175,7 @@ impl HealthChecker {
 
     /// Probes one key and applies what it found.
     pub async fn probe(&self, key: &Key) -> ProbeReport {
-        if !probeable(key) {
+        if !probeable(key, self.pool.now_ms()) {
             return self.report(key, "skipped", None, "skipped", None);
         }
         let p = &self.cfg.probe;
@@ -212,7 +216,7 @@ impl HealthChecker {
     /// Turns a probe's outcome into the key's next state. Returns the action taken.
     fn apply(&self, key: &Key, outcome: Outcome, usage: Option<&Usage>, status: Option<u16>) -> &'static str {
         let now = self.pool.now_ms();
-        if !probeable(key) {
+        if !probeable(key, now) {
             return "skipped"; // disabled by an operator while the probe ran
         }
         let parked = key.status() != Status::Active;
@@ -362,8 +366,8 @@ impl HealthChecker {
 }
 
 /// Manually disabled and expired keys are never probed.
-fn probeable(key: &Key) -> bool {
-    !matches!(key.status(), Status::Disabled | Status::Expired) && key.reason() != Reason::Expired
+fn probeable(key: &Key, now: u64) -> bool {
+    !matches!(key.status(), Status::Disabled | Status::Expired) && !key.is_expired(now)
 }
 
 #[async_trait]

@@ -132,6 +132,8 @@ async fn a_429_storm_parks_nobody_for_long_and_heals_within_one_probe() {
         assert_eq!(r.headers()["retry-after"], "60");
     }
     assert!(mock.requests().is_empty(), "no traffic is thrown at a throttled upstream");
+    let ready = common::client().get(proxy.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "not ready while the upstream throttles us");
     let parked = proxy.state.pool.views().iter().filter(|v| v.status != Status::Active).count();
     assert!(parked <= 2, "only keys that failed before the storm was recognised are parked ({parked})");
 

@@ -254,6 +254,12 @@ impl Key {
         }
     }
 
+    /// Past its `expires_at`: never usable again.
+    pub fn is_expired(&self, now: u64) -> bool {
+        let expires = self.expires_at_ms.load(Relaxed);
+        expires != 0 && now >= expires
+    }
+
     /// When this key will be usable again, if it is parked with a known return time.
     pub fn returns_at(&self, now: u64) -> Option<u64> {
         let expires = self.expires_at_ms.load(Relaxed);

@@ -45,9 +45,9 @@ pub struct ProxyState {
 }
 
 impl ProxyState {
-    /// Ready = the upstream has an address and at least one key can serve.
+    /// Ready = the upstream has an address, no storm is on, and at least one key can serve.
     pub fn ready(&self) -> bool {
-        self.upstream.resolved() && self.pool.usable_count() > 0
+        self.upstream.resolved() && self.pool.storm_since().is_none() && self.pool.usable_count() > 0
     }
 }
 
