@@ -12,6 +12,7 @@
 //! - `health` — background probes: parked keys back, bad/exhausted keys out, storm recovery.
 //! - `upstream` — upstream URL, address discovery + TCP health check, `HttpPeer`s.
 //! - `import` — key-file parsing shared by startup and (later) the admin API and CLI.
+//! - `store` — durable state: `Store` trait + SQLite (keys, hashed tokens, counter snapshots).
 //! - `metrics` — every Prometheus metric.
 //! - `secret` — the `Secret` type that never prints.
 //! - `logging` — logger set-up that keeps pingora's header dumps out of the logs.
@@ -27,4 +28,5 @@ pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod secret;
+pub mod store;
 pub mod upstream;

@@ -1,0 +1,78 @@
+//! Durable state (SPEC §4): upstream keys, client tokens (hashes only), per-key model lists and
+//! counter snapshots. `Store` is the seam (SQLite now; Redis for fleet mode later). Nothing on
+//! the request path calls it: routing reads the in-memory pool, which every admin write updates
+//! after the store has committed.
+
+mod crypto;
+mod sqlite;
+
+pub use crypto::Cipher;
+pub use sqlite::SqliteStore;
+
+use crate::secret::Secret;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path}: {message}")]
+    Open { path: String, message: String },
+    #[error("store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("store: {0}")]
+    Crypto(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// One upstream key as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredKey {
+    pub id: String,
+    pub secret: Secret,
+    pub label: Option<String>,
+    pub created_at_ms: u64,
+    pub expires_at_ms: Option<u64>,
+    /// Manual disable: None = enabled; Some(0) = until enabled; Some(t) = until t.
+    pub disabled_until_ms: Option<u64>,
+    pub models: Vec<String>,
+    pub category: Option<String>,
+    pub counters: Counters,
+}
+
+/// A snapshot of a key's counters (SPEC §2.4 `stats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub requests: u64,
+    pub successes: u64,
+    pub failures: u64,
+    pub consecutive_failures: u32,
+    pub last_used_ms: u64,
+    pub last_success_ms: u64,
+    pub last_failure_ms: u64,
+}
+
+/// One client token as stored: never the token itself, only its SHA-256.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredToken {
+    pub id: String,
+    pub hash: [u8; 32],
+    pub name: String,
+    pub created_at_ms: u64,
+    pub expires_at_ms: Option<u64>,
+    /// Empty = every model.
+    pub models: Vec<String>,
+    pub rpm: Option<u32>,
+}
+
+pub trait Store: Send + Sync + 'static {
+    fn keys(&self) -> Result<Vec<StoredKey>>;
+    /// Inserts keys in one transaction; keys whose id is present are skipped. Returns the ids added.
+    fn insert_keys(&self, keys: &[StoredKey]) -> Result<Vec<String>>;
+    fn delete_key(&self, id: &str) -> Result<bool>;
+    /// `None` enables; `Some(0)` disables until enabled; `Some(t)` until `t`.
+    fn set_disabled(&self, id: &str, until_ms: Option<u64>) -> Result<bool>;
+    fn set_models(&self, id: &str, models: &[String], category: &str) -> Result<bool>;
+    fn save_counters(&self, counters: &[(String, Counters)]) -> Result<()>;
+    fn tokens(&self) -> Result<Vec<StoredToken>>;
+    fn insert_token(&self, token: &StoredToken) -> Result<()>;
+    fn delete_token(&self, id: &str) -> Result<bool>;
+}
