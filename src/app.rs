@@ -1,6 +1,8 @@
 //! Builds the pingora `Server` and its services from a loaded config: the one place that knows
 //! every listener and background task. `main.rs` runs what this returns; tests run it in-process.
 
+use crate::admin::ops::{self, Control};
+use crate::admin::AdminApp;
 use crate::config::Loaded;
 use crate::health::HealthChecker;
 use crate::import;
@@ -9,12 +11,15 @@ use crate::proxy::auth::Clients;
 use crate::proxy::routes::AllowList;
 use crate::proxy::{PoolProxy, ProxyState};
 use crate::secret::Secret;
+use crate::store::{CounterFlusher, SqliteStore, Store, StoredKey};
 use crate::upstream::Upstream;
+use pingora::apps::http_app::HttpServer;
 use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::GenBackgroundService;
+use pingora::services::listening::Service;
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +32,8 @@ pub enum AppError {
     Listener { address: String, message: String },
     #[error("server: {0}")]
     Server(String),
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// How `serve` was asked to run (pingora's process flags).
@@ -40,6 +47,8 @@ pub struct App {
     pub server: Server,
     pub state: Arc<ProxyState>,
     pub health: Arc<HealthChecker>,
+    pub store: Arc<dyn Store>,
+    pub flusher: Arc<CounterFlusher>,
 }
 
 pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<App, AppError> {
@@ -59,9 +68,20 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
                 retry_after: cfg.health_check.interval.0,
             },
         },
-        clock,
+        clock.clone(),
     ));
-    load_key_files(loaded, &pool)?;
+    let store: Arc<dyn Store> = Arc::new(open_store(loaded)?);
+    load_key_files(loaded, &*store, clock.now_ms())?;
+    let stored = store.keys()?;
+    let (added, _) = pool.add_all(stored.iter().filter_map(ops::to_pool_key));
+    log::info!("keys: {added} in the pool ({} usable)", pool.usable_count());
+    if pool.is_empty() {
+        log::warn!("keys: the pool is empty; every proxied request will be answered 503");
+    }
+    let clients = Arc::new(Clients::from_static(&cfg.clients.tokens));
+    for t in store.tokens()? {
+        clients.insert(t.hash, ops::to_client(&t));
+    }
     let mut upstream_cfg = cfg.upstream.clone();
     upstream_cfg.ca_file = upstream_cfg.ca_file.map(|p| loaded.resolve(&p));
     let upstream = Arc::new(Upstream::new(&upstream_cfg).map_err(AppError::Upstream)?);
@@ -83,7 +103,7 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
 
     let state = Arc::new(ProxyState {
         pool,
-        clients: Arc::new(Clients::from_static(&cfg.clients.tokens)),
+        clients: clients.clone(),
         upstream: upstream.clone(),
         routes: AllowList::new(&cfg.routes.allow),
         max_attempts: cfg.pool.max_attempts,
@@ -115,20 +135,38 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
         cfg.health_check.clone(),
     ));
     server.add_service(GenBackgroundService::new("health checks".into(), health.clone()));
+    let flusher = Arc::new(CounterFlusher {
+        store: store.clone(),
+        pool: state.pool.clone(),
+        interval: cfg.store.flush_interval.0,
+    });
+    server.add_service(GenBackgroundService::new("counter snapshots".into(), flusher.clone()));
 
     if let Some(m) = &cfg.metrics.listen {
         let mut metrics = pingora_prometheus::prometheus_http_service();
         metrics.add_tcp(m);
         server.add_service(metrics);
     }
-    if cfg.admin.is_some() {
-        log::warn!("admin: the admin API is not part of this build yet; the admin section is validated but not served");
+    if let Some(admin) = &cfg.admin {
+        let token = admin.token.as_ref().ok_or_else(|| AppError::Server("admin.token is required".into()))?;
+        let control = Control { store: store.clone(), pool: Some(state.pool.clone()), clients: Some(clients), clock };
+        let app = AdminApp::new(control, health.clone(), state.clone(), token);
+        let mut service = Service::new("ollama-pool admin".to_string(), HttpServer::new_app(app));
+        service.add_tcp(&admin.listen);
+        server.add_service(service);
     }
-    Ok(App { server, state, health })
+    Ok(App { server, state, health, store, flusher })
 }
 
-/// Imports `keys.files` into the pool. Problem lines are reported by number, never by content.
-fn load_key_files(loaded: &Loaded, pool: &Pool) -> Result<(), AppError> {
+/// Opens `store.path` (relative to the config file), decrypting with `store.encryption_key`.
+pub fn open_store(loaded: &Loaded) -> Result<SqliteStore, AppError> {
+    let cfg = &loaded.config.store;
+    Ok(SqliteStore::open(&loaded.resolve(&cfg.path), cfg.encryption_key.as_ref())?)
+}
+
+/// Imports `keys.files` into the store (idempotent: keys already stored are left as they are).
+/// Problem lines are reported by number, never by content.
+fn load_key_files(loaded: &Loaded, store: &dyn Store, now: u64) -> Result<(), AppError> {
     for (index, file) in loaded.config.keys.files.iter().enumerate() {
         let path = loaded.resolve(file);
         let text = std::fs::read_to_string(&path).map_err(|source| AppError::KeyFile {
@@ -140,23 +178,28 @@ fn load_key_files(loaded: &Loaded, pool: &Pool) -> Result<(), AppError> {
         for bad in &parsed.invalid {
             log::warn!("keys: {} line {}: {}", path.display(), bad.line, bad.reason);
         }
-        let keys = parsed.keys.into_iter().filter_map(|k| match Key::new(k.key, k.label, None) {
-            Ok(key) => Some(key),
-            Err(reason) => {
-                log::warn!("keys: {} line {}: {reason}", path.display(), k.line);
-                None
-            }
-        });
-        let (added, already) = pool.add_all(keys);
+        let keys: Vec<StoredKey> = parsed
+            .keys
+            .into_iter()
+            .map(|k| StoredKey {
+                id: k.key.id(),
+                secret: k.key,
+                label: k.label,
+                created_at_ms: now,
+                expires_at_ms: None,
+                disabled_until_ms: None,
+                models: vec![],
+                category: None,
+                counters: Default::default(),
+            })
+            .collect();
+        let added = store.insert_keys(&keys)?.len();
         log::info!(
-            "keys: {}: {added} added, {} duplicate, {} invalid",
+            "keys: {}: {added} new, {} already stored or repeated, {} invalid lines",
             path.display(),
-            already + parsed.duplicates,
+            keys.len() - added + parsed.duplicates,
             parsed.invalid.len()
         );
-    }
-    if pool.is_empty() {
-        log::warn!("keys: the pool is empty; every proxied request will be answered 503");
     }
     Ok(())
 }

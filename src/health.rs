@@ -79,10 +79,16 @@ impl Usage {
     }
 }
 
-pub struct HealthChecker {
-    pool: Arc<Pool>,
+/// Sends one request as a key, off the request path: health probes and validated imports.
+pub struct Prober {
     upstream: Arc<Upstream>,
     connector: Connector,
+    timeout: Duration,
+}
+
+pub struct HealthChecker {
+    pool: Arc<Pool>,
+    prober: Prober,
     cfg: HealthCheckConfig,
     /// Rotates which keys a storm tick probes.
     storm_cursor: AtomicUsize,
@@ -97,7 +103,12 @@ impl HealthChecker {
         connector: Connector,
         cfg: HealthCheckConfig,
     ) -> HealthChecker {
-        HealthChecker { pool, upstream, connector, cfg, storm_cursor: AtomicUsize::new(0), ticks: AtomicU64::new(0) }
+        let prober = Prober::new(upstream, connector, cfg.timeout.0);
+        HealthChecker { pool, prober, cfg, storm_cursor: AtomicUsize::new(0), ticks: AtomicU64::new(0) }
+    }
+
+    pub fn prober(&self) -> &Prober {
+        &self.prober
     }
 
     /// One round: a storm check, or the parked keys due for a probe, or (`sweep`) every key.
@@ -179,7 +190,7 @@ impl HealthChecker {
             return self.report(key, "skipped", None, "skipped", None);
         }
         let p = &self.cfg.probe;
-        let answer = self.send(key, &p.method, &p.path, p.body.as_bytes()).await;
+        let answer = self.prober.send(key, &p.method, &p.path, p.body.as_bytes()).await;
         let (outcome, status) = match &answer {
             Ok((status, headers, body)) => {
                 let o = match p.expect_status {
@@ -201,7 +212,7 @@ impl HealthChecker {
     }
 
     async fn usage(&self, key: &Key) -> Option<Usage> {
-        let (status, _, body) = self.send(key, "GET", &self.cfg.usage_path, b"").await.ok()?;
+        let (status, _, body) = self.prober.send(key, "GET", &self.cfg.usage_path, b"").await.ok()?;
         let usage = if status == 200 { Usage::parse(&body) } else { None };
         if let Some(u) = &usage {
             for (w, f) in u.windows() {
@@ -308,10 +319,22 @@ impl HealthChecker {
             usage,
         }
     }
+}
 
-    /// One request as `key`, bounded by `health_check.timeout`. Errors carry no secret.
-    async fn send(&self, key: &Key, method: &str, path: &str, body: &[u8]) -> Result<(u16, HeaderMap, Bytes), String> {
-        match tokio::time::timeout(self.cfg.timeout.0, self.exchange(key, method, path, body)).await {
+impl Prober {
+    pub fn new(upstream: Arc<Upstream>, connector: Connector, timeout: Duration) -> Prober {
+        Prober { upstream, connector, timeout }
+    }
+
+    /// One request as `key`, bounded by the probe timeout. Errors carry no secret.
+    pub async fn send(
+        &self,
+        key: &Key,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Result<(u16, HeaderMap, Bytes), String> {
+        match tokio::time::timeout(self.timeout, self.exchange(key, method, path, body)).await {
             Ok(r) => r.map_err(|e| e.etype().as_str().to_string()),
             Err(_) => Err("timeout".into()),
         }
@@ -365,6 +388,65 @@ impl HealthChecker {
     }
 }
 
+/// What a validated import learned about one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Validation {
+    pub valid: bool,
+    pub models: Vec<String>,
+    pub category: String,
+    /// Why an invalid key was refused (outcome class and status; never the key).
+    pub reason: Option<String>,
+}
+
+/// Model families that name a category, in the order they are tried against a model name.
+const FAMILIES: &[&str] =
+    &["kimi", "qwen", "llama", "deepseek", "gpt-oss", "glm", "gemma", "mistral", "phi", "minimax", "cogito", "granite"];
+
+/// The family most of `models` belong to (first listed wins a tie), else `general`.
+pub fn category_of(models: &[String]) -> String {
+    let mut counts = [0usize; FAMILIES.len()];
+    for m in models {
+        let m = m.to_ascii_lowercase();
+        if let Some(i) = FAMILIES.iter().position(|f| m.contains(f)) {
+            counts[i] += 1;
+        }
+    }
+    let best = counts.iter().enumerate().filter(|(_, c)| **c > 0).max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(&a.0)));
+    best.map(|(i, _)| FAMILIES[i].to_string()).unwrap_or_else(|| "general".into())
+}
+
+/// Model names from `GET /api/tags` (`{"models":[{"name"|"model"}]}`) or `/v1/models` (`{"data":[{"id"}]}`).
+fn model_names(body: &[u8]) -> Vec<String> {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else { return vec![] };
+    let list = v.get("models").or_else(|| v.get("data")).and_then(|l| l.as_array()).cloned().unwrap_or_default();
+    list.iter()
+        .filter_map(|m| m.get("name").or_else(|| m.get("model")).or_else(|| m.get("id"))?.as_str().map(str::to_string))
+        .collect()
+}
+
+impl Prober {
+    /// Validates a key for import: `GET /api/tags` as that key must answer 2xx; its model list
+    /// gives the category.
+    pub async fn validate(&self, key: &Key) -> Validation {
+        let invalid = |reason: String| Validation {
+            valid: false,
+            models: vec![],
+            category: "general".into(),
+            reason: Some(reason),
+        };
+        match self.send(key, "GET", "/api/tags", b"").await {
+            Ok((status, headers, body)) => match classify(status, &headers, Some(&body)) {
+                Outcome::Success => {
+                    let models = model_names(&body);
+                    Validation { valid: true, category: category_of(&models), models, reason: None }
+                }
+                o => invalid(format!("{} (HTTP {status})", o.as_str())),
+            },
+            Err(e) => invalid(format!("unreachable ({e})")),
+        }
+    }
+}
+
 /// Manually disabled and expired keys are never probed.
 fn probeable(key: &Key, now: u64) -> bool {
     !matches!(key.status(), Status::Disabled | Status::Expired) && !key.is_expired(now)
@@ -401,6 +483,18 @@ impl BackgroundService for HealthChecker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn categories_from_model_families() {
+        let m = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(category_of(&m(&["kimi-k2:1t", "qwen3-coder:480b", "Qwen3:235b"])), "qwen");
+        assert_eq!(category_of(&m(&["gpt-oss:120b"])), "gpt-oss");
+        assert_eq!(category_of(&m(&["kimi-k2:1t", "qwen3:8b"])), "kimi", "ties go to the first family listed");
+        assert_eq!(category_of(&m(&["something-else"])), "general");
+        assert_eq!(category_of(&[]), "general");
+        assert_eq!(model_names(br#"{"models":[{"name":"a"},{"model":"b"}]}"#), m(&["a", "b"]));
+        assert_eq!(model_names(br#"{"data":[{"id":"c"}]}"#), m(&["c"]));
+    }
 
     #[test]
     fn usage_parsing_is_defensive() {

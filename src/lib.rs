@@ -3,6 +3,8 @@
 //! Layout (where each behaviour lives):
 //! - `cli` — command line; `main.rs` only wires it to `app`.
 //! - `config` — YAML schema, defaults, `${ENV}` expansion, validation with YAML paths.
+//! - `admin` — the admin API (`ServeHttp`) and `admin::ops`, the key/token operations it
+//!   shares with the CLI.
 //! - `app` — builds the pingora `Server`: listeners, the proxy service, background services.
 //! - `proxy` — the `ProxyHttp` hooks; `proxy::routes` (allow-list, route family),
 //!   `proxy::auth` (client tokens), `proxy::envelope` (error bodies), `proxy::headers`.
@@ -17,6 +19,7 @@
 //! - `secret` — the `Secret` type that never prints.
 //! - `logging` — logger set-up that keeps pingora's header dumps out of the logs.
 
+pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;

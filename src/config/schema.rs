@@ -142,13 +142,17 @@ impl Default for AdminConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
+    /// SQLite file, created if missing; relative paths are relative to the config file.
     pub path: PathBuf,
+    /// Encrypt upstream keys at rest with this passphrase (AES-256-GCM).
     pub encryption_key: Option<Secret>,
+    /// How often per-key counters are saved (and once more at shutdown).
+    pub flush_interval: Dur,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { path: "data/ollama-pool.db".into(), encryption_key: None }
+        StoreConfig { path: "data/ollama-pool.db".into(), encryption_key: None, flush_interval: Dur::secs(30) }
     }
 }
 
@@ -350,6 +354,12 @@ impl Config {
         self.upstream.validate(&mut e);
         if let Some(a) = &self.admin {
             a.validate(&mut e);
+        }
+        if self.store.flush_interval.0.is_zero() {
+            err(&mut e, "store.flush_interval", "must be greater than 0s");
+        }
+        if self.store.encryption_key.as_ref().is_some_and(|k| k.len() < 16) {
+            err(&mut e, "store.encryption_key", "must be at least 16 characters");
         }
         self.pool.validate(&mut e);
         self.clients.validate(&mut e);

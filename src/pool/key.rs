@@ -133,6 +133,10 @@ pub struct Key {
     /// First 12 hex of SHA-256 of the secret: what logs, metrics and the admin API show.
     pub id: String,
     pub label: Option<String>,
+    pub created_at_ms: u64,
+    /// Models this key serves and their family, from a validated import (empty = unknown).
+    /// Replaced whole (rare); read by reports.
+    meta: arc_swap::ArcSwap<KeyMeta>,
     secret: Secret,
     /// `Bearer <key>`, built once so the request path does not format or allocate it.
     auth_header: HeaderValue,
@@ -169,6 +173,12 @@ pub struct KeyStats {
     pub last_failure_ms: AtomicU64,
 }
 
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyMeta {
+    pub models: Vec<String>,
+    pub category: Option<String>,
+}
+
 /// A consistent-enough copy of a key's state for reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyView {
@@ -183,6 +193,12 @@ pub struct KeyView {
     pub requests: u64,
     pub successes: u64,
     pub failures: u64,
+    pub last_used_ms: u64,
+    pub last_success_ms: u64,
+    pub last_failure_ms: u64,
+    pub created_at_ms: u64,
+    pub models: Vec<String>,
+    pub category: Option<String>,
 }
 
 impl fmt::Debug for Key {
@@ -199,6 +215,8 @@ impl Key {
         Ok(Key {
             id: secret.id(),
             label,
+            created_at_ms: 0,
+            meta: arc_swap::ArcSwap::from_pointee(KeyMeta::default()),
             secret,
             auth_header,
             status: AtomicU8::new(Status::Active as u8),
@@ -355,6 +373,55 @@ impl Key {
             requests: self.stats.requests.load(Relaxed),
             successes: self.stats.successes.load(Relaxed),
             failures: self.stats.failures.load(Relaxed),
+            last_used_ms: self.stats.last_used_ms.load(Relaxed),
+            last_success_ms: self.stats.last_success_ms.load(Relaxed),
+            last_failure_ms: self.stats.last_failure_ms.load(Relaxed),
+            created_at_ms: self.created_at_ms,
+            models: self.meta.load().models.clone(),
+            category: self.meta.load().category.clone(),
         }
+    }
+
+    pub fn with_created_at(mut self, ms: u64) -> Key {
+        self.created_at_ms = ms;
+        self
+    }
+
+    pub fn set_meta(&self, meta: KeyMeta) {
+        self.meta.store(std::sync::Arc::new(meta));
+    }
+
+    /// The counters, for the store's periodic snapshot.
+    pub fn counters(&self) -> crate::store::Counters {
+        let s = &self.stats;
+        crate::store::Counters {
+            requests: s.requests.load(Relaxed),
+            successes: s.successes.load(Relaxed),
+            failures: s.failures.load(Relaxed),
+            consecutive_failures: self.consecutive_failures.load(Relaxed),
+            last_used_ms: s.last_used_ms.load(Relaxed),
+            last_success_ms: s.last_success_ms.load(Relaxed),
+            last_failure_ms: s.last_failure_ms.load(Relaxed),
+        }
+    }
+
+    /// Restores counters saved by an earlier run.
+    pub fn restore_counters(&self, c: &crate::store::Counters) {
+        let s = &self.stats;
+        s.requests.store(c.requests, Relaxed);
+        s.successes.store(c.successes, Relaxed);
+        s.failures.store(c.failures, Relaxed);
+        self.consecutive_failures.store(c.consecutive_failures, Relaxed);
+        s.last_used_ms.store(c.last_used_ms, Relaxed);
+        s.last_success_ms.store(c.last_success_ms, Relaxed);
+        s.last_failure_ms.store(c.last_failure_ms, Relaxed);
+    }
+
+    /// Restores a manual disable saved by an earlier run (`0` = until enabled), without logging
+    /// it as a new transition.
+    pub fn restore_disabled(&self, until_ms: u64) {
+        self.until_ms.store(until_ms, Release);
+        self.reason.store(Reason::Manual as u8, Relaxed);
+        self.status.store(Status::Disabled as u8, Release);
     }
 }

@@ -11,7 +11,7 @@ pub mod window;
 
 pub use attempt::{Attempts, Decision, MAX_ATTEMPTS};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use key::{Key, KeyView, Reason, Status};
+pub use key::{Key, KeyMeta, KeyView, Reason, Status};
 pub use outcome::{classify, Outcome};
 pub use window::Window;
 

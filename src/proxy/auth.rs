@@ -7,14 +7,77 @@ use crate::secret::sha256;
 use arc_swap::ArcSwap;
 use http::HeaderMap;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::Duration;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Client {
     /// What logs and metrics call this client.
     pub name: String,
     /// ms since epoch; None = never expires.
     pub expires_at_ms: Option<u64>,
+    /// Models this client may use; empty = all.
+    pub models: Vec<String>,
+    /// Requests per minute; None = unlimited.
+    pub rpm: Option<u32>,
+    /// Fixed one-minute window of the rpm limit: (minute number, requests in it), packed so
+    /// one atomic holds both and no lock is taken.
+    window: AtomicU64,
+}
+
+impl Client {
+    pub fn new(name: impl Into<String>, expires_at_ms: Option<u64>, models: Vec<String>, rpm: Option<u32>) -> Client {
+        Client { name: name.into(), expires_at_ms, models, rpm, window: AtomicU64::new(0) }
+    }
+
+    /// Counts one request against the rpm limit. Err(wait) when over it, with the time until
+    /// the next minute starts.
+    pub fn admit(&self, now_ms: u64) -> Result<(), Duration> {
+        let Some(rpm) = self.rpm else { return Ok(()) };
+        let minute = now_ms / 60_000;
+        let mut cur = self.window.load(Relaxed);
+        loop {
+            let (m, used) = (cur >> 32, cur & 0xffff_ffff);
+            let used = if m == minute { used } else { 0 };
+            if used >= u64::from(rpm) {
+                return Err(Duration::from_millis((minute + 1) * 60_000 - now_ms));
+            }
+            let next = (minute << 32) | (used + 1);
+            match self.window.compare_exchange_weak(cur, next, Relaxed, Relaxed) {
+                Ok(_) => return Ok(()),
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Whether this client may use `model` (a request without a model is not restricted here).
+    pub fn allows_model(&self, model: Option<&str>) -> bool {
+        match model {
+            _ if self.models.is_empty() => true,
+            None => true,
+            Some(m) => self.models.iter().any(|a| a == m),
+        }
+    }
+}
+
+/// A new client token: `sk-` + 48 alphanumerics from the OS CSPRNG (rejection-sampled, so
+/// every character is uniform).
+pub fn new_token() -> crate::secret::Secret {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut out = String::with_capacity(51);
+    out.push_str("sk-");
+    let mut buf = [0u8; 64];
+    while out.len() < 51 {
+        getrandom::fill(&mut buf).expect("the OS random source works");
+        for b in buf {
+            // 248 = 4 * 62: bytes above it would bias the first letters.
+            if b < 248 && out.len() < 51 {
+                out.push(ALPHABET[(b % 62) as usize] as char);
+            }
+        }
+    }
+    crate::secret::Secret::new(out)
 }
 
 #[derive(Default)]
@@ -27,16 +90,17 @@ impl Clients {
     pub fn from_static(tokens: &[StaticToken]) -> Clients {
         let map = tokens
             .iter()
-            .map(|t| (t.token.sha256(), Arc::new(Client { name: t.name.clone(), expires_at_ms: None })))
+            .map(|t| (t.token.sha256(), Arc::new(Client::new(t.name.clone(), None, vec![], None))))
             .collect();
         Clients { by_hash: ArcSwap::from_pointee(map) }
     }
 
     /// Adds or replaces the client for a token hash (the admin/store issue feeds stored tokens here).
     pub fn insert(&self, hash: [u8; 32], client: Client) {
+        let client = Arc::new(client);
         self.by_hash.rcu(|m| {
             let mut m = HashMap::clone(m);
-            m.insert(hash, Arc::new(client.clone()));
+            m.insert(hash, client.clone());
             m
         });
     }
@@ -109,8 +173,40 @@ mod tests {
     #[test]
     fn expired_tokens_are_refused() {
         let c = Clients::default();
-        c.insert(sha256(b"tok-abcdefg"), Client { name: "t".into(), expires_at_ms: Some(10) });
+        c.insert(sha256(b"tok-abcdefg"), Client::new("t", Some(10), vec![], None));
         assert!(c.authenticate(&headers(&[("x-api-key", "tok-abcdefg")]), 9).is_some());
         assert!(c.authenticate(&headers(&[("x-api-key", "tok-abcdefg")]), 10).is_none());
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    #[test]
+    fn rpm_is_a_fixed_minute_window() {
+        let c = Client::new("t", None, vec![], Some(2));
+        let t0 = 60_000 * 1000 + 10_000;
+        assert!(c.admit(t0).is_ok());
+        assert!(c.admit(t0 + 1).is_ok());
+        assert_eq!(c.admit(t0 + 2), Err(Duration::from_millis(50_000 - 2)));
+        assert!(c.admit(t0 + 50_000).is_ok(), "a new minute");
+    }
+
+    #[test]
+    fn model_allow_list() {
+        let c = Client::new("t", None, vec!["qwen3:8b".into()], None);
+        assert!(c.allows_model(Some("qwen3:8b")) && c.allows_model(None));
+        assert!(!c.allows_model(Some("llama3")));
+        assert!(Client::new("u", None, vec![], None).allows_model(Some("anything")));
+    }
+
+    #[test]
+    fn tokens_are_sk_plus_48_alphanumerics_and_distinct() {
+        let a = new_token();
+        assert_eq!(a.len(), 51);
+        assert!(a.expose().starts_with("sk-"));
+        assert!(a.expose()[3..].bytes().all(|b| b.is_ascii_alphanumeric()));
+        assert_ne!(a.expose(), new_token().expose());
     }
 }

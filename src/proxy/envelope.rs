@@ -15,6 +15,10 @@ pub enum ErrorKind {
     BadRequest,
     /// The client stopped sending its body.
     RequestTimeout,
+    /// The client's token may not use the requested model.
+    ModelNotAllowed,
+    /// The client is over its own requests-per-minute limit.
+    ClientRateLimited,
     /// No key can serve the request now.
     NoUsableKey,
     /// The upstream could not be reached / broke before answering, on every attempt.
@@ -28,7 +32,7 @@ pub enum ErrorKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyError {
     pub kind: ErrorKind,
-    /// Seconds until it makes sense to try again (503 only).
+    /// Seconds until it makes sense to try again (503 and 429).
     pub retry_after: Option<Duration>,
 }
 
@@ -44,6 +48,8 @@ impl ProxyError {
             ErrorKind::BodyTooLarge => 413,
             ErrorKind::BadRequest => 400,
             ErrorKind::RequestTimeout => 408,
+            ErrorKind::ModelNotAllowed => 403,
+            ErrorKind::ClientRateLimited => 429,
             ErrorKind::NoUsableKey => 503,
             ErrorKind::UpstreamFailed | ErrorKind::UpstreamUnresolved => 502,
             ErrorKind::UpstreamTimeout => 504,
@@ -60,6 +66,8 @@ impl ProxyError {
             ErrorKind::BodyTooLarge => "request body exceeds the proxy's pool.max_request_body limit",
             ErrorKind::BadRequest => "could not read the request body",
             ErrorKind::RequestTimeout => "the request body did not arrive in time (server.client_body_timeout)",
+            ErrorKind::ModelNotAllowed => "this client token may not use the requested model",
+            ErrorKind::ClientRateLimited => "this client token is over its requests-per-minute limit",
             ErrorKind::NoUsableKey => "no upstream key is available right now; retry later",
             ErrorKind::UpstreamFailed => "the upstream failed on every attempt",
             ErrorKind::UpstreamTimeout => "the upstream timed out on every attempt",
@@ -76,6 +84,8 @@ impl ProxyError {
             ErrorKind::BodyTooLarge => ("invalid_request_error", "request_too_large", "request_too_large"),
             ErrorKind::BadRequest => ("invalid_request_error", "bad_request", "invalid_request_error"),
             ErrorKind::RequestTimeout => ("invalid_request_error", "request_timeout", "invalid_request_error"),
+            ErrorKind::ModelNotAllowed => ("permission_error", "model_not_allowed", "permission_error"),
+            ErrorKind::ClientRateLimited => ("rate_limit_error", "rate_limit_exceeded", "rate_limit_error"),
             ErrorKind::NoUsableKey => ("service_unavailable", "no_usable_key", "overloaded_error"),
             ErrorKind::UpstreamFailed | ErrorKind::UpstreamUnresolved => {
                 ("upstream_error", "upstream_failed", "api_error")

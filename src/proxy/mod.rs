@@ -184,17 +184,31 @@ impl ProxyHttp for PoolProxy {
             Route::Forward(f) => ctx.family = f,
         }
         let now = self.state.pool.now_ms();
-        match self.state.clients.authenticate(&session.req_header().headers, now) {
-            Some(c) => ctx.client = Some(c),
+        let client = match self.state.clients.authenticate(&session.req_header().headers, now) {
+            Some(c) => c,
             None => return self.respond(session, ctx, ProxyError::new(ErrorKind::Unauthorized)).await,
+        };
+        ctx.client = Some(client.clone());
+        if let Err(wait) = client.admit(now) {
+            let err = ProxyError { kind: ErrorKind::ClientRateLimited, retry_after: Some(wait) };
+            return self.respond(session, ctx, err).await;
         }
-        match self.read_body(session).await {
-            Ok(None) => Ok(false),
-            Ok(Some(large)) => {
+        let large = match self.read_body(session).await {
+            Ok(large) => large,
+            Err(e) => return self.respond(session, ctx, e).await,
+        };
+        if !client.models.is_empty() {
+            let body = large.clone().or_else(|| session.get_retry_buffer()).unwrap_or_default();
+            if !client.allows_model(requested_model(&body).as_deref()) {
+                return self.respond(session, ctx, ProxyError::new(ErrorKind::ModelNotAllowed)).await;
+            }
+        }
+        match large {
+            None => Ok(false),
+            Some(large) => {
                 crate::forward::run(self, session, ctx, large).await?;
                 Ok(true)
             }
-            Err(e) => self.respond(session, ctx, e).await,
         }
     }
 
@@ -361,6 +375,15 @@ impl ProxyHttp for PoolProxy {
             );
         }
     }
+}
+
+/// The `model` of a JSON request body (OpenAI, Anthropic and Ollama all call it that).
+fn requested_model(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        model: Option<String>,
+    }
+    serde_json::from_slice::<Probe>(body).ok()?.model
 }
 
 /// The client-facing error for a pingora error that we did not decide ourselves.

@@ -76,3 +76,33 @@ pub trait Store: Send + Sync + 'static {
     fn insert_token(&self, token: &StoredToken) -> Result<()>;
     fn delete_token(&self, id: &str) -> Result<bool>;
 }
+
+/// Saves every key's counters to the store every `interval` and once more at shutdown, so
+/// statistics survive restarts without any store write on the request path.
+pub struct CounterFlusher {
+    pub store: std::sync::Arc<dyn Store>,
+    pub pool: std::sync::Arc<crate::pool::Pool>,
+    pub interval: std::time::Duration,
+}
+
+impl CounterFlusher {
+    pub fn flush(&self) {
+        let counters: Vec<(String, Counters)> = self.pool.keys().iter().map(|k| (k.id.clone(), k.counters())).collect();
+        if let Err(e) = self.store.save_counters(&counters) {
+            log::warn!("store: saving key counters failed: {e}");
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for CounterFlusher {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = tokio::time::sleep(self.interval) => self.flush(),
+            }
+        }
+        self.flush();
+    }
+}

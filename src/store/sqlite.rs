@@ -114,7 +114,7 @@ impl Store for SqliteStore {
         let mut stmt = conn.prepare(
             "SELECT id, secret, encrypted, label, created_at, expires_at, disabled_until, models, category,
                     requests, successes, failures, consecutive_failures, last_used, last_success, last_failure
-             FROM keys ORDER BY created_at, id",
+             FROM keys ORDER BY created_at, rowid",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok((
@@ -234,7 +234,7 @@ impl Store for SqliteStore {
     fn tokens(&self) -> Result<Vec<StoredToken>> {
         let conn = self.lock();
         let mut stmt = conn.prepare(
-            "SELECT id, hash, name, created_at, expires_at, models, rpm FROM tokens ORDER BY created_at, id",
+            "SELECT id, hash, name, created_at, expires_at, models, rpm FROM tokens ORDER BY created_at, rowid",
         )?;
         let rows = stmt.query_map([], |r| {
             let hash: Vec<u8> = r.get(1)?;

@@ -1,0 +1,489 @@
+//! The admin API (SPEC §2.4): a pingora `ServeHttp` on its own listener. JSON in and out;
+//! `Authorization: Bearer <admin token>` on everything under `/admin/`; `/metrics`, `/healthz`
+//! and `/readyz` open. Keys show as id + masked form and tokens as id + name: the clear text of
+//! a client token appears exactly once, in the answer that creates it.
+//!
+//! Handlers parse and answer; the work is in `ops` (shared with the CLI).
+
+pub mod ops;
+
+use crate::config::units::parse_duration;
+use crate::health::HealthChecker;
+use crate::pool::clock::rfc3339;
+use crate::pool::{KeyView, Status};
+use crate::proxy::ProxyState;
+use async_trait::async_trait;
+use bytes::BytesMut;
+use http::{Method, Response, StatusCode};
+use ops::{Control, OpError};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest admin request body (an import of ~100k keys fits).
+const MAX_BODY: usize = 16 << 20;
+
+pub struct AdminApp {
+    pub control: Control,
+    pub health: Arc<HealthChecker>,
+    pub proxy: Arc<ProxyState>,
+    /// SHA-256 of the admin token: compared in constant time, the token itself is not kept.
+    token_hash: [u8; 32],
+}
+
+type Answer = Response<Vec<u8>>;
+
+fn answer(status: u16, body: Value) -> Answer {
+    let bytes = if body.is_null() { Vec::new() } else { body.to_string().into_bytes() };
+    let mut b = Response::builder().status(status).header("cache-control", "no-store");
+    if !bytes.is_empty() {
+        b = b.header("content-type", "application/json");
+    }
+    b.header("content-length", bytes.len()).body(bytes).expect("valid response")
+}
+
+fn error(status: u16, message: impl Into<String>) -> Answer {
+    answer(status, json!({ "error": message.into() }))
+}
+
+fn time(ms: Option<u64>) -> Value {
+    ms.filter(|&m| m != 0).map(|m| Value::String(rfc3339(m))).unwrap_or(Value::Null)
+}
+
+/// `"2h"`, `"90s"` or a number of seconds.
+fn duration(v: &Option<Value>, field: &str) -> Result<Option<Duration>, Answer> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(s) if s > 0 => Ok(Some(Duration::from_secs(s))),
+            _ => Err(error(400, format!("{field}: want a positive number of seconds or a duration like \"2h\""))),
+        },
+        Some(Value::String(s)) => match parse_duration(s) {
+            Ok(d) if !d.is_zero() => Ok(Some(d)),
+            Ok(_) => Err(error(400, format!("{field}: must be longer than 0s"))),
+            Err(e) => Err(error(400, format!("{field}: {e}"))),
+        },
+        Some(_) => Err(error(400, format!("{field}: want a duration like \"2h\" or a number of seconds"))),
+    }
+}
+
+fn op_error(e: OpError) -> Answer {
+    match e {
+        OpError::Invalid(m) => error(400, m),
+        OpError::Duplicate(id) => answer(409, json!({ "error": "key already present", "id": id })),
+        OpError::Store(e) => {
+            log::error!("admin: {e}");
+            error(500, "the store failed; nothing was changed")
+        }
+    }
+}
+
+fn key_json(v: &KeyView) -> Value {
+    json!({
+        "id": v.id,
+        "masked": v.masked,
+        "label": v.label,
+        "status": v.status.as_str(),
+        "reason": if v.reason.as_str().is_empty() { Value::Null } else { v.reason.as_str().into() },
+        "until": time(v.until_ms),
+        "models": v.models,
+        "category": v.category,
+        "created_at": time(Some(v.created_at_ms)),
+        "expires_at": time(v.expires_at_ms),
+        "stats": {
+            "requests": v.requests,
+            "successes": v.successes,
+            "failures": v.failures,
+            "consecutive_failures": v.consecutive_failures,
+            "last_used": time(Some(v.last_used_ms)),
+            "last_success": time(Some(v.last_success_ms)),
+            "last_failure": time(Some(v.last_failure_ms)),
+        }
+    })
+}
+
+fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Answer> {
+    let body = if body.iter().all(u8::is_ascii_whitespace) { b"{}".as_slice() } else { body };
+    serde_json::from_slice(body).map_err(|e| error(400, format!("invalid JSON body: {e}")))
+}
+
+fn query(uri: &http::Uri) -> Vec<(String, String)> {
+    uri.query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn flag(q: &[(String, String)], name: &str) -> bool {
+    q.iter().any(|(k, v)| k == name && matches!(v.as_str(), "" | "1" | "true" | "yes"))
+}
+
+impl AdminApp {
+    pub fn new(
+        control: Control,
+        health: Arc<HealthChecker>,
+        proxy: Arc<ProxyState>,
+        token: &crate::secret::Secret,
+    ) -> Self {
+        AdminApp { control, health, proxy, token_hash: token.sha256() }
+    }
+
+    fn authorized(&self, s: &ServerSession) -> bool {
+        let presented = s
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes())
+            .and_then(|v| (v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ")).then(|| &v[7..]))
+            .unwrap_or(b"");
+        // Hash first, then compare every byte: timing reveals nothing about the token.
+        let h = crate::secret::sha256(presented);
+        h.iter().zip(self.token_hash.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0 && !presented.is_empty()
+    }
+
+    async fn read_body(s: &mut ServerSession) -> Result<Vec<u8>, Answer> {
+        let mut buf = BytesMut::new();
+        loop {
+            match s.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    if buf.len() + chunk.len() > MAX_BODY {
+                        return Err(error(413, format!("request body over {} MiB", MAX_BODY >> 20)));
+                    }
+                    buf.extend_from_slice(&chunk);
+                }
+                Ok(None) => return Ok(buf.to_vec()),
+                Err(_) => return Err(error(400, "could not read the request body")),
+            }
+        }
+    }
+
+    async fn route(&self, s: &mut ServerSession) -> Answer {
+        let method = s.req_header().method.clone();
+        let uri = s.req_header().uri.clone();
+        let path = uri.path().trim_end_matches('/').to_string();
+        match (method.as_str(), path.as_str()) {
+            ("GET", "/healthz") => return answer(200, json!({"status": "ok"})),
+            ("GET", "/readyz") if self.proxy.ready() => return answer(200, json!({"status": "ready"})),
+            ("GET", "/readyz") => return answer(503, json!({"status": "not ready"})),
+            ("GET", "/metrics") => return metrics(),
+            _ => {}
+        }
+        if !path.starts_with("/admin/") {
+            return error(404, "no such route");
+        }
+        if !self.authorized(s) {
+            return Response::builder()
+                .status(401)
+                .header("www-authenticate", "Bearer")
+                .header("content-type", "application/json")
+                .body(json!({"error": "missing or wrong admin token"}).to_string().into_bytes())
+                .expect("valid response");
+        }
+        let body = match Self::read_body(s).await {
+            Ok(b) => b,
+            Err(a) => return a,
+        };
+        let q = query(&uri);
+        let segments: Vec<&str> = path.trim_start_matches("/admin/").split('/').collect();
+        let result = match (method, segments.as_slice()) {
+            (Method::GET, ["keys"]) => self.list_keys(&q),
+            (Method::POST, ["keys"]) => self.add_key(&body),
+            (Method::POST, ["keys", "import"]) => self.import(s, &body, &q).await,
+            (Method::DELETE, ["keys", id]) => self.remove_key(id),
+            (Method::POST, ["keys", id, "disable"]) => self.disable_key(id, &body),
+            (Method::POST, ["keys", id, "enable"]) => self.enable_key(id),
+            (Method::POST, ["health-check"]) => self.health_check(&body).await,
+            (Method::GET, ["tokens"]) => self.list_tokens(),
+            (Method::POST, ["tokens"]) => self.create_token(&body),
+            (Method::DELETE, ["tokens", id]) => self.revoke_token(id),
+            (Method::GET, ["stats"]) => Ok(self.stats()),
+            (_, ["keys" | "tokens" | "stats" | "health-check", ..]) => Err(error(405, "method not allowed here")),
+            _ => Err(error(404, "no such admin route")),
+        };
+        result.unwrap_or_else(|a| a)
+    }
+
+    fn pool(&self) -> &crate::pool::Pool {
+        &self.proxy.pool
+    }
+
+    fn list_keys(&self, q: &[(String, String)]) -> Result<Answer, Answer> {
+        let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty());
+        let status = match get("status") {
+            None => None,
+            Some(s) => Some(
+                [Status::Active, Status::Cooling, Status::Disabled, Status::Invalid, Status::Expired]
+                    .into_iter()
+                    .find(|st| st.as_str() == s)
+                    .ok_or_else(|| error(400, "status: want active, cooling, disabled, invalid or expired"))?,
+            ),
+        };
+        let number = |name: &str, default: usize, max: usize| -> Result<usize, Answer> {
+            match get(name) {
+                None => Ok(default),
+                Some(v) => v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=max).contains(n))
+                    .ok_or_else(|| error(400, format!("{name}: want a number from 1 to {max}"))),
+            }
+        };
+        let page = number("page", 1, usize::MAX)?;
+        let page_size = number("page_size", 50, 1000)?;
+        let search = get("search").map(str::to_ascii_lowercase);
+        let matching: Vec<KeyView> = self
+            .pool()
+            .views()
+            .into_iter()
+            .filter(|v| status.is_none_or(|s| v.status == s))
+            .filter(|v| {
+                search.as_deref().is_none_or(|s| {
+                    v.id.contains(s)
+                        || v.label.as_deref().is_some_and(|l| l.to_ascii_lowercase().contains(s))
+                        || v.category.as_deref().is_some_and(|c| c.contains(s))
+                })
+            })
+            .collect();
+        let total = matching.len();
+        let keys: Vec<Value> =
+            matching.iter().skip((page - 1).saturating_mul(page_size)).take(page_size).map(key_json).collect();
+        Ok(answer(200, json!({ "keys": keys, "total": total, "page": page, "page_size": page_size })))
+    }
+
+    fn add_key(&self, body: &[u8]) -> Result<Answer, Answer> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Req {
+            key: String,
+            label: Option<String>,
+            ttl: Option<Value>,
+        }
+        let r: Req = parse_json(body)?;
+        let ttl = duration(&r.ttl, "ttl")?;
+        let id = self.control.add_key(&r.key, r.label, ttl).map_err(op_error)?;
+        Ok(answer(201, json!({ "id": id })))
+    }
+
+    async fn import(&self, s: &ServerSession, body: &[u8], q: &[(String, String)]) -> Result<Answer, Answer> {
+        let text = std::str::from_utf8(body).map_err(|_| error(400, "import body must be UTF-8 text or JSON"))?;
+        let is_json = s
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+        if is_json && serde_json::from_str::<Value>(text).is_err() {
+            return Err(error(400, "invalid JSON body: want {\"keys\": [...]} or a JSON array"));
+        }
+        let prober = flag(q, "validate").then(|| self.health.prober());
+        let report = self.control.import(text, prober, flag(q, "dry_run"), &|_| {}).await.map_err(op_error)?;
+        Ok(answer(200, serde_json::to_value(report).unwrap_or_default()))
+    }
+
+    fn remove_key(&self, id: &str) -> Result<Answer, Answer> {
+        match self.control.remove_key(id).map_err(op_error)? {
+            true => Ok(answer(204, Value::Null)),
+            false => Err(error(404, "no such key")),
+        }
+    }
+
+    fn disable_key(&self, id: &str, body: &[u8]) -> Result<Answer, Answer> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Req {
+            #[serde(rename = "for")]
+            for_: Option<Value>,
+        }
+        let r: Req = parse_json(body)?;
+        let for_ = duration(&r.for_, "for")?;
+        if !self.control.disable_key(id, for_).map_err(op_error)? {
+            return Err(error(404, "no such key"));
+        }
+        self.key_answer(id)
+    }
+
+    fn enable_key(&self, id: &str) -> Result<Answer, Answer> {
+        if !self.control.enable_key(id).map_err(op_error)? {
+            return Err(error(404, "no such key"));
+        }
+        self.key_answer(id)
+    }
+
+    fn key_answer(&self, id: &str) -> Result<Answer, Answer> {
+        let key = self.pool().get(id).ok_or_else(|| error(404, "no such key"))?;
+        Ok(answer(200, key_json(&key.view_at(self.pool().now_ms()))))
+    }
+
+    async fn health_check(&self, body: &[u8]) -> Result<Answer, Answer> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Req {
+            ids: Option<Vec<String>>,
+        }
+        let r: Req = parse_json(body)?;
+        if let Some(ids) = &r.ids {
+            if let Some(bad) = ids.iter().find(|id| self.pool().get(id).is_none()) {
+                return Err(error(404, format!("no such key: {bad}")));
+            }
+        }
+        let results = self.health.check_now(r.ids.as_deref()).await;
+        Ok(answer(200, json!({ "results": results })))
+    }
+
+    fn list_tokens(&self) -> Result<Answer, Answer> {
+        let tokens = self.control.store.tokens().map_err(|e| op_error(e.into()))?;
+        let list: Vec<Value> = tokens
+            .iter()
+            .map(|t| {
+                json!({
+                    "id": t.id,
+                    "name": t.name,
+                    "created_at": time(Some(t.created_at_ms)),
+                    "expires_at": time(t.expires_at_ms),
+                    "models": t.models,
+                    "rpm": t.rpm,
+                })
+            })
+            .collect();
+        Ok(answer(200, json!({ "tokens": list })))
+    }
+
+    fn create_token(&self, body: &[u8]) -> Result<Answer, Answer> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Req {
+            name: String,
+            expires_in: Option<Value>,
+            #[serde(default)]
+            models: Vec<String>,
+            rpm: Option<u32>,
+        }
+        let r: Req = parse_json(body)?;
+        let expires_in = duration(&r.expires_in, "expires_in")?;
+        let (t, token) = self.control.create_token(&r.name, expires_in, r.models, r.rpm).map_err(op_error)?;
+        Ok(answer(
+            201,
+            json!({ "id": t.id, "name": t.name, "token": token.expose(), "expires_at": time(t.expires_at_ms) }),
+        ))
+    }
+
+    fn revoke_token(&self, id: &str) -> Result<Answer, Answer> {
+        match self.control.revoke_token(id).map_err(op_error)? {
+            true => Ok(answer(204, Value::Null)),
+            false => Err(error(404, "no such token")),
+        }
+    }
+
+    fn stats(&self) -> Answer {
+        let views = self.pool().views();
+        let (mut requests, mut successes, mut failures) = (0u64, 0u64, 0u64);
+        let mut by_status = serde_json::Map::new();
+        for st in ["active", "cooling", "disabled", "invalid", "expired"] {
+            by_status.insert(st.into(), 0.into());
+        }
+        for v in &views {
+            requests += v.requests;
+            successes += v.successes;
+            failures += v.failures;
+            let n = by_status.get(v.status.as_str()).and_then(Value::as_u64).unwrap_or(0);
+            by_status.insert(v.status.as_str().into(), (n + 1).into());
+        }
+        let rate = if successes + failures == 0 {
+            Value::Null
+        } else {
+            json!(successes as f64 / (successes + failures) as f64)
+        };
+        answer(
+            200,
+            json!({
+                "keys": { "total": views.len(), "usable": self.pool().usable_count(), "by_status": by_status },
+                "requests": requests,
+                "successes": successes,
+                "failures": failures,
+                "success_rate": rate,
+                "tokens": self.proxy.clients.len(),
+                "storm_since": time(self.pool().storm_since()),
+            }),
+        )
+    }
+}
+
+fn metrics() -> Answer {
+    use prometheus::Encoder;
+    let mut buf = Vec::new();
+    let enc = prometheus::TextEncoder::new();
+    if enc.encode(&prometheus::gather(), &mut buf).is_err() {
+        return error(500, "could not encode metrics");
+    }
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", enc.format_type())
+        .header("content-length", buf.len())
+        .body(buf)
+        .expect("valid response")
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
+        let a = self.route(s).await;
+        let status = a.status().as_u16();
+        log::debug!(target: "ollama_pool::admin", "{} {} status={status}", s.req_header().method, s.req_header().uri.path());
+        a
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings() {
+        let q = query(&"/x?status=active&search=a%20b&validate".parse().unwrap());
+        assert_eq!(
+            q,
+            vec![("status".into(), "active".into()), ("search".into(), "a b".into()), ("validate".into(), "".into())]
+        );
+        assert!(flag(&q, "validate"));
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration(&Some(json!("2h")), "for").unwrap(), Some(Duration::from_secs(7200)));
+        assert_eq!(duration(&Some(json!(90)), "ttl").unwrap(), Some(Duration::from_secs(90)));
+        assert!(duration(&Some(json!("soon")), "for").is_err());
+        assert!(duration(&Some(json!(-1)), "ttl").is_err());
+        assert_eq!(duration(&None, "ttl").unwrap(), None);
+    }
+}

@@ -1,0 +1,278 @@
+//! Key and token operations shared by the admin API and the CLI. Each one commits to the store
+//! first (durable before any 2xx) and then, when a running pool/client table is attached,
+//! applies the change there so routing sees it on the very next request.
+
+use crate::health::Prober;
+use crate::import::{self, InvalidLine};
+use crate::pool::{Clock, Key, KeyMeta, Pool};
+use crate::proxy::auth::{new_token, Client, Clients};
+use crate::secret::Secret;
+use crate::store::{Counters, Store, StoreError, StoredKey, StoredToken};
+use futures_util::StreamExt;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Keys probed at once by a validated import.
+pub const VALIDATE_CONCURRENCY: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("key {0} is already present")]
+    Duplicate(String),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+pub struct ImportReport {
+    pub added: usize,
+    pub duplicates: usize,
+    pub invalid: Vec<InvalidEntry>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validated: Option<Validated>,
+    /// Nothing was written (`dry_run`).
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct InvalidEntry {
+    pub line: usize,
+    pub reason: String,
+}
+
+impl From<&InvalidLine> for InvalidEntry {
+    fn from(l: &InvalidLine) -> Self {
+        InvalidEntry { line: l.line, reason: l.reason.clone() }
+    }
+}
+
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Validated {
+    pub valid: usize,
+    pub invalid: usize,
+    /// Valid keys per model-family category.
+    pub by_category: BTreeMap<String, usize>,
+}
+
+#[derive(Clone)]
+pub struct Control {
+    pub store: Arc<dyn Store>,
+    /// The running pool and client table (None in the offline CLI).
+    pub pool: Option<Arc<Pool>>,
+    pub clients: Option<Arc<Clients>>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Control {
+    fn now(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    fn stored(&self, secret: Secret, label: Option<String>, ttl: Option<Duration>) -> StoredKey {
+        let now = self.now();
+        StoredKey {
+            id: secret.id(),
+            secret,
+            label,
+            created_at_ms: now,
+            expires_at_ms: ttl.map(|t| now + t.as_millis() as u64),
+            disabled_until_ms: None,
+            models: vec![],
+            category: None,
+            counters: Counters::default(),
+        }
+    }
+
+    /// Adds one key. Duplicate → `OpError::Duplicate`.
+    pub fn add_key(&self, key: &str, label: Option<String>, ttl: Option<Duration>) -> Result<String, OpError> {
+        let key = key.trim();
+        import::check_key(key).map_err(|r| OpError::Invalid(r.to_string()))?;
+        let stored = self.stored(Secret::new(key), label, ttl);
+        let id = stored.id.clone();
+        if self.store.insert_keys(std::slice::from_ref(&stored))?.is_empty() {
+            return Err(OpError::Duplicate(id));
+        }
+        self.attach(&stored);
+        Ok(id)
+    }
+
+    /// Puts a stored key into the running pool, if one is attached.
+    fn attach(&self, k: &StoredKey) {
+        let Some(pool) = &self.pool else { return };
+        if let Some(key) = to_pool_key(k) {
+            let _ = pool.add(key);
+        }
+    }
+
+    /// Imports a key file's text (SPEC §3.6). With a prober, each new key is validated first and
+    /// only valid keys are added, with their models and category. `progress` ticks once per key
+    /// validated.
+    pub async fn import(
+        &self,
+        text: &str,
+        prober: Option<&Prober>,
+        dry_run: bool,
+        progress: &(dyn Fn(usize) + Sync),
+    ) -> Result<ImportReport, OpError> {
+        let parsed = import::parse(text);
+        let existing: HashSet<String> = self.store.keys()?.into_iter().map(|k| k.id).collect();
+        let (fresh, known): (Vec<_>, Vec<_>) = parsed.keys.into_iter().partition(|k| !existing.contains(&k.key.id()));
+        let mut report = ImportReport {
+            duplicates: parsed.duplicates + known.len(),
+            invalid: parsed.invalid.iter().map(InvalidEntry::from).collect(),
+            dry_run,
+            ..Default::default()
+        };
+        let mut to_add: Vec<StoredKey> = Vec::new();
+        match prober {
+            None => to_add = fresh.into_iter().map(|k| self.stored(k.key, k.label, None)).collect(),
+            Some(prober) => {
+                let checked: Vec<(import::ParsedKey, crate::health::Validation)> = futures_util::stream::iter(fresh)
+                    .map(|k| async move {
+                        let v = match Key::new(k.key.clone(), None, None) {
+                            Ok(key) => prober.validate(&key).await,
+                            Err(e) => crate::health::Validation {
+                                valid: false,
+                                models: vec![],
+                                category: "general".into(),
+                                reason: Some(e),
+                            },
+                        };
+                        (k, v)
+                    })
+                    .buffer_unordered(VALIDATE_CONCURRENCY)
+                    .inspect(|_| progress(1))
+                    .collect()
+                    .await;
+                let mut summary = Validated::default();
+                let mut checked = checked;
+                checked.sort_by_key(|(k, _)| k.line);
+                for (k, v) in checked {
+                    if v.valid {
+                        summary.valid += 1;
+                        *summary.by_category.entry(v.category.clone()).or_default() += 1;
+                        let mut stored = self.stored(k.key, k.label, None);
+                        stored.models = v.models;
+                        stored.category = Some(v.category);
+                        to_add.push(stored);
+                    } else {
+                        summary.invalid += 1;
+                        let reason = format!("key rejected by the upstream: {}", v.reason.unwrap_or_default());
+                        report.invalid.push(InvalidEntry { line: k.line, reason });
+                    }
+                }
+                report.invalid.sort_by_key(|i| i.line);
+                report.validated = Some(summary);
+            }
+        }
+        if dry_run {
+            report.added = to_add.len();
+            return Ok(report);
+        }
+        let added: HashSet<String> = self.store.insert_keys(&to_add)?.into_iter().collect();
+        report.added = added.len();
+        report.duplicates += to_add.len() - added.len(); // raced with another writer
+        for k in to_add.iter().filter(|k| added.contains(&k.id)) {
+            self.attach(k);
+        }
+        Ok(report)
+    }
+
+    pub fn remove_key(&self, id: &str) -> Result<bool, OpError> {
+        let found = self.store.delete_key(id)?;
+        if let Some(pool) = &self.pool {
+            pool.remove(id);
+        }
+        Ok(found)
+    }
+
+    /// Disables a key for `for_` or until enabled.
+    pub fn disable_key(&self, id: &str, for_: Option<Duration>) -> Result<bool, OpError> {
+        let until = for_.map(|d| self.now() + d.as_millis() as u64).unwrap_or(0);
+        if !self.store.set_disabled(id, Some(until))? {
+            return Ok(false);
+        }
+        if let Some(pool) = &self.pool {
+            pool.disable(id, for_);
+        }
+        Ok(true)
+    }
+
+    pub fn enable_key(&self, id: &str) -> Result<bool, OpError> {
+        if !self.store.set_disabled(id, None)? {
+            return Ok(false);
+        }
+        if let Some(pool) = &self.pool {
+            pool.enable(id);
+        }
+        Ok(true)
+    }
+
+    /// Creates a client token; the clear token is returned once and never stored.
+    pub fn create_token(
+        &self,
+        name: &str,
+        expires_in: Option<Duration>,
+        models: Vec<String>,
+        rpm: Option<u32>,
+    ) -> Result<(StoredToken, Secret), OpError> {
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(OpError::Invalid("name must not be empty".into()));
+        }
+        if rpm == Some(0) {
+            return Err(OpError::Invalid("rpm must be at least 1 (omit it for no limit)".into()));
+        }
+        let token = new_token();
+        let hash = token.sha256();
+        let now = self.now();
+        let stored = StoredToken {
+            id: hex::encode(&hash[..6]),
+            hash,
+            name: name.to_string(),
+            created_at_ms: now,
+            expires_at_ms: expires_in.map(|d| now + d.as_millis() as u64),
+            models,
+            rpm,
+        };
+        self.store.insert_token(&stored)?;
+        if let Some(clients) = &self.clients {
+            clients.insert(hash, to_client(&stored));
+        }
+        Ok((stored, token))
+    }
+
+    pub fn revoke_token(&self, id: &str) -> Result<bool, OpError> {
+        let Some(t) = self.store.tokens()?.into_iter().find(|t| t.id == id) else { return Ok(false) };
+        self.store.delete_token(id)?;
+        if let Some(clients) = &self.clients {
+            clients.remove(&t.hash);
+        }
+        Ok(true)
+    }
+}
+
+/// A stored key as the pool holds it (state, counters and metadata restored).
+pub fn to_pool_key(k: &StoredKey) -> Option<Key> {
+    let key = match Key::new(k.secret.clone(), k.label.clone(), k.expires_at_ms) {
+        Ok(key) => key.with_created_at(k.created_at_ms),
+        Err(reason) => {
+            log::warn!("store: key {}: {reason}; skipped", k.id);
+            return None;
+        }
+    };
+    key.restore_counters(&k.counters);
+    key.set_meta(KeyMeta { models: k.models.clone(), category: k.category.clone() });
+    if let Some(until) = k.disabled_until_ms {
+        key.restore_disabled(until);
+    }
+    Some(key)
+}
+
+pub fn to_client(t: &StoredToken) -> Client {
+    Client::new(t.name.clone(), t.expires_at_ms, t.models.clone(), t.rpm)
+}
