@@ -1,7 +1,18 @@
-//! The command line (SPEC §2.1). Exit codes: 0 ok, 2 bad config or usage, 1 runtime failure.
+//! The command line (SPEC §2.1) and its offline commands. Exit codes: 0 ok, 2 bad config or
+//! usage, 1 runtime failure. `keys …` and `tokens …` work on the store directly (WAL and a busy
+//! timeout let them run beside a live server); a running server picks their changes up at its
+//! next start — use the admin API for changes that must take effect at once.
 
-use clap::{Parser, Subcommand};
+use crate::admin::ops::{Control, OpError};
+use crate::config::units::parse_duration;
+use crate::config::Loaded;
+use crate::pool::clock::rfc3339;
+use crate::pool::{Clock, SystemClock};
+use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Debug, Parser)]
 #[command(name = "ollama-pool", version, about = "Pools many upstream LLM API keys behind one endpoint")]
@@ -10,13 +21,19 @@ pub struct Cli {
     pub command: Command,
 }
 
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// Config file (YAML).
+    #[arg(short = 'c', long = "config", default_value = "conf/ollama-pool.yaml")]
+    pub config: PathBuf,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the proxy.
     Serve {
-        /// Config file (YAML).
-        #[arg(short = 'c', long = "config", default_value = "conf/ollama-pool.yaml")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Detach and run in the background (pingora daemon mode; see server.pid_file).
         #[arg(short, long)]
         daemon: bool,
@@ -26,7 +43,296 @@ pub enum Command {
     },
     /// Validate a config file: exit 0, or print every problem with its YAML path and exit 2.
     Check {
-        #[arg(short = 'c', long = "config")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
+    /// Manage upstream keys in the store.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Manage client tokens in the store.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Import a key file (ollama.txt formats or JSON).
+    Import {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Probe each new key (GET /api/tags as the key) and add only valid ones.
+        #[arg(long)]
+        validate: bool,
+        /// Report what would happen; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        path: PathBuf,
+    },
+    /// List stored keys (masked).
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Disable a key, for a while (--for 2h) or until enabled.
+    Disable {
+        #[command(flatten)]
+        config: ConfigArg,
+        id: String,
+        #[arg(long = "for")]
+        for_: Option<String>,
+    },
+    /// Enable a disabled key.
+    Enable {
+        #[command(flatten)]
+        config: ConfigArg,
+        id: String,
+    },
+    /// Remove a key from the store.
+    Remove {
+        #[command(flatten)]
+        config: ConfigArg,
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Create a client token and print it (the only time it is shown).
+    Create {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        name: String,
+        /// e.g. 30d, 12h
+        #[arg(long)]
+        expires_in: Option<String>,
+        /// Comma-separated model allow-list.
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+        /// Requests per minute.
+        #[arg(long)]
+        rpm: Option<u32>,
+    },
+    /// List client tokens (names and ids; never the tokens).
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Revoke a client token.
+    Revoke {
+        #[command(flatten)]
+        config: ConfigArg,
+        id: String,
+    },
+}
+
+/// Loads a config, printing each problem on its own line.
+pub fn load(path: &std::path::Path) -> Option<Loaded> {
+    match crate::config::load(path) {
+        Ok(l) => Some(l),
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{}: {e}", path.display());
+            }
+            eprintln!("{}: {} problem(s)", path.display(), errors.len());
+            None
+        }
+    }
+}
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("ollama-pool: {message}");
+    ExitCode::from(1)
+}
+
+fn usage(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("ollama-pool: {message}");
+    ExitCode::from(2)
+}
+
+fn control(loaded: &Loaded) -> Result<Control, ExitCode> {
+    let store = crate::app::open_store(loaded).map_err(fail)?;
+    Ok(Control { store: Arc::new(store), pool: None, clients: None, clock: Arc::new(SystemClock) })
+}
+
+fn duration(s: &Option<String>, flag: &str) -> Result<Option<Duration>, ExitCode> {
+    s.as_deref().map(|s| parse_duration(s).map_err(|e| usage(format!("--{flag}: {e}")))).transpose()
+}
+
+fn op(e: OpError) -> ExitCode {
+    match e {
+        OpError::Invalid(m) => usage(m),
+        e => fail(e),
+    }
+}
+
+pub fn run_keys(cmd: KeysCommand) -> ExitCode {
+    let (KeysCommand::Import { config, .. }
+    | KeysCommand::List { config }
+    | KeysCommand::Disable { config, .. }
+    | KeysCommand::Enable { config, .. }
+    | KeysCommand::Remove { config, .. }) = &cmd;
+    let Some(loaded) = load(&config.config) else { return ExitCode::from(2) };
+    let c = match control(&loaded) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let found = |ok: Result<bool, OpError>, id: &str, what: &str| match ok {
+        Ok(true) => {
+            println!("{id}: {what}");
+            ExitCode::SUCCESS
+        }
+        Ok(false) => fail(format!("no key with id {id}")),
+        Err(e) => op(e),
+    };
+    match cmd {
+        KeysCommand::Import { validate, dry_run, path, .. } => import(&loaded, &c, &path, validate, dry_run),
+        KeysCommand::List { .. } => list_keys(&c),
+        KeysCommand::Disable { id, for_, .. } => match duration(&for_, "for") {
+            Ok(d) => found(c.disable_key(&id, d), &id, "disabled"),
+            Err(code) => code,
+        },
+        KeysCommand::Enable { id, .. } => found(c.enable_key(&id), &id, "enabled"),
+        KeysCommand::Remove { id, .. } => found(c.remove_key(&id), &id, "removed"),
+    }
+}
+
+fn import(loaded: &Loaded, c: &Control, path: &std::path::Path, validate: bool, dry_run: bool) -> ExitCode {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => return fail(format!("cannot read {}: {e}", path.display())),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(e),
+    };
+    let result = rt.block_on(async {
+        let prober = if validate {
+            let up = crate::upstream::Upstream::new(&loaded.config.upstream).map_err(|e| OpError::Invalid(e))?;
+            up.resolve_now().await.map_err(|e| OpError::Invalid(format!("upstream: {e}")))?;
+            let connector = pingora::connectors::http::Connector::new(None);
+            Some(crate::health::Prober::new(Arc::new(up), connector, loaded.config.health_check.timeout.0))
+        } else {
+            None
+        };
+        let bar = indicatif::ProgressBar::hidden();
+        if validate {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("validating {bar:40} {pos}/{len} keys ({eta} left)")
+                    .expect("valid template"),
+            );
+        }
+        let progress = |done: usize, total: usize| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        };
+        let r = c.import(&text, prober.as_ref(), dry_run, &progress).await;
+        bar.finish_and_clear();
+        r
+    });
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => return op(e),
+    };
+    let verb = if dry_run { "would add" } else { "added" };
+    println!("{:<22} {}", verb, report.added);
+    println!("{:<22} {}", "duplicates", report.duplicates);
+    println!("{:<22} {}", "invalid lines", report.invalid.len());
+    for bad in &report.invalid {
+        println!("  line {:>6}: {}", bad.line, bad.reason);
+    }
+    if let Some(v) = &report.validated {
+        println!("{:<22} {} valid, {} invalid", "validated", v.valid, v.invalid);
+        for (cat, n) in &v.by_category {
+            println!("  {cat:<20} {n}");
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn list_keys(c: &Control) -> ExitCode {
+    let keys = match c.store.keys() {
+        Ok(k) => k,
+        Err(e) => return fail(e),
+    };
+    let now = SystemClock.now_ms();
+    println!(
+        "{:<12}  {:<9}  {:<11}  {:<20}  {:<10}  {:>9}  CREATED",
+        "ID", "STATE", "KEY", "LABEL", "CATEGORY", "REQUESTS"
+    );
+    for k in &keys {
+        let state = match (k.disabled_until_ms, k.expires_at_ms) {
+            (_, Some(e)) if e <= now => "expired",
+            (Some(0), _) => "disabled",
+            (Some(u), _) if u > now => "disabled",
+            _ => "enabled",
+        };
+        println!(
+            "{:<12}  {:<9}  {:<11}  {:<20}  {:<10}  {:>9}  {}",
+            k.id,
+            state,
+            k.secret.masked(),
+            k.label.as_deref().unwrap_or("-"),
+            k.category.as_deref().unwrap_or("-"),
+            k.counters.requests,
+            rfc3339(k.created_at_ms)
+        );
+    }
+    println!("{} keys (parks and cooldowns live in the running server: see GET /admin/keys)", keys.len());
+    ExitCode::SUCCESS
+}
+
+pub fn run_tokens(cmd: TokensCommand) -> ExitCode {
+    let (TokensCommand::Create { config, .. } | TokensCommand::List { config } | TokensCommand::Revoke { config, .. }) =
+        &cmd;
+    let Some(loaded) = load(&config.config) else { return ExitCode::from(2) };
+    let c = match control(&loaded) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match cmd {
+        TokensCommand::Create { name, expires_in, models, rpm, .. } => {
+            let expires_in = match duration(&expires_in, "expires-in") {
+                Ok(d) => d,
+                Err(code) => return code,
+            };
+            let models: Vec<String> =
+                models.into_iter().map(|m| m.trim().to_string()).filter(|m| !m.is_empty()).collect();
+            match c.create_token(&name, expires_in, models, rpm) {
+                Ok((t, token)) => {
+                    eprintln!("token {} ({}) created; it is shown only this once:", t.id, t.name);
+                    println!("{}", token.expose());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => op(e),
+            }
+        }
+        TokensCommand::List { .. } => match c.store.tokens() {
+            Ok(tokens) => {
+                println!("{:<12}  {:<20}  {:<20}  {:<20}  {:>5}  MODELS", "ID", "NAME", "CREATED", "EXPIRES", "RPM");
+                for t in &tokens {
+                    println!(
+                        "{:<12}  {:<20}  {:<20}  {:<20}  {:>5}  {}",
+                        t.id,
+                        t.name,
+                        rfc3339(t.created_at_ms),
+                        t.expires_at_ms.map(rfc3339).unwrap_or_else(|| "never".into()),
+                        t.rpm.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+                        if t.models.is_empty() { "*".to_string() } else { t.models.join(",") }
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        TokensCommand::Revoke { id, .. } => match c.revoke_token(&id) {
+            Ok(true) => {
+                println!("{id}: revoked");
+                ExitCode::SUCCESS
+            }
+            Ok(false) => fail(format!("no token with id {id}")),
+            Err(e) => op(e),
+        },
+    }
 }

@@ -1,9 +1,8 @@
 //! `ollama-pool`: parse the command line, load the config, run.
 
 use clap::Parser;
-use ollama_pool::cli::{Cli, Command};
-use ollama_pool::{app, config, logging, pool::SystemClock};
-use std::path::Path;
+use ollama_pool::cli::{self, Cli, Command};
+use ollama_pool::{app, logging, pool::SystemClock};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -11,17 +10,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init();
     match cli.command {
-        Command::Check { config } => match load(&config) {
+        Command::Check { config } => match cli::load(&config.config) {
             Some(_) => {
-                println!("{}: ok", config.display());
+                println!("{}: ok", config.config.display());
                 ExitCode::SUCCESS
             }
             None => ExitCode::from(2),
         },
         Command::Serve { config, daemon, upgrade } => {
-            let Some(loaded) = load(&config) else { return ExitCode::from(2) };
-            let mode = app::RunMode { daemon, upgrade };
-            match app::build(&loaded, mode, Arc::new(SystemClock)) {
+            let Some(loaded) = cli::load(&config.config) else { return ExitCode::from(2) };
+            match app::build(&loaded, app::RunMode { daemon, upgrade }, Arc::new(SystemClock)) {
                 Ok(app) => {
                     app.server.run(Default::default());
                     ExitCode::SUCCESS
@@ -32,19 +30,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-    }
-}
-
-/// Loads a config, printing each problem on its own line.
-fn load(path: &Path) -> Option<config::Loaded> {
-    match config::load(path) {
-        Ok(l) => Some(l),
-        Err(errors) => {
-            for e in &errors {
-                eprintln!("{}: {e}", path.display());
-            }
-            eprintln!("{}: {} problem(s)", path.display(), errors.len());
-            None
-        }
+        Command::Keys(cmd) => cli::run_keys(cmd),
+        Command::Tokens(cmd) => cli::run_tokens(cmd),
     }
 }

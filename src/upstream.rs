@@ -164,6 +164,11 @@ impl Upstream {
         self.lb.clone()
     }
 
+    /// Resolves the upstream now (for one-shot tools that run no background service).
+    pub async fn resolve_now(&self) -> Result<(), String> {
+        self.lb.update().await.map_err(|e| e.to_string())
+    }
+
     /// Whether at least one upstream address is known.
     pub fn resolved(&self) -> bool {
         !self.lb.backends().get_backend().is_empty()

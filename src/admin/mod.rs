@@ -306,7 +306,7 @@ impl AdminApp {
             return Err(error(400, "invalid JSON body: want {\"keys\": [...]} or a JSON array"));
         }
         let prober = flag(q, "validate").then(|| self.health.prober());
-        let report = self.control.import(text, prober, flag(q, "dry_run"), &|_| {}).await.map_err(op_error)?;
+        let report = self.control.import(text, prober, flag(q, "dry_run"), &|_, _| {}).await.map_err(op_error)?;
         Ok(answer(200, serde_json::to_value(report).unwrap_or_default()))
     }
 

@@ -109,14 +109,14 @@ impl Control {
     }
 
     /// Imports a key file's text (SPEC §3.6). With a prober, each new key is validated first and
-    /// only valid keys are added, with their models and category. `progress` ticks once per key
-    /// validated.
+    /// only valid keys are added, with their models and category. `progress(done, total)` is
+    /// called as keys are validated.
     pub async fn import(
         &self,
         text: &str,
         prober: Option<&Prober>,
         dry_run: bool,
-        progress: &(dyn Fn(usize) + Sync),
+        progress: &(dyn Fn(usize, usize) + Sync),
     ) -> Result<ImportReport, OpError> {
         let parsed = import::parse(text);
         let existing: HashSet<String> = self.store.keys()?.into_iter().map(|k| k.id).collect();
@@ -131,6 +131,8 @@ impl Control {
         match prober {
             None => to_add = fresh.into_iter().map(|k| self.stored(k.key, k.label, None)).collect(),
             Some(prober) => {
+                let total = fresh.len();
+                let done = std::sync::atomic::AtomicUsize::new(0);
                 let checked: Vec<(import::ParsedKey, crate::health::Validation)> = futures_util::stream::iter(fresh)
                     .map(|k| async move {
                         let v = match Key::new(k.key.clone(), None, None) {
@@ -145,7 +147,7 @@ impl Control {
                         (k, v)
                     })
                     .buffer_unordered(VALIDATE_CONCURRENCY)
-                    .inspect(|_| progress(1))
+                    .inspect(|_| progress(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1, total))
                     .collect()
                     .await;
                 let mut summary = Validated::default();
