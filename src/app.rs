@@ -6,11 +6,10 @@ use crate::admin::AdminApp;
 use crate::config::Loaded;
 use crate::health::HealthChecker;
 use crate::import;
-use crate::pool::{Clock, Key, Policy, Pool, StormPolicy};
+use crate::pool::{Clock, Policy, Pool, StormPolicy};
 use crate::proxy::auth::Clients;
 use crate::proxy::routes::AllowList;
 use crate::proxy::{PoolProxy, ProxyState};
-use crate::secret::Secret;
 use crate::store::{CounterFlusher, SqliteStore, Store, StoredKey};
 use crate::upstream::Upstream;
 use pingora::apps::http_app::HttpServer;
@@ -202,10 +201,4 @@ fn load_key_files(loaded: &Loaded, store: &dyn Store, now: u64) -> Result<(), Ap
         );
     }
     Ok(())
-}
-
-/// Adds one key by its clear text (tests and, later, the admin API).
-pub fn add_key(pool: &Pool, secret: &str, label: Option<String>) -> Result<Arc<Key>, String> {
-    let key = Key::new(Secret::new(secret), label, None)?;
-    pool.add(key).map_err(|e| format!("{e:?}"))
 }

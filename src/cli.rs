@@ -208,7 +208,7 @@ fn import(loaded: &Loaded, c: &Control, path: &std::path::Path, validate: bool, 
     };
     let result = rt.block_on(async {
         let prober = if validate {
-            let up = crate::upstream::Upstream::new(&loaded.config.upstream).map_err(|e| OpError::Invalid(e))?;
+            let up = crate::upstream::Upstream::new(&loaded.config.upstream).map_err(OpError::Invalid)?;
             up.resolve_now().await.map_err(|e| OpError::Invalid(format!("upstream: {e}")))?;
             let connector = pingora::connectors::http::Connector::new(None);
             Some(crate::health::Prober::new(Arc::new(up), connector, loaded.config.health_check.timeout.0))

@@ -15,7 +15,12 @@ fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf 
 #[test]
 fn check_accepts_the_shipped_configs() {
     for f in ["conf/minimal.yaml", "conf/ollama-pool.yaml"] {
-        let out = bin().args(["check", "-c", f]).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap();
+        let out = bin()
+            .args(["check", "-c", f])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("OLLAMA_POOL_ADMIN_TOKEN", "an-admin-token-for-the-check")
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{f}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
@@ -75,4 +80,100 @@ fn unreadable_config_and_bad_usage_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
     assert_eq!(bin().arg("frobnicate").output().unwrap().status.code(), Some(2));
+}
+
+mod common;
+
+fn store_config(dir: &tempfile::TempDir, upstream: &str) -> std::path::PathBuf {
+    write(
+        dir,
+        "c.yaml",
+        &format!("upstream: {{url: \"{upstream}\", health_check_interval: 0s}}\nstore: {{path: s/pool.db}}\n"),
+    )
+}
+
+fn run(args: &[&str], cfg: &std::path::Path) -> (i32, String, String) {
+    let mut cmd = bin();
+    cmd.args(&args[..2]).arg("-c").arg(cfg).args(&args[2..]);
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn keys_import_list_disable_enable_remove_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = store_config(&dir, "http://127.0.0.1:9");
+    let keys = write(
+        &dir,
+        "ollama.txt",
+        "# keys\nk-0000000000000001\nlab----k-0000000000000002\nk-0000000000000001\nnot a key\n",
+    );
+    let (code, out, _) = run(&["keys", "import", "--dry-run", keys.to_str().unwrap()], &cfg);
+    assert_eq!(code, 0);
+    assert!(out.contains("would add              2"), "{out}");
+    let (code, out, _) = run(&["keys", "import", keys.to_str().unwrap()], &cfg);
+    assert_eq!(code, 0);
+    for want in [
+        "added                  2",
+        "duplicates             1",
+        "invalid lines          1",
+        "line      5: key contains whitespace",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in {out}");
+    }
+    let (_, out, _) = run(&["keys", "import", keys.to_str().unwrap()], &cfg);
+    assert!(out.contains("added                  0") && out.contains("duplicates             3"), "idempotent: {out}");
+    let (code, out, _) = run(&["keys", "list"], &cfg);
+    assert_eq!(code, 0);
+    assert!(out.contains("k-00…0002") && out.contains("lab") && !out.contains("k-0000000000000002"), "{out}");
+    let id = ollama_pool::secret::Secret::new("k-0000000000000002").id();
+    assert_eq!(run(&["keys", "disable", &id, "--for", "2h"], &cfg).0, 0);
+    assert!(run(&["keys", "list"], &cfg).1.lines().any(|l| l.starts_with(&id) && l.contains("disabled")));
+    assert_eq!(run(&["keys", "enable", &id], &cfg).0, 0);
+    assert_eq!(run(&["keys", "disable", &id, "--for", "whenever"], &cfg).0, 2);
+    assert_eq!(run(&["keys", "remove", &id], &cfg).0, 0);
+    let (code, _, err) = run(&["keys", "remove", &id], &cfg);
+    assert_eq!(code, 1);
+    assert!(err.contains("no key with id"));
+}
+
+#[test]
+fn tokens_create_shows_the_token_once_and_stores_only_its_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = store_config(&dir, "http://127.0.0.1:9");
+    let (code, out, err) =
+        run(&["tokens", "create", "--name", "ci", "--rpm", "60", "--models", "a,b", "--expires-in", "30d"], &cfg);
+    assert_eq!(code, 0, "{err}");
+    let token = out.trim().to_string();
+    assert!(token.starts_with("sk-") && token.len() == 51, "{out}");
+    assert!(err.contains("shown only this once"));
+    let (_, list, _) = run(&["tokens", "list"], &cfg);
+    assert!(list.contains("ci") && list.contains("a,b") && !list.contains(&token));
+    let mut db = std::fs::read(dir.path().join("s/pool.db")).unwrap();
+    db.extend(std::fs::read(dir.path().join("s/pool.db-wal")).unwrap_or_default());
+    assert!(!db.windows(token.len()).any(|w| w == token.as_bytes()));
+    let id = list.lines().nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+    assert_eq!(run(&["tokens", "revoke", &id], &cfg).0, 0);
+    assert_eq!(run(&["tokens", "revoke", &id], &cfg).0, 1);
+    assert_eq!(run(&["tokens", "create", "--name", " "], &cfg).0, 2);
+}
+
+#[test]
+fn validated_cli_import_probes_each_key() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mock = rt.block_on(common::Mock::start());
+    mock.set("bad-key-0000000000002", common::Behavior::status(403, "{}"));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = store_config(&dir, &mock.url());
+    let keys = write(&dir, "k.txt", "good-key-000000000001\nbad-key-0000000000002\n");
+    let (code, out, _) = run(&["keys", "import", "--validate", keys.to_str().unwrap()], &cfg);
+    assert_eq!(code, 0);
+    assert!(out.contains("validated              1 valid, 1 invalid"), "{out}");
+    assert!(out.contains("qwen") && out.contains("line      2: key rejected by the upstream"), "{out}");
+    assert!(mock.requests().iter().all(|r| r.target == "/api/tags"));
+    drop(rt);
 }

@@ -247,6 +247,7 @@ pub const NDJSON_LINES: &[&str] = &[
     "{\"done\":true,\"prompt_eval_count\":3,\"eval_count\":2}\n",
 ];
 pub const ANTHROPIC_JSON: &str = r#"{"id":"msg_1","type":"message","role":"assistant","content":[{"type":"text","text":"hello"}],"usage":{"input_tokens":3,"output_tokens":1}}"#;
+pub const TAGS_JSON: &str = r#"{"models":[{"name":"qwen3-coder:480b"},{"name":"kimi-k2:1t"},{"name":"qwen3:8b"}]}"#;
 pub const MODELS_JSON: &str =
     r#"{"object":"list","data":[{"id":"m1","object":"model","created":0,"owned_by":"ollama"}]}"#;
 
@@ -260,6 +261,7 @@ async fn normal(stream: &mut TcpStream, req: &Recorded) -> std::io::Result<()> {
         "/v1/messages" => write_json(stream, ANTHROPIC_JSON).await,
         "/api/chat" => write_stream(stream, "application/x-ndjson", NDJSON_LINES).await,
         "/v1/models" => write_json(stream, MODELS_JSON).await,
+        "/api/tags" => write_json(stream, TAGS_JSON).await,
         _ => write_json(stream, &format!("{{\"path\":{:?},\"bytes\":{}}}", path, req.body.len())).await,
     }
 }

@@ -16,6 +16,8 @@ use std::time::Duration;
 pub use mock::{Behavior, Mock};
 
 pub const TOKEN: &str = "client-token-0123456789abcdef";
+/// The admin token of proxies started with `Setup::admin` (scanned for in the logs too).
+pub const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
 pub const KEYS: [&str; 4] = [
     "upstream-key-aaaaaaaaaaaaaaaa",
     "upstream-key-bbbbbbbbbbbbbbbb",
@@ -70,6 +72,9 @@ impl ShutdownSignalWatch for TestSignal {
 
 pub struct Proxy {
     pub addr: SocketAddr,
+    /// The admin listener, when `Setup::admin`.
+    pub admin: Option<SocketAddr>,
+    pub dir: std::path::PathBuf,
     pub state: Arc<ProxyState>,
     pub health: Arc<ollama_pool::health::HealthChecker>,
     pub clock: ManualClock,
@@ -109,6 +114,8 @@ pub struct Setup {
     pub upstream_extra: String,
     /// More `server` fields, YAML flow style.
     pub server_extra: String,
+    /// Serve the admin API (with `ADMIN_TOKEN`) on a port of its own.
+    pub admin: bool,
 }
 
 impl Default for Setup {
@@ -120,6 +127,7 @@ impl Default for Setup {
             url: None,
             upstream_extra: String::new(),
             server_extra: String::new(),
+            admin: false,
         }
     }
 }
@@ -172,6 +180,11 @@ impl Proxy {
             server_extra,
             setup.extra
         );
+        let admin = setup.admin.then(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
+        let yaml = match admin {
+            Some(a) => format!("{yaml}admin: {{listen: \"{a}\", token: \"{ADMIN_TOKEN}\"}}\n"),
+            None => yaml,
+        };
         let cfg_path = dir.path().join("ollama-pool.yaml");
         std::fs::write(&cfg_path, &yaml).unwrap();
         let loaded = ollama_pool::config::load(&cfg_path).unwrap_or_else(|e| panic!("test config: {e:?}\n{yaml}"));
@@ -186,11 +199,35 @@ impl Proxy {
         wait_listening(addr).await;
         let mut secrets: Vec<String> = setup.keys.iter().map(|s| s.to_string()).collect();
         secrets.push(TOKEN.to_string());
-        Proxy { addr, state, health, clock, secrets, stop, thread: Some(thread), _dir: dir }
+        secrets.push(ADMIN_TOKEN.to_string());
+        if let Some(a) = admin {
+            wait_listening(a).await;
+        }
+        Proxy {
+            addr,
+            admin,
+            dir: dir.path().to_path_buf(),
+            state,
+            health,
+            clock,
+            secrets,
+            stop,
+            thread: Some(thread),
+            _dir: dir,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin.expect("started with Setup::admin"), path)
+    }
+
+    /// An admin request with the admin token.
+    pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        client().request(method, self.admin_url(path)).bearer_auth(ADMIN_TOKEN)
     }
 
     /// An authenticated POST with a JSON body.

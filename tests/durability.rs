@@ -1,0 +1,192 @@
+//! Durability (SPEC §4): the real binary, killed with SIGKILL right after its 2xx admin answers,
+//! comes back with every confirmed write; counters survive a graceful restart; with
+//! `store.encryption_key` no upstream key is on disk in clear; nothing secret in its output.
+
+mod common;
+
+use common::{client, free_port, Mock, ADMIN_TOKEN, KEYS, TOKEN};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+struct Server {
+    child: Child,
+    port: u16,
+    admin: u16,
+    log: PathBuf,
+}
+
+fn config(dir: &Path, mock: &Mock, port: u16, admin: u16, encrypted: bool) -> PathBuf {
+    let enc = if encrypted { "  encryption_key: \"store-passphrase-0123456789\"\n" } else { "" };
+    let yaml = format!(
+        "listen: [\"127.0.0.1:{port}\"]\nthreads: 1\n\
+         upstream: {{url: \"{}\", health_check_interval: 0s}}\n\
+         admin: {{listen: \"127.0.0.1:{admin}\", token: \"{ADMIN_TOKEN}\"}}\n\
+         clients: {{tokens: [{{name: app, token: \"{TOKEN}\"}}]}}\n\
+         store:\n  path: state/pool.db\n  flush_interval: 1h\n{enc}\
+         server: {{grace_period: 0s, shutdown_timeout: 2s, pid_file: {}, upgrade_sock: {}}}\n",
+        mock.url(),
+        dir.join("pid").display(),
+        dir.join("upgrade.sock").display()
+    );
+    let path = dir.join("ollama-pool.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+async fn start(cfg: &Path, port: u16, admin: u16, run: usize) -> Server {
+    let log = cfg.with_file_name(format!("server-{run}.log"));
+    let out = std::fs::File::create(&log).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ollama-pool"))
+        .args(["serve", "-c"])
+        .arg(cfg)
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::from(out.try_clone().unwrap()))
+        .stderr(Stdio::from(out))
+        .spawn()
+        .unwrap();
+    for _ in 0..200 {
+        if let Ok(r) = client().get(format!("http://127.0.0.1:{admin}/healthz")).send().await {
+            if r.status() == 200 {
+                return Server { child, port, admin, log };
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("server did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
+}
+
+impl Server {
+    fn admin(&self, m: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        client().request(m, format!("http://127.0.0.1:{}{path}", self.admin)).bearer_auth(ADMIN_TOKEN)
+    }
+
+    async fn ok(&self, m: reqwest::Method, path: &str, body: Value) -> Value {
+        let r = self.admin(m, path).json(&body).send().await.unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        r.json().await.unwrap_or(Value::Null)
+    }
+
+    fn kill9(mut self) -> PathBuf {
+        self.child.kill().unwrap(); // SIGKILL: no shutdown hook runs
+        self.child.wait().unwrap();
+        self.log.clone()
+    }
+
+    fn terminate(mut self) -> PathBuf {
+        Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        for _ in 0..200 {
+            if self.child.try_wait().unwrap().is_some() {
+                return self.log.clone();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("server ignored SIGTERM");
+    }
+}
+
+impl Drop for Server {
+    /// A failed assertion must not leave a server running.
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn assert_no_secrets(files: &[PathBuf], extra: &[&str]) {
+    for f in files {
+        let bytes = std::fs::read(f).unwrap_or_default();
+        for s in KEYS.iter().chain([&TOKEN, &ADMIN_TOKEN]).chain(extra.iter()) {
+            assert!(!bytes.windows(s.len()).any(|w| w == s.as_bytes()), "{s:.8}… found in {}", f.display());
+        }
+    }
+}
+
+async fn writes_survive_sigkill(encrypted: bool) {
+    let mock = Mock::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let cfg = config(dir.path(), &mock, port, admin, encrypted);
+    let s = start(&cfg, port, admin, 1).await;
+    s.ok(reqwest::Method::POST, "/admin/keys", json!({"key": KEYS[0], "label": "first"})).await;
+    s.ok(reqwest::Method::POST, "/admin/keys", json!({"key": KEYS[1]})).await;
+    let id1 = ollama_pool::secret::Secret::new(KEYS[1]).id();
+    s.ok(reqwest::Method::POST, &format!("/admin/keys/{id1}/disable"), json!({"for": "1h"})).await;
+    let imported = s
+        .admin(reqwest::Method::POST, "/admin/keys/import")
+        .body(format!("{}\nlabel----{}\n", KEYS[2], KEYS[3]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(imported.json::<Value>().await.unwrap()["added"], 2);
+    let created = s.ok(reqwest::Method::POST, "/admin/tokens", json!({"name": "durable"})).await;
+    let token = created["token"].as_str().unwrap().to_string();
+    let first_log = s.kill9();
+
+    let s = start(&cfg, port, admin, 2).await;
+    let listed = s.ok(reqwest::Method::GET, "/admin/keys", Value::Null).await;
+    assert_eq!(listed["total"], 4, "every confirmed key is back");
+    let k1 = listed["keys"].as_array().unwrap().iter().find(|k| k["id"] == id1.as_str()).unwrap();
+    assert_eq!((k1["status"].as_str(), k1["reason"].as_str()), (Some("disabled"), Some("manual")));
+    assert!(k1["until"].is_string(), "still disabled for its hour");
+    let r = client()
+        .post(format!("http://127.0.0.1:{}/v1/chat/completions", s.port))
+        .bearer_auth(&token)
+        .body(r#"{"model":"m1","messages":[]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the token created before the kill still works");
+    assert!(mock.requests().iter().all(|r| r.key.as_deref() != Some(KEYS[1])), "the disabled key stayed out");
+    let second_log = s.kill9();
+
+    let mut files = vec![first_log, second_log];
+    if encrypted {
+        let state = dir.path().join("state");
+        files.extend(std::fs::read_dir(&state).unwrap().map(|e| e.unwrap().path()));
+    }
+    assert_no_secrets(&files, &[&token]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmed_admin_writes_survive_sigkill() {
+    writes_survive_sigkill(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmed_admin_writes_survive_sigkill_with_keys_encrypted_at_rest() {
+    writes_survive_sigkill(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_survive_a_graceful_restart() {
+    let mock = Mock::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let cfg = config(dir.path(), &mock, port, admin, false);
+    let s = start(&cfg, port, admin, 1).await;
+    s.ok(reqwest::Method::POST, "/admin/keys", json!({"key": KEYS[0]})).await;
+    for _ in 0..3 {
+        let r = client()
+            .post(format!("http://127.0.0.1:{port}/api/chat"))
+            .bearer_auth(TOKEN)
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let log1 = s.terminate(); // flush_interval is 1h: only the shutdown flush can save them
+    let s = start(&cfg, port, admin, 2).await;
+    let stats = s.ok(reqwest::Method::GET, "/admin/stats", Value::Null).await;
+    assert_eq!((stats["requests"].as_u64(), stats["successes"].as_u64()), (Some(3), Some(3)));
+    let listed = s.ok(reqwest::Method::GET, "/admin/keys", Value::Null).await;
+    assert!(listed["keys"][0]["stats"]["last_success"].is_string());
+    let log2 = s.kill9();
+    assert_no_secrets(&[log1, log2], &[]);
+}
