@@ -52,7 +52,7 @@ pub struct App {
 
 pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<App, AppError> {
     let cfg = &loaded.config;
-    crate::metrics::init();
+    crate::metrics::init(cfg.metrics.max_models, cfg.metrics.max_clients);
 
     let pool = Arc::new(Pool::new(
         Policy {
@@ -71,6 +71,7 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
     ));
     let store: Arc<dyn Store> = Arc::new(open_store(loaded)?);
     load_key_files(loaded, &*store, clock.now_ms())?;
+    crate::metrics::PoolCollector::register(&pool);
     let stored = store.keys()?;
     let (added, _) = pool.add_all(stored.iter().filter_map(ops::to_pool_key));
     log::info!("keys: {added} in the pool ({} usable)", pool.usable_count());

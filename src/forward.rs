@@ -29,7 +29,7 @@ pub async fn run(proxy: &PoolProxy, session: &mut Session, ctx: &mut Ctx, body: 
                 return proxy.respond(session, ctx, err).await.map(drop);
             }
         };
-        metrics::attempt_started(&key);
+        ctx.observed.attempt_began();
         let Some(peer) = state.upstream.peer() else {
             return proxy.respond(session, ctx, ProxyError::new(ErrorKind::UpstreamUnresolved)).await.map(drop);
         };
@@ -105,13 +105,18 @@ async fn deliver(
     for h in HOP_BY_HOP {
         header.remove_header(*h);
     }
+    ctx.observed.response_started(&header);
     session.write_response_header(Box::new(header), false).await?;
     if let Some(p) = peek.filter(|p| !p.is_empty()) {
+        ctx.observed.body_chunk(&p);
         session.write_response_body(Some(p), false).await?;
     }
     loop {
         match up.read_response_body().await {
-            Ok(Some(chunk)) => session.write_response_body(Some(chunk), false).await?,
+            Ok(Some(chunk)) => {
+                ctx.observed.body_chunk(&chunk);
+                session.write_response_body(Some(chunk), false).await?
+            }
             Ok(None) => break,
             Err(e) => {
                 // Headers are out: the only honest signal left is an incomplete response.

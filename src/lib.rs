@@ -15,6 +15,7 @@
 //! - `upstream` — upstream URL, address discovery + TCP health check, `HttpPeer`s.
 //! - `import` — key-file parsing shared by startup and (later) the admin API and CLI.
 //! - `store` — durable state: `Store` trait + SQLite (keys, hashed tokens, counter snapshots).
+//! - `usage` — token usage read from JSON/SSE/NDJSON responses as they pass.
 //! - `metrics` — every Prometheus metric.
 //! - `secret` — the `Secret` type that never prints.
 //! - `logging` — logger set-up that keeps pingora's header dumps out of the logs.
@@ -33,3 +34,4 @@ pub mod proxy;
 pub mod secret;
 pub mod store;
 pub mod upstream;
+pub mod usage;

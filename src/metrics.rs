@@ -1,31 +1,74 @@
-//! Every metric the proxy exports, in one place (prefix `ollama_pool_`). Label children are
-//! resolved once at start-up, so the request path only does atomic increments.
+//! Every metric the proxy exports, in one place (SPEC §2.5). Prefix `ollama_pool_`; labels are
+//! bounded: route family, status class, outcome class, key id, client name and model — client
+//! and model values beyond a cap fold into `other`. Request-path updates are atomic increments
+//! on counters resolved once (per family/class at start, per key and per client on first use).
+//! Pool state (keys by status, when parked keys return) is read from the pool at scrape time by
+//! a collector, so it is exact and costs nothing per request.
 
-use crate::pool::{Key, Outcome};
+use crate::pool::{Key, Outcome, Pool, Status};
 use crate::proxy::routes::Family;
-use prometheus::{register_int_counter, register_int_counter_vec, IntCounter};
-use std::sync::LazyLock;
+use dashmap::DashMap;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{
+    register_gauge_vec, register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
+    Histogram, IntCounter, IntCounterVec, IntGauge, Opts,
+};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock, Weak};
+use std::time::Duration;
 
 const FAMILIES: [&str; 3] = ["openai", "anthropic", "ollama"];
 const CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
 const OUTCOMES: [&str; 5] = ["success", "credential", "rate_limited", "transient", "caller_fault"];
 
-struct Metrics {
-    /// [family][status class]
-    requests: Vec<Vec<IntCounter>>,
-    /// [outcome]
-    failovers: Vec<IntCounter>,
-    attempts: IntCounter,
-    stream_aborts: IntCounter,
+/// Latencies of LLM calls run from milliseconds to many minutes.
+const LATENCY_BUCKETS: &[f64] =
+    &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0];
+/// The proxy's own share should be well under a millisecond.
+const OVERHEAD_BUCKETS: &[f64] =
+    &[0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5];
+
+/// Caps on distinct label values (configurable: `metrics.max_models`, `metrics.max_clients`).
+static CAPS: OnceLock<(usize, usize)> = OnceLock::new();
+
+fn family_index(f: Family) -> usize {
+    match f {
+        Family::OpenAi => 0,
+        Family::Anthropic => 1,
+        Family::Ollama => 2,
+    }
 }
 
-static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
-    let requests = register_int_counter_vec!(
-        "ollama_pool_requests_total",
-        "Client requests answered, by route family and status class (none = connection cut).",
-        &["family", "status_class"]
-    )
-    .expect("register requests_total");
+fn outcome_index(o: Outcome) -> usize {
+    OUTCOMES.iter().position(|n| *n == o.as_str()).unwrap_or(0)
+}
+
+struct Metrics {
+    requests: IntCounterVec,
+    failovers: Vec<IntCounter>,
+    attempts: IntCounterVec,
+    stream_aborts: IntCounter,
+    active_streams: IntGauge,
+    /// [family] for each timing histogram.
+    request_seconds: Vec<Histogram>,
+    upstream_seconds: Vec<Histogram>,
+    ttfb_seconds: Vec<Histogram>,
+    overhead_seconds: Vec<Histogram>,
+    tokens: IntCounterVec,
+    transitions: IntCounterVec,
+    probes: IntCounterVec,
+    usage: prometheus::GaugeVec,
+    storm: IntGauge,
+    /// Model and client label values seen so far (for the caps).
+    models: DashMap<String, ()>,
+    clients: DashMap<String, ()>,
+}
+
+static M: LazyLock<Metrics> = LazyLock::new(|| {
+    let hist = |name: &str, help: &str, buckets: &[f64]| {
+        let h = register_histogram_vec!(name, help, &["family"], buckets.to_vec()).expect("register histogram");
+        FAMILIES.iter().map(|f| h.with_label_values(&[*f])).collect::<Vec<_>>()
+    };
     let failovers = register_int_counter_vec!(
         "ollama_pool_failovers_total",
         "Attempts abandoned for another key, by the outcome that caused it.",
@@ -33,93 +76,274 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     )
     .expect("register failovers_total");
     Metrics {
-        requests: FAMILIES
-            .iter()
-            .map(|f| CLASSES.iter().map(|c| requests.with_label_values(&[*f, *c])).collect())
-            .collect(),
+        requests: register_int_counter_vec!(
+            "ollama_pool_requests_total",
+            "Client requests answered, by route family, status class (none = connection cut) and client.",
+            &["family", "status_class", "client"]
+        )
+        .expect("register requests_total"),
         failovers: OUTCOMES.iter().map(|o| failovers.with_label_values(&[*o])).collect(),
-        attempts: register_int_counter!("ollama_pool_upstream_attempts_total", "Upstream attempts started.")
-            .expect("register upstream_attempts_total"),
+        attempts: register_int_counter_vec!(
+            "ollama_pool_upstream_attempts_total",
+            "Upstream attempts, by key id and outcome class.",
+            &["key_id", "outcome"]
+        )
+        .expect("register upstream_attempts_total"),
         stream_aborts: register_int_counter!(
             "ollama_pool_stream_aborts_total",
             "Responses cut off because the upstream failed after the response had started."
         )
         .expect("register stream_aborts_total"),
+        active_streams: register_int_gauge!("ollama_pool_active_streams", "SSE/NDJSON responses in flight.")
+            .expect("register active_streams"),
+        request_seconds: hist(
+            "ollama_pool_request_duration_seconds",
+            "Whole request, first byte in to last byte out.",
+            LATENCY_BUCKETS,
+        ),
+        upstream_seconds: hist(
+            "ollama_pool_upstream_duration_seconds",
+            "Time spent in upstream attempts (all of them) per request.",
+            LATENCY_BUCKETS,
+        ),
+        ttfb_seconds: hist(
+            "ollama_pool_time_to_first_byte_seconds",
+            "Request start to the first response body byte.",
+            LATENCY_BUCKETS,
+        ),
+        overhead_seconds: hist(
+            "ollama_pool_proxy_overhead_seconds",
+            "Request duration minus upstream time: what the proxy itself adds.",
+            OVERHEAD_BUCKETS,
+        ),
+        tokens: register_int_counter_vec!(
+            "ollama_pool_tokens_total",
+            "Tokens reported by upstream `usage`, by model, client and kind (prompt|completion).",
+            &["model", "client", "kind"]
+        )
+        .expect("register tokens_total"),
+        transitions: register_int_counter_vec!(
+            "ollama_pool_key_transitions_total",
+            "Key state changes, by from/to status and reason.",
+            &["from", "to", "reason"]
+        )
+        .expect("register key_transitions_total"),
+        probes: register_int_counter_vec!("ollama_pool_probes_total", "Health probes, by outcome class.", &["result"])
+            .expect("register probes_total"),
+        usage: register_gauge_vec!(
+            "ollama_pool_key_usage_ratio",
+            "Share (0..1) of each usage window a key has used, from the usage probe; -1 = no limit.",
+            &["key_id", "window"]
+        )
+        .expect("register key_usage_ratio"),
+        storm: register_int_gauge!(
+            "ollama_pool_storm_active",
+            "1 while the pool treats failures as an upstream-wide outage or throttle."
+        )
+        .expect("register storm_active"),
+        models: DashMap::new(),
+        clients: DashMap::new(),
     }
 });
 
-/// Registers every metric now (so `/metrics` lists them before the first request).
-pub fn init() {
-    LazyLock::force(&METRICS);
-    LazyLock::force(&TRANSITIONS);
-    LazyLock::force(&STORM);
-    LazyLock::force(&PROBES);
-    LazyLock::force(&USAGE);
+/// Registers every metric now, with the label caps (so `/metrics` lists them before traffic).
+pub fn init(max_models: usize, max_clients: usize) {
+    let _ = CAPS.set((max_models, max_clients));
+    LazyLock::force(&M);
 }
 
-pub fn attempt_started(_key: &Key) {
-    METRICS.attempts.inc();
+/// A label value under its cap: known values pass, new ones pass until the cap, then `other`.
+fn capped<'a>(seen: &DashMap<String, ()>, value: &'a str, cap: usize) -> &'a str {
+    if seen.contains_key(value) {
+        return value;
+    }
+    if seen.len() >= cap {
+        return "other";
+    }
+    seen.insert(value.to_string(), ());
+    value
+}
+
+/// Per-client counters, resolved on the client's first request and kept in the client.
+pub struct ClientMetrics {
+    /// [family][status class]
+    requests: Vec<Vec<IntCounter>>,
+    name: String,
+}
+
+impl ClientMetrics {
+    pub fn new(client_name: &str) -> ClientMetrics {
+        let cap = CAPS.get().map(|c| c.1).unwrap_or(100);
+        let name = capped(&M.clients, client_name, cap).to_string();
+        let requests = FAMILIES
+            .iter()
+            .map(|f| CLASSES.iter().map(|c| M.requests.with_label_values(&[*f, *c, name.as_str()])).collect())
+            .collect();
+        ClientMetrics { requests, name }
+    }
+}
+
+/// Requests that never authenticated are counted under client `-`.
+static ANONYMOUS: LazyLock<ClientMetrics> = LazyLock::new(|| ClientMetrics::new("-"));
+
+/// Per-key attempt counters, resolved on the key's first attempt and kept in the key.
+pub struct KeyMetrics([IntCounter; 5]);
+
+impl KeyMetrics {
+    pub fn new(key_id: &str) -> KeyMetrics {
+        KeyMetrics(OUTCOMES.map(|o| M.attempts.with_label_values(&[key_id, o])))
+    }
+}
+
+/// An attempt on `key` ended with `outcome`.
+pub fn attempt(key: &Key, outcome: Outcome) {
+    key.metrics().0[outcome_index(outcome)].inc();
+}
+
+/// A key left the pool: its series go too, so a deleted key does not linger in dashboards.
+pub fn forget_key(key_id: &str) {
+    for o in OUTCOMES {
+        let _ = M.attempts.remove_label_values(&[key_id, o]);
+    }
+    for w in ["session", "weekly", "monthly"] {
+        let _ = M.usage.remove_label_values(&[key_id, w]);
+    }
 }
 
 pub fn failover(reason: Outcome) {
-    let i = OUTCOMES.iter().position(|o| *o == reason.as_str()).unwrap_or(0);
-    METRICS.failovers[i].inc();
+    M.failovers[outcome_index(reason)].inc();
 }
 
-pub fn request_done(family: Family, status: u16, aborted: bool) {
-    let f = family as usize;
-    let class = if (100..600).contains(&status) { (status / 100) as usize } else { 0 };
-    METRICS.requests[f][class].inc();
-    if aborted {
-        METRICS.stream_aborts.inc();
+/// Everything measured about one request, recorded once when it is done.
+pub struct RequestRecord<'a> {
+    pub family: Family,
+    pub status: u16,
+    pub client: Option<&'a ClientMetrics>,
+    pub aborted: bool,
+    pub total: Duration,
+    pub upstream: Duration,
+    pub ttfb: Option<Duration>,
+    pub tokens: Option<(Option<&'a str>, Option<u64>, Option<u64>)>,
+}
+
+pub fn request_done(r: RequestRecord<'_>) {
+    let f = family_index(r.family);
+    let class = if (100..600).contains(&r.status) { (r.status / 100) as usize } else { 0 };
+    let client = r.client.unwrap_or(&ANONYMOUS);
+    client.requests[f][class].inc();
+    if r.aborted {
+        M.stream_aborts.inc();
+    }
+    M.request_seconds[f].observe(r.total.as_secs_f64());
+    if !r.upstream.is_zero() {
+        M.upstream_seconds[f].observe(r.upstream.as_secs_f64());
+        M.overhead_seconds[f].observe(r.total.saturating_sub(r.upstream).as_secs_f64());
+    }
+    if let Some(t) = r.ttfb {
+        M.ttfb_seconds[f].observe(t.as_secs_f64());
+    }
+    if let Some((model, prompt, completion)) = r.tokens {
+        let cap = CAPS.get().map(|c| c.0).unwrap_or(50);
+        let model = capped(&M.models, model.unwrap_or("unknown"), cap);
+        for (kind, n) in [("prompt", prompt), ("completion", completion)] {
+            if let Some(n) = n {
+                M.tokens.with_label_values(&[model, client.name.as_str(), kind]).inc_by(n);
+            }
+        }
     }
 }
 
-static TRANSITIONS: LazyLock<prometheus::IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
-        "ollama_pool_key_transitions_total",
-        "Key state changes, by from/to status and reason.",
-        &["from", "to", "reason"]
-    )
-    .expect("register key_transitions_total")
-});
+pub fn stream_started() {
+    M.active_streams.inc();
+}
 
-static STORM: LazyLock<prometheus::IntGauge> = LazyLock::new(|| {
-    prometheus::register_int_gauge!(
-        "ollama_pool_storm_active",
-        "1 while the pool treats failures as an upstream-wide outage or throttle."
-    )
-    .expect("register storm_active")
-});
+pub fn stream_ended() {
+    M.active_streams.dec();
+}
 
 /// A key changed state (rare: a label lookup here is fine).
-pub fn key_transition(from: crate::pool::Status, to: crate::pool::Status, reason: crate::pool::Reason) {
+pub fn key_transition(from: Status, to: Status, reason: crate::pool::Reason) {
     let reason = if reason.as_str().is_empty() { "time-up" } else { reason.as_str() };
-    TRANSITIONS.with_label_values(&[from.as_str(), to.as_str(), reason]).inc();
+    M.transitions.with_label_values(&[from.as_str(), to.as_str(), reason]).inc();
 }
 
 pub fn storm(active: bool) {
-    STORM.set(i64::from(active));
+    M.storm.set(i64::from(active));
 }
 
-static PROBES: LazyLock<prometheus::IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("ollama_pool_probes_total", "Health probes, by outcome class.", &["result"])
-        .expect("register probes_total")
-});
-
-static USAGE: LazyLock<prometheus::GaugeVec> = LazyLock::new(|| {
-    prometheus::register_gauge_vec!(
-        "ollama_pool_key_usage_ratio",
-        "Share (0..1) of each usage window a key has used, from the usage probe; -1 = no limit.",
-        &["key_id", "window"]
-    )
-    .expect("register key_usage_ratio")
-});
-
 pub fn probe(result: &str) {
-    PROBES.with_label_values(&[result]).inc();
+    M.probes.with_label_values(&[result]).inc();
 }
 
 pub fn key_usage(key_id: &str, window: &str, fraction: Option<f64>) {
-    USAGE.with_label_values(&[key_id, window]).set(fraction.unwrap_or(-1.0));
+    M.usage.with_label_values(&[key_id, window]).set(fraction.unwrap_or(-1.0));
+}
+
+/// Reads the pool at scrape time: keys by status, usable keys, and when each parked key returns.
+pub struct PoolCollector {
+    /// The pool of the server built last (tests build several in one process; the default
+    /// registry takes one collector per metric name, so it follows the newest pool).
+    slot: Arc<Mutex<Weak<Pool>>>,
+    descs: Vec<Desc>,
+}
+
+impl PoolCollector {
+    pub fn register(pool: &Arc<Pool>) {
+        static SLOT: OnceLock<Arc<Mutex<Weak<Pool>>>> = OnceLock::new();
+        let slot = SLOT.get_or_init(|| {
+            let slot = Arc::new(Mutex::new(Weak::new()));
+            let d = |name: &str, help: &str, labels: &[&str]| {
+                Desc::new(name.into(), help.into(), labels.iter().map(|s| s.to_string()).collect(), Default::default())
+                    .expect("valid desc")
+            };
+            let descs = vec![
+                d("ollama_pool_keys", KEYS_HELP, &["status"]),
+                d("ollama_pool_keys_usable", USABLE_HELP, &[]),
+                d("ollama_pool_key_return_seconds", RETURN_HELP, &["key_id", "status", "reason", "until"]),
+            ];
+            let _ = prometheus::register(Box::new(PoolCollector { slot: slot.clone(), descs }));
+            slot
+        });
+        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Arc::downgrade(pool);
+    }
+}
+
+const KEYS_HELP: &str = "Keys in the pool, by status.";
+const USABLE_HELP: &str = "Keys that can serve a request right now.";
+const RETURN_HELP: &str = "Seconds until a parked key returns to rotation, by key id, status, reason and return time.";
+
+impl Collector for PoolCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        use prometheus::{Gauge, GaugeVec};
+        let Some(pool) = self.slot.lock().unwrap_or_else(|p| p.into_inner()).upgrade() else { return Vec::new() };
+        let now = pool.now_ms();
+        let by_status = GaugeVec::new(Opts::new("ollama_pool_keys", KEYS_HELP), &["status"]).expect("opts");
+        for st in ["active", "cooling", "disabled", "invalid", "expired"] {
+            by_status.with_label_values(&[st]).set(0.0);
+        }
+        let returns = GaugeVec::new(
+            Opts::new("ollama_pool_key_return_seconds", RETURN_HELP),
+            &["key_id", "status", "reason", "until"],
+        )
+        .expect("opts");
+        for v in pool.views() {
+            by_status.with_label_values(&[v.status.as_str()]).inc();
+            if let (Some(until), Status::Cooling | Status::Invalid | Status::Disabled) = (v.until_ms, v.status) {
+                let reason = if v.reason.as_str().is_empty() { "none" } else { v.reason.as_str() };
+                returns
+                    .with_label_values(&[&v.id, v.status.as_str(), reason, &crate::pool::clock::rfc3339(until)])
+                    .set(until.saturating_sub(now) as f64 / 1000.0);
+            }
+        }
+        let usable = Gauge::new("ollama_pool_keys_usable", USABLE_HELP).expect("opts");
+        usable.set(pool.usable_count() as f64);
+        let mut out = by_status.collect();
+        out.extend(usable.collect());
+        out.extend(returns.collect());
+        out
+    }
 }

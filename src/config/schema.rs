@@ -297,11 +297,21 @@ impl Default for RoutesConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
-    /// Serve Prometheus `/metrics` on this address (the admin listener will serve it too).
+    /// Also serve Prometheus `/metrics` on this address (the admin listener always does).
     pub listen: Option<String>,
+    /// Distinct `model` label values before the rest fold into `other`.
+    pub max_models: usize,
+    /// Distinct `client` label values before the rest fold into `other`.
+    pub max_clients: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { listen: None, max_models: 50, max_clients: 100 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -69,6 +69,7 @@ impl Attempts {
         }
         let Some(key) = self.tried.last() else { return Decision::Deliver };
         pool.report(key, outcome);
+        crate::metrics::attempt(key, outcome);
         self.last_outcome = Some(outcome);
         let decision = if may_retry && outcome.retryable() && self.tried.len() < self.max {
             match pool.pick(&self.tried) {

@@ -160,6 +160,8 @@ pub struct Key {
     pub(crate) storm_window: AtomicU64,
     /// Serialises state transitions (rare) so check-then-set sequences are not torn.
     transition: Mutex<()>,
+    /// This key's attempt counters, resolved on its first attempt.
+    metrics: std::sync::OnceLock<crate::metrics::KeyMetrics>,
 }
 
 /// Per-key counters, bumped with relaxed atomics on the request path.
@@ -231,7 +233,12 @@ impl Key {
             parked_at_ms: AtomicU64::new(0),
             storm_window: AtomicU64::new(u64::MAX),
             transition: Mutex::new(()),
+            metrics: std::sync::OnceLock::new(),
         })
+    }
+
+    pub fn metrics(&self) -> &crate::metrics::KeyMetrics {
+        self.metrics.get_or_init(|| crate::metrics::KeyMetrics::new(&self.id))
     }
 
     pub fn secret(&self) -> &Secret {

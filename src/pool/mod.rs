@@ -176,6 +176,7 @@ impl Pool {
         }
         let keys: Vec<Arc<Key>> = self.snapshot.load().iter().filter(|k| k.id != id).cloned().collect();
         self.snapshot.store(Arc::new(keys));
+        crate::metrics::forget_key(id);
         true
     }
 

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Client {
     /// What logs and metrics call this client.
     pub name: String,
@@ -24,11 +24,23 @@ pub struct Client {
     /// Fixed one-minute window of the rpm limit: (minute number, requests in it), packed so
     /// one atomic holds both and no lock is taken.
     window: AtomicU64,
+    /// This client's request counters, resolved on its first request.
+    metrics: std::sync::OnceLock<crate::metrics::ClientMetrics>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("name", &self.name).finish_non_exhaustive()
+    }
 }
 
 impl Client {
     pub fn new(name: impl Into<String>, expires_at_ms: Option<u64>, models: Vec<String>, rpm: Option<u32>) -> Client {
-        Client { name: name.into(), expires_at_ms, models, rpm, window: AtomicU64::new(0) }
+        Client { name: name.into(), expires_at_ms, models, rpm, window: AtomicU64::new(0), metrics: Default::default() }
+    }
+
+    pub fn metrics(&self) -> &crate::metrics::ClientMetrics {
+        self.metrics.get_or_init(|| crate::metrics::ClientMetrics::new(&self.name))
     }
 
     /// Counts one request against the rpm limit. Err(wait) when over it, with the time until

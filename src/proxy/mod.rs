@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod envelope;
 pub mod headers;
+pub mod observe;
 pub mod routes;
 
 use crate::metrics;
@@ -27,7 +28,6 @@ use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 use routes::{AllowList, Family, Route};
 use std::sync::Arc;
-use std::time::Instant;
 
 /// Everything the request path reads. Built once by `app.rs`; shared by all worker threads.
 pub struct ProxyState {
@@ -67,7 +67,8 @@ pub struct Ctx {
     /// The start of a delivered upstream error body, kept to learn which usage window (if
     /// any) it names. None unless the delivered answer is a 4xx.
     error_peek: Option<BytesMut>,
-    started: Instant,
+    /// Timings and token usage, for metrics.
+    pub(crate) observed: observe::Observed,
 }
 
 /// Bodies up to this size are replayed by pingora's own retry buffer.
@@ -164,7 +165,7 @@ impl ProxyHttp for PoolProxy {
             failure: None,
             aborted: false,
             error_peek: None,
-            started: Instant::now(),
+            observed: Default::default(),
         }
     }
 
@@ -213,14 +214,11 @@ impl ProxyHttp for PoolProxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> pingora::Result<Box<HttpPeer>> {
-        let key = match ctx.attempts.begin(&self.state.pool) {
-            Ok(k) => k,
-            Err(no_key) => {
-                ctx.failure = Some(ProxyError { kind: ErrorKind::NoUsableKey, retry_after: no_key.retry_after });
-                return Error::e_explain(ErrorType::HTTPStatus(503), "no usable key");
-            }
-        };
-        metrics::attempt_started(&key);
+        if let Err(no_key) = ctx.attempts.begin(&self.state.pool) {
+            ctx.failure = Some(ProxyError { kind: ErrorKind::NoUsableKey, retry_after: no_key.retry_after });
+            return Error::e_explain(ErrorType::HTTPStatus(503), "no usable key");
+        }
+        ctx.observed.attempt_began();
         match self.state.upstream.peer() {
             Some(peer) => Ok(Box::new(peer)),
             None => {
@@ -256,6 +254,7 @@ impl ProxyHttp for PoolProxy {
             e.set_retry(true);
             return Err(e);
         }
+        ctx.observed.response_started(upstream_response);
         // This answer goes to the client. If it is a 4xx, look at its body on the way through:
         // a usage-limit message names the window the key must wait out (SPEC §3.2).
         if (400..500).contains(&status) {
@@ -345,6 +344,19 @@ impl ProxyHttp for PoolProxy {
         FailToProxy { error_code: code, can_reuse_downstream: false }
     }
 
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<Option<std::time::Duration>> {
+        if let Some(b) = body {
+            ctx.observed.body_chunk(b);
+        }
+        Ok(None)
+    }
+
     fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, _error: &Error) -> bool {
         true // `logging` writes one line per request instead
     }
@@ -355,7 +367,7 @@ impl ProxyHttp for PoolProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
-        metrics::request_done(ctx.family, status, ctx.aborted);
+        ctx.observed.finish(ctx.family, status, ctx.client.as_deref(), ctx.aborted);
         if log::log_enabled!(target: "ollama_pool::access", log::Level::Debug) {
             let keys: Vec<&str> = ctx.attempts.tried().iter().map(|k| k.id.as_str()).collect();
             let req = session.req_header();
@@ -370,7 +382,7 @@ impl ProxyHttp for PoolProxy {
                 keys.join(","),
                 ctx.attempts.last_outcome.map(|o| o.as_str()).unwrap_or("-"),
                 ctx.aborted,
-                ctx.started.elapsed().as_millis(),
+                ctx.observed.started().elapsed().as_millis(),
                 e.map(|e| e.etype().as_str()).unwrap_or("-"),
             );
         }

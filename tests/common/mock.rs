@@ -239,10 +239,11 @@ pub const CHAT_JSON: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","mo
 pub const SSE_EVENTS: &[&str] = &[
     "data: {\"choices\":[{\"delta\":{\"content\":\"hel\"}}]}\n\n",
     "data: {\"choices\":[{\"delta\":{\"content\":\"lo\"}}]}\n\n",
+    "data: {\"model\":\"m1\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2}}\n\n",
     "data: [DONE]\n\n",
 ];
 pub const NDJSON_LINES: &[&str] = &[
-    "{\"message\":{\"role\":\"assistant\",\"content\":\"hel\"},\"done\":false}\n",
+    "{\"model\":\"m1\",\"message\":{\"role\":\"assistant\",\"content\":\"hel\"},\"done\":false}\n",
     "{\"message\":{\"role\":\"assistant\",\"content\":\"lo\"},\"done\":false}\n",
     "{\"done\":true,\"prompt_eval_count\":3,\"eval_count\":2}\n",
 ];

@@ -1,0 +1,194 @@
+//! Token usage read from responses as they pass (SPEC §2.5), never holding them back: JSON
+//! bodies are kept (bounded) until they end; SSE and NDJSON streams are scanned line by line,
+//! and only lines that can carry usage are parsed. Understands OpenAI (`usage.prompt_tokens`,
+//! `completion_tokens`, also in the final stream chunk), Anthropic (`usage.input_tokens`,
+//! `output_tokens`, `message_start` / `message_delta` events) and Ollama (`prompt_eval_count`,
+//! `eval_count` in the `done` object).
+
+use serde_json::Value;
+
+/// Longest JSON body kept for parsing; longer ones are not counted.
+const MAX_JSON: usize = 1 << 20;
+/// Longest single stream line kept; a longer one is skipped.
+const MAX_LINE: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Json,
+    Lines,
+}
+
+#[derive(Debug)]
+pub struct UsageScanner {
+    mode: Mode,
+    buf: Vec<u8>,
+    overflow: bool,
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+    pub model: Option<String>,
+}
+
+impl UsageScanner {
+    /// A scanner for a response of this content type, or None if it cannot carry usage.
+    pub fn for_content_type(content_type: &[u8]) -> Option<UsageScanner> {
+        let ct = content_type.to_ascii_lowercase();
+        let mode = if ct.starts_with(b"text/event-stream") || ct.starts_with(b"application/x-ndjson") {
+            Mode::Lines
+        } else if ct.starts_with(b"application/json") {
+            Mode::Json
+        } else {
+            return None;
+        };
+        Some(UsageScanner {
+            mode,
+            buf: Vec::new(),
+            overflow: false,
+            prompt_tokens: None,
+            completion_tokens: None,
+            model: None,
+        })
+    }
+
+    pub fn is_stream(&self) -> bool {
+        self.mode == Mode::Lines
+    }
+
+    pub fn feed(&mut self, chunk: &[u8]) {
+        match self.mode {
+            Mode::Json => {
+                if self.buf.len() + chunk.len() > MAX_JSON {
+                    self.overflow = true;
+                    self.buf = Vec::new();
+                } else if !self.overflow {
+                    self.buf.extend_from_slice(chunk);
+                }
+            }
+            Mode::Lines => {
+                let mut rest = chunk;
+                while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
+                    let (line, tail) = rest.split_at(nl);
+                    if self.buf.is_empty() {
+                        self.line(line);
+                    } else {
+                        self.buf.extend_from_slice(line);
+                        let whole = std::mem::take(&mut self.buf);
+                        self.line(&whole);
+                        self.buf = whole;
+                        self.buf.clear();
+                    }
+                    rest = &tail[1..];
+                }
+                if self.buf.len() + rest.len() <= MAX_LINE {
+                    self.buf.extend_from_slice(rest);
+                } else {
+                    self.buf.clear();
+                }
+            }
+        }
+    }
+
+    /// The response ended: parse what was kept.
+    pub fn finish(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        match self.mode {
+            Mode::Json if !self.overflow => {
+                if let Ok(v) = serde_json::from_slice::<Value>(&buf) {
+                    self.take(&v);
+                }
+            }
+            Mode::Lines => self.line(&buf),
+            _ => {}
+        }
+    }
+
+    fn line(&mut self, line: &[u8]) {
+        let line = line.trim_ascii();
+        let line = line.strip_prefix(b"data:").map(<[u8]>::trim_ascii_start).unwrap_or(line);
+        if !line.starts_with(b"{")
+            || !(contains(line, b"usage") || contains(line, b"eval_count") || contains(line, b"\"model\""))
+        {
+            return;
+        }
+        if let Ok(v) = serde_json::from_slice::<Value>(line) {
+            self.take(&v);
+        }
+    }
+
+    fn take(&mut self, v: &Value) {
+        let model = v.get("model").or_else(|| v.pointer("/message/model")).and_then(Value::as_str);
+        if let Some(m) = model {
+            if self.model.is_none() {
+                self.model = Some(m.to_string());
+            }
+        }
+        let n = |v: Option<&Value>| v.and_then(Value::as_u64);
+        if let Some(u) = v.get("usage").or_else(|| v.pointer("/message/usage")).filter(|u| u.is_object()) {
+            if let Some(p) = n(u.get("prompt_tokens")).or(n(u.get("input_tokens"))) {
+                self.prompt_tokens = Some(p);
+            }
+            if let Some(c) = n(u.get("completion_tokens")).or(n(u.get("output_tokens"))) {
+                self.completion_tokens = Some(c);
+            }
+        }
+        if let Some(p) = n(v.get("prompt_eval_count")) {
+            self.prompt_tokens = Some(p);
+        }
+        if let Some(c) = n(v.get("eval_count")) {
+            self.completion_tokens = Some(c);
+        }
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(ct: &str, chunks: &[&str]) -> (Option<u64>, Option<u64>, Option<String>) {
+        let mut s = UsageScanner::for_content_type(ct.as_bytes()).unwrap();
+        for c in chunks {
+            s.feed(c.as_bytes());
+        }
+        s.finish();
+        (s.prompt_tokens, s.completion_tokens, s.model)
+    }
+
+    #[test]
+    fn openai_json_and_stream_split_across_chunks() {
+        let body = r#"{"model":"m1","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":7,"total_tokens":10}}"#;
+        assert_eq!(scan("application/json", &[&body[..20], &body[20..]]), (Some(3), Some(7), Some("m1".into())));
+        let sse =
+            "data: {\"model\":\"m2\",\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\ndata: {\"choices\":[],\"usa";
+        let sse2 = "ge\":{\"prompt_tokens\":5,\"completion_tokens\":9}}\n\ndata: [DONE]\n\n";
+        assert_eq!(scan("text/event-stream", &[sse, sse2]), (Some(5), Some(9), Some("m2".into())));
+    }
+
+    #[test]
+    fn anthropic_stream_events() {
+        let events = [
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-x\",\"usage\":{\"input_tokens\":12,\"output_tokens\":1}}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"hello\"}}\n\n",
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":42}}\n\n",
+        ];
+        assert_eq!(scan("text/event-stream; charset=utf-8", &events), (Some(12), Some(42), Some("claude-x".into())));
+    }
+
+    #[test]
+    fn ollama_ndjson_done_line_without_trailing_newline() {
+        let lines = [
+            "{\"model\":\"qwen3\",\"message\":{\"content\":\"a\"},\"done\":false}\n",
+            "{\"done\":true,\"prompt_eval_count\":4,\"eval_count\":8}",
+        ];
+        assert_eq!(scan("application/x-ndjson", &lines), (Some(4), Some(8), Some("qwen3".into())));
+    }
+
+    #[test]
+    fn other_types_and_garbage() {
+        assert!(UsageScanner::for_content_type(b"text/plain").is_none());
+        assert_eq!(scan("application/json", &["{not json"]), (None, None, None));
+        assert_eq!(scan("text/event-stream", &["data: {\"usage\": broken\n"]), (None, None, None));
+    }
+}
