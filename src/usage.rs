@@ -5,8 +5,6 @@
 //! `output_tokens`, `message_start` / `message_delta` events) and Ollama (`prompt_eval_count`,
 //! `eval_count` in the `done` object).
 
-use serde_json::Value;
-
 /// Longest JSON body kept for parsing; longer ones are not counted.
 const MAX_JSON: usize = 1 << 20;
 /// Longest single stream line kept; a longer one is skipped.
@@ -91,11 +89,7 @@ impl UsageScanner {
     pub fn finish(&mut self) {
         let buf = std::mem::take(&mut self.buf);
         match self.mode {
-            Mode::Json if !self.overflow => {
-                if let Ok(v) = serde_json::from_slice::<Value>(&buf) {
-                    self.take(&v);
-                }
-            }
+            Mode::Json if !self.overflow => self.parse(&buf),
             Mode::Lines => self.line(&buf),
             _ => {}
         }
@@ -109,34 +103,60 @@ impl UsageScanner {
         {
             return;
         }
-        if let Ok(v) = serde_json::from_slice::<Value>(line) {
-            self.take(&v);
+        self.parse(line);
+    }
+
+    /// Parses one JSON object into just the fields usage lives in (no `Value` tree: most of a
+    /// response is skipped without allocating).
+    fn parse(&mut self, bytes: &[u8]) {
+        if let Ok(u) = serde_json::from_slice::<UsageDoc>(bytes) {
+            self.take_doc(u);
         }
     }
 
-    fn take(&mut self, v: &Value) {
-        let model = v.get("model").or_else(|| v.pointer("/message/model")).and_then(Value::as_str);
-        if let Some(m) = model {
-            if self.model.is_none() {
-                self.model = Some(m.to_string());
-            }
+    fn take_doc(&mut self, d: UsageDoc) {
+        let model = d.model.or_else(|| d.message.as_ref().and_then(|m| m.model.clone()));
+        if self.model.is_none() {
+            self.model = model;
         }
-        let n = |v: Option<&Value>| v.and_then(Value::as_u64);
-        if let Some(u) = v.get("usage").or_else(|| v.pointer("/message/usage")).filter(|u| u.is_object()) {
-            if let Some(p) = n(u.get("prompt_tokens")).or(n(u.get("input_tokens"))) {
+        for u in [d.usage, d.message.and_then(|m| m.usage)].into_iter().flatten() {
+            if let Some(p) = u.prompt_tokens.or(u.input_tokens) {
                 self.prompt_tokens = Some(p);
             }
-            if let Some(c) = n(u.get("completion_tokens")).or(n(u.get("output_tokens"))) {
+            if let Some(c) = u.completion_tokens.or(u.output_tokens) {
                 self.completion_tokens = Some(c);
             }
         }
-        if let Some(p) = n(v.get("prompt_eval_count")) {
+        if let Some(p) = d.prompt_eval_count {
             self.prompt_tokens = Some(p);
         }
-        if let Some(c) = n(v.get("eval_count")) {
+        if let Some(c) = d.eval_count {
             self.completion_tokens = Some(c);
         }
     }
+}
+
+#[derive(serde::Deserialize)]
+struct UsageDoc {
+    model: Option<String>,
+    usage: Option<UsageFields>,
+    message: Option<MessageDoc>,
+    prompt_eval_count: Option<u64>,
+    eval_count: Option<u64>,
+}
+
+#[derive(serde::Deserialize)]
+struct MessageDoc {
+    model: Option<String>,
+    usage: Option<UsageFields>,
+}
+
+#[derive(serde::Deserialize)]
+struct UsageFields {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Load harness (issue #6): the mock upstream, an nginx reverse proxy doing the same
+# Authorization rewrite, and ollama-pool with 100 keys, measured side by side in alternating
+# rounds with wrk (non-streaming chat at 8 and 64 connections) and examples/stream_load
+# (streams at 1 and 256 concurrent), plus the RSS of each process. Prints a table and the
+# ratios ollama-pool/nginx and the latency added versus a direct connection.
+#
+#   benches/load.sh [SECONDS_PER_RUN=5] [ROUNDS=2]
+# Needs: nginx and wrk (Debian packages). Every run is bounded by SECONDS_PER_RUN.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-5}
+ROUNDS=${2:-2}
+for tool in nginx wrk; do
+  command -v "$tool" >/dev/null || { echo "load.sh: $tool is missing (apt-get install nginx wrk)" >&2; exit 2; }
+done
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ollama-pool-target}"
+cargo build --release --quiet --bin ollama-pool --example mock_upstream --example stream_load
+BIN=$CARGO_TARGET_DIR/release
+
+DIR=$(mktemp -d)
+MOCK_PORT=18180 NGINX_PORT=18182 POOL_PORT=18181 ADMIN_PORT=18183
+TOKEN=bench-client-token-123
+cleanup() {
+  [ -f "$DIR/nginx.pid" ] && kill "$(cat "$DIR/nginx.pid")" 2>/dev/null || true
+  kill "${MOCK_PID:-}" "${POOL_PID:-}" 2>/dev/null || true
+  rm -rf "$DIR"
+}
+trap cleanup EXIT
+
+keys=""
+for i in $(seq -w 0 99); do
+  echo "bench-upstream-key-$i-xxxxxxxxxxxxxxxx" >> "$DIR/keys.txt"
+  keys+="    1% \"bench-upstream-key-$i-xxxxxxxxxxxxxxxx\";"$'\n'
+done
+sed -e "s|@DIR@|$DIR|g" -e "s|@MOCK_PORT@|$MOCK_PORT|" -e "s|@NGINX_PORT@|$NGINX_PORT|" benches/nginx.conf.in \
+  | awk -v keys="$keys" '{ if ($0 ~ /@KEYS@/) printf "%s", keys; else print }' > "$DIR/nginx.conf"
+cat > "$DIR/pool.yaml" <<YAML
+listen: ["127.0.0.1:$POOL_PORT"]
+threads: 2
+upstream: {url: "http://127.0.0.1:$MOCK_PORT", health_check_interval: 0s}
+keys: {files: [keys.txt]}
+clients: {tokens: [{name: bench, token: "$TOKEN"}]}
+admin: {listen: "127.0.0.1:$ADMIN_PORT", token: "bench-admin-token-0123456789"}
+server: {grace_period: 0s, shutdown_timeout: 1s, pid_file: $DIR/pool.pid, upgrade_sock: $DIR/upgrade.sock}
+YAML
+
+"$BIN/examples/mock_upstream" --listen 127.0.0.1:$MOCK_PORT --chunks 20 2>/dev/null & MOCK_PID=$!
+nginx -c "$DIR/nginx.conf"
+RUST_LOG=warn "$BIN/ollama-pool" serve -c "$DIR/pool.yaml" > "$DIR/pool.log" 2>&1 & POOL_PID=$!
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null && break; sleep 0.1; done
+
+cat > "$DIR/post.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '{"model":"m1","messages":[{"role":"user","content":"hi"}]}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $TOKEN"
+LUA
+
+ms() { # wrk latency ("812.00us", "1.20ms", "2.00s") -> ms
+  awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
+}
+declare -A rps p50 p99 sttfb50 sttfb99 stot50 stot99
+url_of() { case $1 in direct) echo "http://127.0.0.1:$MOCK_PORT";; nginx) echo "http://127.0.0.1:$NGINX_PORT";; pool) echo "http://127.0.0.1:$POOL_PORT";; esac; }
+add() { # accumulate the mean over rounds
+  local -n arr=$1; arr[$2]=$(awk -v a="${arr[$2]:-0}" -v b="$3" -v r="$ROUNDS" 'BEGIN { printf "%.3f", a + b / r }')
+}
+for round in $(seq "$ROUNDS"); do
+  for c in 8 64; do
+    for t in direct nginx pool; do
+      out=$(wrk -t2 -c$c -d${SECS}s --latency -s "$DIR/post.lua" "$(url_of $t)/v1/chat/completions")
+      add rps "$t/$c" "$(echo "$out" | awk '/Requests\/sec/ {print $2}')"
+      add p50 "$t/$c" "$(ms "$(echo "$out" | awk '$1 == "50%" {print $2}')")"
+      add p99 "$t/$c" "$(ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")"
+      if echo "$out" | grep -q "Non-2xx"; then echo "warning: $t/$c had non-2xx answers" >&2; fi
+    done
+  done
+  for c in 1 256; do
+    for t in direct nginx pool; do
+      out=$("$BIN/examples/stream_load" --url "$(url_of $t)" -c $c -d "$SECS" --token "$TOKEN")
+      get() { echo "$out" | tr ' ' '\n' | awk -F= -v k="$1" '$1 == k {print $2}'; }
+      add sttfb50 "$t/$c" "$(get ttfb_p50_ms)"; add sttfb99 "$t/$c" "$(get ttfb_p99_ms)"
+      add stot50 "$t/$c" "$(get total_p50_ms)"; add stot99 "$t/$c" "$(get total_p99_ms)"
+    done
+  done
+done
+rss() { awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
+nginx_rss=0
+for p in $(pgrep -f "nginx: (master|worker)"); do nginx_rss=$(awk -v a="$nginx_rss" -v b="$(rss "$p")" 'BEGIN { printf "%.1f", a + b }'); done
+
+echo
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); ${ROUNDS} rounds x ${SECS}s per cell, means of rounds"
+echo
+printf "%-34s %12s %12s %12s\n" "non-streaming chat" direct nginx ollama-pool
+for c in 8 64; do
+  printf "%-34s %12s %12s %12s\n" "requests/s, $c conns" "${rps[direct/$c]}" "${rps[nginx/$c]}" "${rps[pool/$c]}"
+  printf "%-34s %12s %12s %12s\n" "p50 ms, $c conns" "${p50[direct/$c]}" "${p50[nginx/$c]}" "${p50[pool/$c]}"
+  printf "%-34s %12s %12s %12s\n" "p99 ms, $c conns" "${p99[direct/$c]}" "${p99[nginx/$c]}" "${p99[pool/$c]}"
+done
+echo
+printf "%-34s %12s %12s %12s\n" "SSE stream (20 events)" direct nginx ollama-pool
+for c in 1 256; do
+  printf "%-34s %12s %12s %12s\n" "TTFB p50 ms, $c streams" "${sttfb50[direct/$c]}" "${sttfb50[nginx/$c]}" "${sttfb50[pool/$c]}"
+  printf "%-34s %12s %12s %12s\n" "TTFB p99 ms, $c streams" "${sttfb99[direct/$c]}" "${sttfb99[nginx/$c]}" "${sttfb99[pool/$c]}"
+  printf "%-34s %12s %12s %12s\n" "total p99 ms, $c streams" "${stot99[direct/$c]}" "${stot99[nginx/$c]}" "${stot99[pool/$c]}"
+done
+echo
+printf "%-34s %12s %12s %12s\n" "RSS MiB (after the run)" "$(rss $MOCK_PID)" "$nginx_rss" "$(rss $POOL_PID)"
+echo
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+diff() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
+echo "ollama-pool / nginx requests/s:   8 conns $(ratio "${rps[pool/8]}" "${rps[nginx/8]}"),  64 conns $(ratio "${rps[pool/64]}" "${rps[nginx/64]}")"
+echo "added vs direct, 8 conns (ms):    p50 $(diff "${p50[pool/8]}" "${p50[direct/8]}"), p99 $(diff "${p99[pool/8]}" "${p99[direct/8]}")  (nginx: p50 $(diff "${p50[nginx/8]}" "${p50[direct/8]}"), p99 $(diff "${p99[nginx/8]}" "${p99[direct/8]}"))"
+echo "stream TTFB added p99 (ms):       1 stream $(diff "${sttfb99[pool/1]}" "${sttfb99[direct/1]}"), 256 streams $(diff "${sttfb99[pool/256]}" "${sttfb99[direct/256]}")"

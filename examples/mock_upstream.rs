@@ -1,0 +1,99 @@
+//! A fast mock of the upstream API for benchmarks (and manual tests): HTTP/1.1 keep-alive,
+//! canned OpenAI/Ollama JSON, SSE streams of N chunks with a delay between them, optional
+//! latency, and per-key failure injection.
+//!
+//! `cargo run --release --example mock_upstream -- [--listen 127.0.0.1:18080] [--latency-ms 0]
+//!  [--chunks 20] [--chunk-delay-ms 0] [--fail-suffix -bad]`
+//! Requests whose `Authorization: Bearer <key>` ends with the fail suffix get a 401.
+
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Clone)]
+struct Opts {
+    latency: Duration,
+    chunks: usize,
+    chunk_delay: Duration,
+    fail_suffix: String,
+}
+
+const CHAT: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","model":"m1","choices":[{"index":0,"message":{"role":"assistant","content":"hello"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#;
+
+fn arg(args: &[String], name: &str, default: &str) -> String {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned().unwrap_or_else(|| default.to_string())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 1)]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let listen = arg(&args, "--listen", "127.0.0.1:18080");
+    let opts = Opts {
+        latency: Duration::from_millis(arg(&args, "--latency-ms", "0").parse().expect("--latency-ms")),
+        chunks: arg(&args, "--chunks", "20").parse().expect("--chunks"),
+        chunk_delay: Duration::from_millis(arg(&args, "--chunk-delay-ms", "0").parse().expect("--chunk-delay-ms")),
+        fail_suffix: arg(&args, "--fail-suffix", "-bad"),
+    };
+    let listener = TcpListener::bind(&listen).await.expect("bind");
+    eprintln!("mock upstream on {listen}");
+    loop {
+        let Ok((s, _)) = listener.accept().await else { continue };
+        let _ = s.set_nodelay(true);
+        let o = opts.clone();
+        tokio::spawn(async move {
+            let _ = serve(s, o).await;
+        });
+    }
+}
+
+async fn serve(mut s: TcpStream, o: Opts) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let mut tmp = vec![0u8; 64 * 1024];
+    loop {
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = s.read(&mut tmp).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&tmp[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+        let header = |name: &str| head.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()));
+        let len: usize = header("content-length:").and_then(|v| v.parse().ok()).unwrap_or(0);
+        while buf.len() < head_end + len {
+            let n = s.read(&mut tmp).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&tmp[..n]);
+        }
+        let body = String::from_utf8_lossy(&buf[head_end..head_end + len]).to_string();
+        let auth = header("authorization:").unwrap_or_default();
+        buf.drain(..head_end + len);
+        if !o.latency.is_zero() {
+            tokio::time::sleep(o.latency).await;
+        }
+        if !o.fail_suffix.is_empty() && auth.ends_with(&o.fail_suffix) {
+            let b = r#"{"error":"unauthorized"}"#;
+            let r = format!("HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{b}", b.len());
+            s.write_all(r.as_bytes()).await?;
+        } else if body.contains("\"stream\":true") {
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n").await?;
+            for i in 0..o.chunks {
+                let ev = format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"tok{i}\"}}}}]}}\n\n");
+                s.write_all(format!("{:x}\r\n{ev}\r\n", ev.len()).as_bytes()).await?;
+                if !o.chunk_delay.is_zero() {
+                    tokio::time::sleep(o.chunk_delay).await;
+                }
+            }
+            let end = "data: [DONE]\n\n";
+            s.write_all(format!("{:x}\r\n{end}\r\n0\r\n\r\n", end.len()).as_bytes()).await?;
+        } else {
+            let r = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{CHAT}", CHAT.len());
+            s.write_all(r.as_bytes()).await?;
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! A load client for streaming responses (wrk cannot time a stream's first byte): keeps C
+//! connections each sending streaming chat requests back to back for D seconds, and reports
+//! time to first body byte and total time (p50/p99, ms) and the request count.
+//!
+//! `cargo run --release --example stream_load -- --url http://127.0.0.1:18081 -c 256 -d 5 [--token T]`
+
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn arg(args: &[String], name: &str, default: &str) -> String {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned().unwrap_or_else(|| default.to_string())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 1)]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let url = arg(&args, "--url", "http://127.0.0.1:18081");
+    let conns: usize = arg(&args, "-c", "1").parse().unwrap();
+    let secs: u64 = arg(&args, "-d", "5").parse().unwrap();
+    let token = arg(&args, "--token", "bench-client-token-123");
+    let addr = url.trim_start_matches("http://").trim_end_matches('/').to_string();
+    let body = r#"{"model":"m1","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let (addr, req) = (addr.clone(), req.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            let Ok(mut s) = TcpStream::connect(&addr).await else { return out };
+            let _ = s.set_nodelay(true);
+            let mut buf = vec![0u8; 64 * 1024];
+            while Instant::now() < deadline {
+                let t0 = Instant::now();
+                if s.write_all(req.as_bytes()).await.is_err() {
+                    break;
+                }
+                let mut got: Vec<u8> = Vec::new();
+                let mut ttfb = None;
+                let mut head_end = None;
+                loop {
+                    let Ok(n) = s.read(&mut buf).await else { return out };
+                    if n == 0 {
+                        return out;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                    if head_end.is_none() {
+                        head_end = got.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+                    }
+                    if let Some(h) = head_end {
+                        if ttfb.is_none() && got.len() > h {
+                            ttfb = Some(t0.elapsed());
+                        }
+                        if got.ends_with(b"0\r\n\r\n") {
+                            break;
+                        }
+                    }
+                }
+                out.push((ttfb.unwrap_or_default(), t0.elapsed()));
+            }
+            out
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap_or_default());
+    }
+    if all.is_empty() {
+        println!("requests=0");
+        return;
+    }
+    let pct = |mut v: Vec<Duration>, p: usize| {
+        v.sort_unstable();
+        v[(v.len() * p / 100).min(v.len() - 1)].as_secs_f64() * 1000.0
+    };
+    let ttfb: Vec<Duration> = all.iter().map(|x| x.0).collect();
+    let total: Vec<Duration> = all.iter().map(|x| x.1).collect();
+    println!(
+        "requests={} ttfb_p50_ms={:.3} ttfb_p99_ms={:.3} total_p50_ms={:.3} total_p99_ms={:.3}",
+        all.len(),
+        pct(ttfb.clone(), 50),
+        pct(ttfb, 99),
+        pct(total.clone(), 50),
+        pct(total, 99)
+    );
+}
