@@ -5,7 +5,7 @@
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use ollama_pool::config::StaticToken;
-use ollama_pool::pool::{classify, ManualClock, Policy, Pool, Key};
+use ollama_pool::pool::{classify, Key, ManualClock, Policy, Pool};
 use ollama_pool::proxy::auth::Clients;
 use ollama_pool::secret::Secret;
 use ollama_pool::usage::UsageScanner;
@@ -83,8 +83,9 @@ fn usage(c: &mut Criterion) {
 }
 
 fn token_lookup(c: &mut Criterion) {
-    let tokens: Vec<StaticToken> =
-        (0..1000).map(|i| StaticToken { name: format!("app{i}"), token: Secret::new(format!("sk-client-token-{i:040}")) }).collect();
+    let tokens: Vec<StaticToken> = (0..1000)
+        .map(|i| StaticToken { name: format!("app{i}"), token: Secret::new(format!("sk-client-token-{i:040}")) })
+        .collect();
     let clients = Clients::from_static(&tokens);
     let mut h = http::HeaderMap::new();
     h.insert("authorization", format!("Bearer sk-client-token-{:040}", 777).parse().unwrap());

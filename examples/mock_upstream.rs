@@ -78,10 +78,14 @@ async fn serve(mut s: TcpStream, o: Opts) -> std::io::Result<()> {
         }
         if !o.fail_suffix.is_empty() && auth.ends_with(&o.fail_suffix) {
             let b = r#"{"error":"unauthorized"}"#;
-            let r = format!("HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{b}", b.len());
+            let r = format!(
+                "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{b}",
+                b.len()
+            );
             s.write_all(r.as_bytes()).await?;
         } else if body.contains("\"stream\":true") {
-            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n").await?;
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+                .await?;
             for i in 0..o.chunks {
                 let ev = format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"tok{i}\"}}}}]}}\n\n");
                 s.write_all(format!("{:x}\r\n{ev}\r\n", ev.len()).as_bytes()).await?;
@@ -92,7 +96,10 @@ async fn serve(mut s: TcpStream, o: Opts) -> std::io::Result<()> {
             let end = "data: [DONE]\n\n";
             s.write_all(format!("{:x}\r\n{end}\r\n0\r\n\r\n", end.len()).as_bytes()).await?;
         } else {
-            let r = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{CHAT}", CHAT.len());
+            let r = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{CHAT}",
+                CHAT.len()
+            );
             s.write_all(r.as_bytes()).await?;
         }
     }

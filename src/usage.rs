@@ -98,9 +98,12 @@ impl UsageScanner {
     fn line(&mut self, line: &[u8]) {
         let line = line.trim_ascii();
         let line = line.strip_prefix(b"data:").map(<[u8]>::trim_ascii_start).unwrap_or(line);
-        if !line.starts_with(b"{")
-            || !(contains(line, b"usage") || contains(line, b"eval_count") || contains(line, b"\"model\""))
-        {
+        // Parse only lines that can tell something new: usage counts, or the model until known
+        // (OpenAI repeats "model" in every chunk; parsing each would cost ~0.5 µs a chunk).
+        let wanted = contains(line, b"usage")
+            || contains(line, b"eval_count")
+            || (self.model.is_none() && contains(line, b"\"model\""));
+        if !line.starts_with(b"{") || !wanted {
             return;
         }
         self.parse(line);
