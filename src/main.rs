@@ -27,6 +27,9 @@ fn main() -> ExitCode {
             match app::build(&loaded, app::RunMode { daemon, upgrade }, Arc::new(SystemClock)) {
                 Ok(app) => {
                     app.server.run(Default::default());
+                    // The service's own shutdown flush can be cut short when pingora drops the
+                    // runtime; this one runs after every runtime has stopped, so it always lands.
+                    app.flusher.flush();
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

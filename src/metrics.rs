@@ -169,6 +169,29 @@ pub struct ClientMetrics {
     /// [family][status class]
     requests: Vec<Vec<IntCounter>>,
     name: String,
+    /// model -> [prompt, completion] token counters of this client. Read lock-free on every
+    /// request that reports usage; replaced whole when a new model shows up (bounded by the cap).
+    tokens: arc_swap::ArcSwap<std::collections::HashMap<String, [IntCounter; 2]>>,
+}
+
+impl ClientMetrics {
+    fn token_counters(&self, model: &str) -> [IntCounter; 2] {
+        if let Some(c) = self.tokens.load().get(model) {
+            return c.clone();
+        }
+        let cap = CAPS.get().map(|c| c.0).unwrap_or(50);
+        let label = capped(&M.models, model, cap);
+        let counters = ["prompt", "completion"].map(|k| M.tokens.with_label_values(&[label, self.name.as_str(), k]));
+        // Models past the cap share the `other` counters and are not remembered one by one.
+        if label != "other" {
+            self.tokens.rcu(|m| {
+                let mut m = std::collections::HashMap::clone(m);
+                m.insert(model.to_string(), counters.clone());
+                m
+            });
+        }
+        counters
+    }
 }
 
 impl ClientMetrics {
@@ -179,7 +202,7 @@ impl ClientMetrics {
             .iter()
             .map(|f| CLASSES.iter().map(|c| M.requests.with_label_values(&[*f, *c, name.as_str()])).collect())
             .collect();
-        ClientMetrics { requests, name }
+        ClientMetrics { requests, name, tokens: Default::default() }
     }
 }
 
@@ -243,13 +266,9 @@ pub fn request_done(r: RequestRecord<'_>) {
         M.ttfb_seconds[f].observe(t.as_secs_f64());
     }
     if let Some((model, prompt, completion)) = r.tokens {
-        let cap = CAPS.get().map(|c| c.0).unwrap_or(50);
-        let model = capped(&M.models, model.unwrap_or("unknown"), cap);
-        for (kind, n) in [("prompt", prompt), ("completion", completion)] {
-            if let Some(n) = n {
-                M.tokens.with_label_values(&[model, client.name.as_str(), kind]).inc_by(n);
-            }
-        }
+        let [p, c] = client.token_counters(model.unwrap_or("unknown"));
+        p.inc_by(prompt.unwrap_or(0));
+        c.inc_by(completion.unwrap_or(0));
     }
 }
 

@@ -143,6 +143,17 @@ async fn writes_survive_sigkill(encrypted: bool) {
         .unwrap();
     assert_eq!(r.status(), 200, "the token created before the kill still works");
     assert!(mock.requests().iter().all(|r| r.key.as_deref() != Some(KEYS[1])), "the disabled key stayed out");
+    // The offline CLI works on the same store while the server runs (WAL + busy timeout).
+    let out = Command::new(env!("CARGO_BIN_EXE_ollama-pool")).args(["keys", "list", "-c"]).arg(&cfg).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("4 keys"));
+    let out = Command::new(env!("CARGO_BIN_EXE_ollama-pool"))
+        .args(["tokens", "create", "--name", "while-running", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cli_token = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let second_log = s.kill9();
 
     let mut files = vec![first_log, second_log];
@@ -150,7 +161,7 @@ async fn writes_survive_sigkill(encrypted: bool) {
         let state = dir.path().join("state");
         files.extend(std::fs::read_dir(&state).unwrap().map(|e| e.unwrap().path()));
     }
-    assert_no_secrets(&files, &[&token]);
+    assert_no_secrets(&files, &[&token, &cli_token]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
