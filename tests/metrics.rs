@@ -11,6 +11,19 @@ async fn scrape(proxy: &Proxy) -> String {
     client().get(proxy.admin_url("/metrics")).send().await.unwrap().text().await.unwrap()
 }
 
+/// A request is recorded in the proxy's `logging` hook, which may run just after the client has
+/// read the whole answer: scrape until `series` has grown by `by` since `before` (bounded).
+async fn settled(proxy: &Proxy, before: &str, series: &str, by: f64) -> String {
+    for _ in 0..100 {
+        let text = scrape(proxy).await;
+        if value(&text, series) - value(before, series) >= by {
+            return text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("{series} did not grow by {by}");
+}
+
 fn value(text: &str, series: &str) -> f64 {
     text.lines()
         .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
@@ -32,7 +45,8 @@ async fn metrics_follow_a_scripted_sequence() {
     let r = proxy.post("/v1/chat/completions", r#"{"model":"m1","messages":[]}"#).send().await.unwrap();
     assert_eq!(r.status(), 200);
     r.text().await.unwrap();
-    let after = scrape(&proxy).await;
+    let after =
+        settled(&proxy, &before, r#"ollama_pool_tokens_total{client="app",kind="completion",model="m1"}"#, 1.0).await;
     assert_eq!(
         delta(
             &before,
@@ -74,7 +88,8 @@ async fn metrics_follow_a_scripted_sequence() {
     sse.text().await.unwrap();
     let nd = proxy.post("/api/chat", r#"{"model":"m1","messages":[]}"#).send().await.unwrap();
     nd.text().await.unwrap();
-    let after = scrape(&proxy).await;
+    let after =
+        settled(&proxy, &before, r#"ollama_pool_tokens_total{client="app",kind="completion",model="m1"}"#, 4.0).await;
     assert_eq!(delta(&before, &after, r#"ollama_pool_tokens_total{client="app",kind="prompt",model="m1"}"#), 8.0);
     assert_eq!(delta(&before, &after, r#"ollama_pool_tokens_total{client="app",kind="completion",model="m1"}"#), 4.0);
     assert_eq!(delta(&before, &after, r#"ollama_pool_time_to_first_byte_seconds_count{family="ollama"}"#), 1.0);
@@ -84,7 +99,9 @@ async fn metrics_follow_a_scripted_sequence() {
     before = after;
     let r = client().post(proxy.url("/api/chat")).body("{}").send().await.unwrap();
     assert_eq!(r.status(), 401);
-    let after = scrape(&proxy).await;
+    let after =
+        settled(&proxy, &before, r#"ollama_pool_requests_total{client="-",family="ollama",status_class="4xx"}"#, 1.0)
+            .await;
     assert_eq!(
         delta(&before, &after, r#"ollama_pool_requests_total{client="-",family="ollama",status_class="4xx"}"#),
         1.0
@@ -95,7 +112,7 @@ async fn metrics_follow_a_scripted_sequence() {
     mock.set(KEYS[1], Behavior::CutMidStream);
     let r = proxy.post("/v1/chat/completions", r#"{"model":"m1","stream":true}"#).send().await.unwrap();
     let _ = r.text().await;
-    let after = scrape(&proxy).await;
+    let after = settled(&proxy, &before, "ollama_pool_stream_aborts_total", 1.0).await;
     assert_eq!(delta(&before, &after, "ollama_pool_stream_aborts_total"), 1.0);
 
     for secret in KEYS.iter().chain([&TOKEN, &common::ADMIN_TOKEN]) {

@@ -239,7 +239,16 @@ async fn metrics_count_requests_and_failovers_without_secrets() {
     )
     .await;
     assert_eq!(proxy.post("/v1/chat/completions", "{}").send().await.unwrap().status(), 200);
-    let text = client().get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap().text().await.unwrap();
+    // The request is counted in the proxy's logging hook, which may run just after the client
+    // has its answer: scrape until it shows (bounded).
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = client().get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap().text().await.unwrap();
+        if text.contains(r#"ollama_pool_requests_total{client="app",family="openai",status_class="2xx"}"#) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let value = |series: &str| -> f64 {
         text.lines()
             .find(|l| l.starts_with(series))
