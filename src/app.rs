@@ -193,9 +193,9 @@ fn load_key_files(loaded: &Loaded, store: &dyn Store, now: u64) -> Result<(), Ap
                 counters: Default::default(),
             })
             .collect();
-        let added = store.insert_keys(&keys)?.len();
+        let added = store.insert_keys(&keys, true)?.len();
         log::info!(
-            "keys: {}: {added} new, {} already stored or repeated, {} invalid lines",
+            "keys: {}: {added} new, {} already stored, repeated or removed by an operator, {} invalid lines",
             path.display(),
             keys.len() - added + parsed.duplicates,
             parsed.invalid.len()

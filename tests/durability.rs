@@ -201,3 +201,31 @@ async fn counters_survive_a_graceful_restart() {
     let log2 = s.kill9();
     assert_no_secrets(&[log1, log2], &[]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_key_stays_removed_although_its_key_file_is_read_again() {
+    let mock = Mock::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let cfg = config(dir.path(), &mock, port, admin, false);
+    std::fs::write(dir.path().join("k.txt"), format!("{}\n{}\n", KEYS[0], KEYS[1])).unwrap();
+    let mut yaml = std::fs::read_to_string(&cfg).unwrap();
+    yaml.push_str("keys: {files: [k.txt]}\n");
+    std::fs::write(&cfg, yaml).unwrap();
+    let id0 = ollama_pool::secret::Secret::new(KEYS[0]).id();
+
+    let s = start(&cfg, port, admin, 1).await;
+    assert_eq!(s.ok(reqwest::Method::GET, "/admin/keys", Value::Null).await["total"], 2);
+    let r = s.admin(reqwest::Method::DELETE, &format!("/admin/keys/{id0}")).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let log1 = s.kill9();
+
+    let s = start(&cfg, port, admin, 2).await;
+    let listed = s.ok(reqwest::Method::GET, "/admin/keys", Value::Null).await;
+    assert_eq!(listed["total"], 1, "the key file did not bring the removed key back");
+    assert_ne!(listed["keys"][0]["id"], id0.as_str());
+    let r = s.admin(reqwest::Method::POST, "/admin/keys").json(&json!({"key": KEYS[0]})).send().await.unwrap();
+    assert_eq!(r.status(), 201, "an operator can add it back");
+    let log2 = s.kill9();
+    assert_no_secrets(&[log1, log2], &[]);
+}

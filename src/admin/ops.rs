@@ -93,7 +93,7 @@ impl Control {
         import::check_key(key).map_err(|r| OpError::Invalid(r.to_string()))?;
         let stored = self.stored(Secret::new(key), label, ttl);
         let id = stored.id.clone();
-        if self.store.insert_keys(std::slice::from_ref(&stored))?.is_empty() {
+        if self.store.insert_keys(std::slice::from_ref(&stored), false)?.is_empty() {
             return Err(OpError::Duplicate(id));
         }
         self.attach(&stored);
@@ -175,7 +175,7 @@ impl Control {
             report.added = to_add.len();
             return Ok(report);
         }
-        let added: HashSet<String> = self.store.insert_keys(&to_add)?.into_iter().collect();
+        let added: HashSet<String> = self.store.insert_keys(&to_add, false)?.into_iter().collect();
         report.added = added.len();
         report.duplicates += to_add.len() - added.len(); // raced with another writer
         for k in to_add.iter().filter(|k| added.contains(&k.id)) {

@@ -65,8 +65,11 @@ pub struct StoredToken {
 
 pub trait Store: Send + Sync + 'static {
     fn keys(&self) -> Result<Vec<StoredKey>>;
-    /// Inserts keys in one transaction; keys whose id is present are skipped. Returns the ids added.
-    fn insert_keys(&self, keys: &[StoredKey]) -> Result<Vec<String>>;
+    /// Inserts keys in one transaction; keys whose id is present are skipped. With `skip_removed`
+    /// (key files read at start) keys an operator removed are skipped too; without it (an
+    /// operator adding keys) their removal is forgotten. Returns the ids added.
+    fn insert_keys(&self, keys: &[StoredKey], skip_removed: bool) -> Result<Vec<String>>;
+    /// Removes a key and remembers that it was removed.
     fn delete_key(&self, id: &str) -> Result<bool>;
     /// `None` enables; `Some(0)` disables until enabled; `Some(t)` until `t`.
     fn set_disabled(&self, id: &str, until_ms: Option<u64>) -> Result<bool>;

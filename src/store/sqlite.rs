@@ -38,6 +38,8 @@ const MIGRATIONS: &[&str] = &[
         models TEXT NOT NULL DEFAULT '[]',
         rpm INTEGER
     );",
+    // 1 -> 2: keys an operator removed, so a key file read at start does not bring them back.
+    "CREATE TABLE removed_keys (id TEXT PRIMARY KEY, removed_at INTEGER NOT NULL);",
 ];
 
 pub struct SqliteStore {
@@ -156,16 +158,25 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
-    fn insert_keys(&self, keys: &[StoredKey]) -> Result<Vec<String>> {
+    fn insert_keys(&self, keys: &[StoredKey], skip_removed: bool) -> Result<Vec<String>> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let mut added = Vec::new();
         {
+            let mut removed = tx.prepare("SELECT 1 FROM removed_keys WHERE id = ?1")?;
+            let mut unremove = tx.prepare("DELETE FROM removed_keys WHERE id = ?1")?;
             let mut stmt = tx.prepare(
                 "INSERT OR IGNORE INTO keys (id, secret, encrypted, label, created_at, expires_at, disabled_until, models, category)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
             for k in keys {
+                if skip_removed {
+                    if removed.exists([&k.id])? {
+                        continue;
+                    }
+                } else {
+                    unremove.execute([&k.id])?; // an operator adding it again means it
+                }
                 let (blob, encrypted) = self.seal(&k.secret)?;
                 let n = stmt.execute(params![
                     k.id,
@@ -188,7 +199,15 @@ impl Store for SqliteStore {
     }
 
     fn delete_key(&self, id: &str) -> Result<bool> {
-        Ok(self.lock().execute("DELETE FROM keys WHERE id = ?1", [id])? == 1)
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let found = tx.execute("DELETE FROM keys WHERE id = ?1", [id])? == 1;
+        if found {
+            let now = crate::pool::Clock::now_ms(&crate::pool::SystemClock) as i64;
+            tx.execute("INSERT OR REPLACE INTO removed_keys (id, removed_at) VALUES (?1, ?2)", params![id, now])?;
+        }
+        tx.commit()?;
+        Ok(found)
     }
 
     fn set_disabled(&self, id: &str, until_ms: Option<u64>) -> Result<bool> {
@@ -295,8 +314,8 @@ mod tests {
     fn keys_round_trip_and_duplicates_are_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(&dir.path().join("sub/x.db"), None).unwrap();
-        assert_eq!(s.insert_keys(&[key("store-key-0001"), key("store-key-0002")]).unwrap().len(), 2);
-        assert_eq!(s.insert_keys(&[key("store-key-0001")]).unwrap().len(), 0);
+        assert_eq!(s.insert_keys(&[key("store-key-0001"), key("store-key-0002")], false).unwrap().len(), 2);
+        assert_eq!(s.insert_keys(&[key("store-key-0001")], false).unwrap().len(), 0);
         assert!(s.set_disabled(&key("store-key-0001").id, Some(0)).unwrap());
         assert!(s.set_models(&key("store-key-0002").id, &["qwen3:8b".into()], "qwen").unwrap());
         let c = Counters { requests: 5, successes: 4, failures: 1, ..Default::default() };
@@ -310,6 +329,11 @@ mod tests {
         assert_eq!(k2.counters, c);
         assert!(s.delete_key(&k1.id).unwrap());
         assert!(!s.delete_key(&k1.id).unwrap());
+        let again = key("store-key-0001");
+        assert!(s.insert_keys(std::slice::from_ref(&again), true).unwrap().is_empty(), "a key file does not revive it");
+        assert_eq!(s.insert_keys(std::slice::from_ref(&again), false).unwrap().len(), 1, "an operator can");
+        s.delete_key(&again.id).unwrap();
+        assert_eq!(s.insert_keys(&[again], true).unwrap().len(), 0);
     }
 
     #[test]
@@ -318,7 +342,7 @@ mod tests {
         let path = dir.path().join("x.db");
         let pass = Secret::new("passphrase-for-tests");
         let s = SqliteStore::open(&path, Some(&pass)).unwrap();
-        s.insert_keys(&[key("secret-upstream-key-42")]).unwrap();
+        s.insert_keys(&[key("secret-upstream-key-42")], false).unwrap();
         drop(s);
         let raw = std::fs::read(&path).unwrap();
         let wal = std::fs::read(dir.path().join("x.db-wal")).unwrap_or_default();
