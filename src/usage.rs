@@ -29,10 +29,12 @@ pub struct UsageScanner {
 impl UsageScanner {
     /// A scanner for a response of this content type, or None if it cannot carry usage.
     pub fn for_content_type(content_type: &[u8]) -> Option<UsageScanner> {
-        let ct = content_type.to_ascii_lowercase();
-        let mode = if ct.starts_with(b"text/event-stream") || ct.starts_with(b"application/x-ndjson") {
+        let is = |prefix: &[u8]| {
+            content_type.len() >= prefix.len() && content_type[..prefix.len()].eq_ignore_ascii_case(prefix)
+        };
+        let mode = if is(b"text/event-stream") || is(b"application/x-ndjson") {
             Mode::Lines
-        } else if ct.starts_with(b"application/json") {
+        } else if is(b"application/json") {
             Mode::Json
         } else {
             return None;
@@ -211,6 +213,8 @@ mod tests {
     #[test]
     fn other_types_and_garbage() {
         assert!(UsageScanner::for_content_type(b"text/plain").is_none());
+        assert!(UsageScanner::for_content_type(b"Text/Event-Stream; charset=utf-8").is_some_and(|s| s.is_stream()));
+        assert!(UsageScanner::for_content_type(b"app").is_none());
         assert_eq!(scan("application/json", &["{not json"]), (None, None, None));
         assert_eq!(scan("text/event-stream", &["data: {\"usage\": broken\n"]), (None, None, None));
     }
