@@ -8,12 +8,12 @@ use crate::metrics;
 use crate::pool::{classify, outcome::ERROR_PEEK_BYTES, Decision, Outcome};
 use crate::proxy::envelope::{ErrorKind, ProxyError};
 use crate::proxy::{error_for, headers, Ctx, PoolProxy};
-use bytes::{Bytes, BytesMut};
+use crate::upstream;
+use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::prelude::HttpPeer;
 use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
-use pingora::{Error, ErrorType};
 
 /// Headers that describe one hop's connection, not the message.
 const HOP_BY_HOP: &[&str] = &["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"];
@@ -62,34 +62,15 @@ async fn attempt(
     body: &Bytes,
 ) -> pingora::Result<(HttpSession, ResponseHeader, Option<Bytes>)> {
     let state = &proxy.state;
-    let (mut up, _reused) = state.connector.get_http_session(peer).await?;
     let mut req = session.req_header().clone();
     headers::rewrite(&mut req, key, &state.upstream, state.forward_client_ip)?;
     req.remove_header(&http::header::TRANSFER_ENCODING);
     req.remove_header(&http::header::EXPECT);
     req.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-    up.write_request_header(Box::new(req)).await?;
-    up.write_request_body(body.clone(), true).await?;
-    up.finish_request_body().await?;
-    up.read_response_header().await?;
-    let header = up
-        .response_header()
-        .cloned()
-        .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "upstream sent no response header"))?;
-    let peek = if header.status.as_u16() >= 400 { Some(peek_body(&mut up).await?) } else { None };
+    let (mut up, header) = upstream::send(&state.connector, peer, req, body.clone()).await?;
+    let peek =
+        if header.status.as_u16() >= 400 { Some(upstream::read_up_to(&mut up, ERROR_PEEK_BYTES).await?) } else { None };
     Ok((up, header, peek))
-}
-
-/// Up to `ERROR_PEEK_BYTES` of the body (more if a chunk overshoots; nothing is dropped).
-async fn peek_body(up: &mut HttpSession) -> pingora::Result<Bytes> {
-    let mut buf = BytesMut::new();
-    while buf.len() < ERROR_PEEK_BYTES {
-        match up.read_response_body().await? {
-            Some(chunk) => buf.extend_from_slice(&chunk),
-            None => break,
-        }
-    }
-    Ok(buf.freeze())
 }
 
 /// Streams the chosen upstream answer to the client chunk by chunk.

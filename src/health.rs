@@ -14,7 +14,7 @@ use crate::metrics;
 use crate::pool::{classify, Key, Outcome, Pool, Reason, Status, Window};
 use crate::upstream::Upstream;
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use http::HeaderMap;
 use pingora::connectors::http::Connector;
@@ -351,7 +351,6 @@ impl Prober {
             .upstream
             .peer()
             .ok_or_else(|| pingora::Error::explain(pingora::ErrorType::ConnectNoRoute, "upstream unresolved"))?;
-        let (mut s, _) = self.connector.get_http_session(&peer).await?;
         let full_path = format!("{}{}", self.upstream.url.base_path, path);
         let mut req = RequestHeader::build(method, full_path.as_bytes(), None)?;
         req.insert_header(http::header::HOST, self.upstream.host_header.clone())?;
@@ -364,27 +363,12 @@ impl Prober {
         if !body.is_empty() {
             req.insert_header(http::header::CONTENT_TYPE, "application/json")?;
         }
-        s.write_request_header(Box::new(req)).await?;
-        if !body.is_empty() {
-            s.write_request_body(Bytes::copy_from_slice(body), true).await?;
-        }
-        s.finish_request_body().await?;
-        s.read_response_header().await?;
-        let header = s
-            .response_header()
-            .cloned()
-            .ok_or_else(|| pingora::Error::explain(pingora::ErrorType::InvalidHTTPHeader, "no response header"))?;
-        let mut buf = BytesMut::new();
-        while buf.len() < MAX_PROBE_BODY {
-            match s.read_response_body().await? {
-                Some(chunk) => buf.extend_from_slice(&chunk),
-                None => break,
-            }
-        }
+        let (mut s, header) = crate::upstream::send(&self.connector, &peer, req, Bytes::copy_from_slice(body)).await?;
+        let body = crate::upstream::read_up_to(&mut s, MAX_PROBE_BODY).await?;
         if s.response_done() {
             self.connector.release_http_session(s, &peer, Some(self.upstream.idle_timeout())).await;
         }
-        Ok((header.status.as_u16(), header.headers.clone(), buf.freeze()))
+        Ok((header.status.as_u16(), header.headers.clone(), body))
     }
 }
 

@@ -198,6 +198,42 @@ impl Upstream {
     }
 }
 
+/// One request on a pooled connection to `peer`, up to the response header. Shared by the
+/// large-body path and the prober (the pingora path has its own).
+pub async fn send(
+    connector: &pingora::connectors::http::Connector,
+    peer: &HttpPeer,
+    req: pingora::http::RequestHeader,
+    body: bytes::Bytes,
+) -> pingora::Result<(pingora::protocols::http::client::HttpSession, pingora::http::ResponseHeader)> {
+    let (mut s, _reused) = connector.get_http_session(peer).await?;
+    s.write_request_header(Box::new(req)).await?;
+    if !body.is_empty() {
+        s.write_request_body(body, true).await?;
+    }
+    s.finish_request_body().await?;
+    s.read_response_header().await?;
+    let header = s.response_header().cloned().ok_or_else(|| {
+        pingora::Error::explain(pingora::ErrorType::InvalidHTTPHeader, "upstream sent no response header")
+    })?;
+    Ok((s, header))
+}
+
+/// Reads the response body until `max` bytes (a chunk may overshoot; nothing is dropped) or its end.
+pub async fn read_up_to(
+    s: &mut pingora::protocols::http::client::HttpSession,
+    max: usize,
+) -> pingora::Result<bytes::Bytes> {
+    let mut buf = bytes::BytesMut::new();
+    while buf.len() < max {
+        match s.read_response_body().await? {
+            Some(chunk) => buf.extend_from_slice(&chunk),
+            None => break,
+        }
+    }
+    Ok(buf.freeze())
+}
+
 /// A tiny `now_or_never` so we do not pull in a futures crate for one call.
 mod futures_lite_now {
     use std::future::Future;
