@@ -1,4 +1,4 @@
-//! Key-file parsing (SPEC §3.6), shared by `keys.files` at startup and, later, the admin import
+//! Key-file parsing (SPEC §3.6), shared by `keys.files` at start-up, `POST /admin/keys/import`
 //! and `ollama-pool keys import`. Pure: text in, keys and per-line problems out; no I/O.
 //!
 //! Formats, one entry per line (`#` comments and blank lines skipped; the key is the *last*

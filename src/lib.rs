@@ -1,19 +1,21 @@
 //! ollama-pool: a Pingora edge proxy that pools many upstream LLM API keys behind one endpoint.
 //!
 //! Layout (where each behaviour lives):
-//! - `cli` — command line; `main.rs` only wires it to `app`.
+//! - `cli` — command line and the offline `keys …` / `tokens …` commands; `main.rs` only wires it.
 //! - `config` — YAML schema, defaults, `${ENV}` expansion, validation with YAML paths.
 //! - `admin` — the admin API (`ServeHttp`) and `admin::ops`, the key/token operations it
 //!   shares with the CLI.
 //! - `app` — builds the pingora `Server`: listeners, the proxy service, background services.
 //! - `proxy` — the `ProxyHttp` hooks; `proxy::routes` (allow-list, route family),
-//!   `proxy::auth` (client tokens), `proxy::envelope` (error bodies), `proxy::headers`.
+//!   `proxy::auth` (client tokens, rpm, model lists), `proxy::envelope` (error bodies),
+//!   `proxy::headers` (the upstream request header), `proxy::observe` (per-request measurements).
 //! - `forward` — the path for request bodies over 64 KiB (same attempt policy).
 //! - `pool` — keys, their state machine, round-robin selection, outcome classification,
-//!   the per-request attempt policy, the clock.
+//!   the per-request attempt policy, usage windows, the storm guard, the clock.
 //! - `health` — background probes: parked keys back, bad/exhausted keys out, storm recovery.
-//! - `upstream` — upstream URL, address discovery + TCP health check, `HttpPeer`s.
-//! - `import` — key-file parsing shared by startup and (later) the admin API and CLI.
+//! - `upstream` — upstream URL, address discovery + TCP health check, `HttpPeer`s, and the
+//!   one-request exchange used off the pingora path.
+//! - `import` — key-file parsing shared by start-up, the admin API and the CLI.
 //! - `store` — durable state: `Store` trait + SQLite (keys, hashed tokens, counter snapshots).
 //! - `usage` — token usage read from JSON/SSE/NDJSON responses as they pass.
 //! - `metrics` — every Prometheus metric.

@@ -1,7 +1,7 @@
 //! The key pool (SPEC §3.1–3.3): keys, their state machine, lock-free round-robin selection,
 //! outcome classification (`outcome`), the per-request attempt policy (`attempt`) and time (`clock`).
 //!
-//! Not here: how keys get in (import.rs, later the store) and what is sent upstream (proxy/).
+//! Not here: how keys get in (import.rs, store/, admin/ops.rs) and what is sent upstream (proxy/).
 
 pub mod attempt;
 pub mod clock;
