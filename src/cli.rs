@@ -140,6 +140,20 @@ pub fn load(path: &std::path::Path) -> Option<Loaded> {
     }
 }
 
+/// `check`'s second half: the files the config points at must be readable.
+pub fn report_files(path: &std::path::Path, loaded: &Loaded) -> ExitCode {
+    let errors = loaded.check_files();
+    if errors.is_empty() {
+        println!("{}: ok", path.display());
+        return ExitCode::SUCCESS;
+    }
+    for e in &errors {
+        eprintln!("{}: {e}", path.display());
+    }
+    eprintln!("{}: {} problem(s)", path.display(), errors.len());
+    ExitCode::from(2)
+}
+
 fn fail(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("ollama-pool: {message}");
     ExitCode::from(1)

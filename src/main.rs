@@ -16,10 +16,7 @@ fn main() -> ExitCode {
     logging::init();
     match cli.command {
         Command::Check { config } => match cli::load(&config.config) {
-            Some(_) => {
-                println!("{}: ok", config.config.display());
-                ExitCode::SUCCESS
-            }
+            Some(loaded) => cli::report_files(&config.config, &loaded),
             None => ExitCode::from(2),
         },
         Command::Serve { config, daemon, upgrade } => {

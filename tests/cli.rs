@@ -56,6 +56,24 @@ fn check_names_every_problem_and_exits_2() {
 }
 
 #[test]
+fn check_reports_files_the_config_points_at_that_cannot_be_read() {
+    let dir = tempfile::tempdir().unwrap();
+    write(&dir, "here.txt", "key-0000000001\n");
+    let cfg = write(
+        &dir,
+        "c.yaml",
+        "upstream: {url: 'https://x', ca_file: nope.pem}\nkeys: {files: [here.txt, missing.txt]}\n",
+    );
+    let out = bin().args(["check", "-c"]).arg(&cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("keys.files[1]: cannot read") && err.contains("missing.txt"), "{err}");
+    assert!(err.contains("upstream.ca_file: cannot read"), "{err}");
+    assert!(!err.contains("keys.files[0]"), "{err}");
+    assert!(err.contains("2 problem(s)"), "{err}");
+}
+
+#[test]
 fn serve_refuses_a_bad_config_with_exit_2_and_a_missing_key_file_with_exit_1() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write(&dir, "bad.yaml", "upstream: {}\n");

@@ -45,6 +45,29 @@ impl Loaded {
     }
 }
 
+impl Loaded {
+    /// Problems with the files the config points at (key files, the CA bundle): `check` reports
+    /// them with the rest; `serve` fails on them when it opens them.
+    pub fn check_files(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        let mut readable = |path: &Path, yaml: String| {
+            if let Err(e) = std::fs::File::open(self.resolve(path)) {
+                errors.push(ConfigError {
+                    path: yaml,
+                    message: format!("cannot read {}: {e}", self.resolve(path).display()),
+                });
+            }
+        };
+        for (i, f) in self.config.keys.files.iter().enumerate() {
+            readable(f, format!("keys.files[{i}]"));
+        }
+        if let Some(ca) = &self.config.upstream.ca_file {
+            readable(ca, "upstream.ca_file".into());
+        }
+        errors
+    }
+}
+
 /// Reads, expands and validates `path`. On failure returns every problem found.
 pub fn load(path: &Path) -> Result<Loaded, Vec<ConfigError>> {
     let text = std::fs::read_to_string(path).map_err(|e| {
