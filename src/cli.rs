@@ -131,10 +131,7 @@ pub fn load(path: &std::path::Path) -> Option<Loaded> {
     match crate::config::load(path) {
         Ok(l) => Some(l),
         Err(errors) => {
-            for e in &errors {
-                eprintln!("{}: {e}", path.display());
-            }
-            eprintln!("{}: {} problem(s)", path.display(), errors.len());
+            print_problems(path, &errors);
             None
         }
     }
@@ -147,11 +144,15 @@ pub fn report_files(path: &std::path::Path, loaded: &Loaded) -> ExitCode {
         println!("{}: ok", path.display());
         return ExitCode::SUCCESS;
     }
-    for e in &errors {
+    print_problems(path, &errors);
+    ExitCode::from(2)
+}
+
+fn print_problems(path: &std::path::Path, errors: &[crate::config::ConfigError]) {
+    for e in errors {
         eprintln!("{}: {e}", path.display());
     }
     eprintln!("{}: {} problem(s)", path.display(), errors.len());
-    ExitCode::from(2)
 }
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {

@@ -4,7 +4,6 @@
 //! hold the upstream answer here before the client sees anything, error bodies are peeked
 //! (bounded) so usage-limit messages classify as rate limits.
 
-use crate::metrics;
 use crate::pool::{classify, outcome::ERROR_PEEK_BYTES, Decision, Outcome};
 use crate::proxy::envelope::{ErrorKind, ProxyError};
 use crate::proxy::{error_for, headers, Ctx, PoolProxy};
@@ -37,14 +36,12 @@ pub async fn run(proxy: &PoolProxy, session: &mut Session, ctx: &mut Ctx, body: 
             Ok((up, header, peek)) => {
                 let outcome = classify(header.status.as_u16(), &header.headers, peek.as_deref());
                 if ctx.attempts.settle(&state.pool, outcome, true) == Decision::Retry {
-                    metrics::failover(outcome);
                     continue; // dropping `up` closes that connection: its body was not drained
                 }
                 return deliver(proxy, session, ctx, &peer, up, header, peek).await;
             }
             Err(e) => {
                 if ctx.attempts.settle(&state.pool, Outcome::Transient, true) == Decision::Retry {
-                    metrics::failover(Outcome::Transient);
                     continue;
                 }
                 return proxy.respond(session, ctx, error_for(&e)).await.map(drop);

@@ -56,11 +56,6 @@ impl Attempts {
         &self.tried
     }
 
-    /// Whether the current attempt's outcome has been recorded.
-    pub fn is_settled(&self) -> Option<Decision> {
-        self.settled
-    }
-
     /// Records the current attempt's outcome on its key and decides what happens next.
     /// `may_retry` is false once any response byte has gone to the client. Idempotent per attempt.
     pub fn settle(&mut self, pool: &Pool, outcome: Outcome, may_retry: bool) -> Decision {
@@ -82,6 +77,9 @@ impl Attempts {
         } else {
             Decision::Deliver
         };
+        if decision == Decision::Retry {
+            crate::metrics::failover(outcome);
+        }
         self.settled = Some(decision);
         decision
     }

@@ -61,7 +61,6 @@ pub enum Reason {
     /// `failure_threshold` transient failures in a row.
     AutoDisabled = 3,
     Manual = 4,
-    Expired = 5,
     /// A usage window is used up (429 body or usage probe); back at the window's reset.
     QuotaHourly = 6,
     QuotaSession = 7,
@@ -80,7 +79,6 @@ impl Reason {
             2 => Reason::RateLimited,
             3 => Reason::AutoDisabled,
             4 => Reason::Manual,
-            5 => Reason::Expired,
             6 => Reason::QuotaHourly,
             7 => Reason::QuotaSession,
             8 => Reason::QuotaWeekly,
@@ -97,7 +95,6 @@ impl Reason {
             Reason::RateLimited => "rate-limited",
             Reason::AutoDisabled => "auto-disabled",
             Reason::Manual => "manual",
-            Reason::Expired => "expired",
             Reason::QuotaHourly => "quota:hourly",
             Reason::QuotaSession => "quota:session",
             Reason::QuotaWeekly => "quota:weekly",

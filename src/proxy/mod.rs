@@ -14,7 +14,6 @@ pub mod headers;
 pub mod observe;
 pub mod routes;
 
-use crate::metrics;
 use crate::pool::{classify, outcome::ERROR_PEEK_BYTES, Attempts, Decision, Outcome, Pool, Window};
 use crate::upstream::Upstream;
 use async_trait::async_trait;
@@ -249,7 +248,6 @@ impl ProxyHttp for PoolProxy {
         let outcome = classify(status, &upstream_response.headers, None);
         let may_retry = session.response_written().is_none();
         if ctx.attempts.settle(&self.state.pool, outcome, may_retry) == Decision::Retry {
-            metrics::failover(outcome);
             let mut e = Error::explain(ErrorType::HTTPStatus(status), "failing over to another key");
             e.set_retry(true);
             return Err(e);
@@ -295,11 +293,7 @@ impl ProxyHttp for PoolProxy {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        let retry = ctx.attempts.settle(&self.state.pool, Outcome::Transient, true) == Decision::Retry;
-        if retry {
-            metrics::failover(Outcome::Transient);
-        }
-        e.set_retry(retry);
+        e.set_retry(ctx.attempts.settle(&self.state.pool, Outcome::Transient, true) == Decision::Retry);
         e
     }
 
@@ -313,16 +307,8 @@ impl ProxyHttp for PoolProxy {
     ) -> Box<Error> {
         // Never fail over once the client has a response header: it would see two answers.
         let may_retry = session.response_written().is_none();
-        let decision = match ctx.attempts.is_settled() {
-            Some(d) => d,
-            None => {
-                let d = ctx.attempts.settle(&self.state.pool, Outcome::Transient, may_retry);
-                if d == Decision::Retry {
-                    metrics::failover(Outcome::Transient);
-                }
-                d
-            }
-        };
+        // An attempt already settled (e.g. a status that asked for failover) keeps its decision.
+        let decision = ctx.attempts.settle(&self.state.pool, Outcome::Transient, may_retry);
         if !may_retry {
             ctx.aborted = true;
         }
