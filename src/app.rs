@@ -10,15 +10,17 @@ use crate::pool::{Clock, Policy, Pool, StormPolicy};
 use crate::proxy::auth::Clients;
 use crate::proxy::routes::AllowList;
 use crate::proxy::{PoolProxy, ProxyState};
+use crate::shutdown::{Drain, Signals};
 use crate::store::{CounterFlusher, SqliteStore, Store, StoredKey};
 use crate::upstream::Upstream;
 use pingora::apps::http_app::HttpServer;
 use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server};
 use pingora::services::background::GenBackgroundService;
 use pingora::services::listening::Service;
+use std::path::Path;
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +33,8 @@ pub enum AppError {
     Listener { address: String, message: String },
     #[error("server: {0}")]
     Server(String),
+    #[error("serve --upgrade: {0}")]
+    Upgrade(String),
     #[error("{0}")]
     Store(#[from] crate::store::StoreError),
 }
@@ -48,6 +52,9 @@ pub struct App {
     pub health: Arc<HealthChecker>,
     pub store: Arc<dyn Store>,
     pub flusher: Arc<CounterFlusher>,
+    mode: RunMode,
+    grace_period: std::time::Duration,
+    pid_file: std::path::PathBuf,
 }
 
 pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<App, AppError> {
@@ -89,8 +96,11 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
     let conf = ServerConf {
         threads: cfg.threads,
         daemon: mode.daemon,
-        grace_period_seconds: Some(cfg.server.grace_period.0.as_secs()),
-        graceful_shutdown_timeout_seconds: Some(cfg.server.shutdown_timeout.0.as_secs()),
+        // Pingora sleeps this long after it stops accepting, then drops whatever still runs;
+        // `shutdown` ends the process earlier, as soon as the last request has finished.
+        grace_period_seconds: Some(cfg.server.shutdown_timeout.0.as_secs()),
+        // Only blocking threads wait on this; async tasks are dropped at once.
+        graceful_shutdown_timeout_seconds: Some(1),
         // Our own Attempts policy bounds retries; this only stops pingora from looping further.
         max_retries: cfg.pool.max_attempts,
         pid_file: cfg.server.pid_file.display().to_string(),
@@ -99,6 +109,16 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
     };
     let opt = Opt { upgrade: mode.upgrade, daemon: mode.daemon, ..Opt::default() };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
+    if mode.upgrade {
+        // Everything above could fail without harm; from here on the old process lets go.
+        let old = running_instance(&cfg.server.pid_file)?;
+        // SAFETY: kill(2) with a pid read from our own pid file and checked to be ollama-pool.
+        if unsafe { libc::kill(old, libc::SIGQUIT) } != 0 {
+            return Err(AppError::Upgrade(format!("cannot signal pid {old}: {}", std::io::Error::last_os_error())));
+        }
+        log::info!("upgrade: asked pid {old} to hand over its listeners");
+    }
+    // With --upgrade this waits (up to ~5 s) for the old process's listening sockets.
     server.bootstrap();
 
     let state = Arc::new(ProxyState {
@@ -111,6 +131,7 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
         forward_client_ip: cfg.upstream.forward_client_ip_headers,
         client_body_timeout: cfg.server.client_body_timeout.0,
         connector: Connector::new(Some(ConnectorOptions::from_server_conf(&server.configuration))),
+        drain: Arc::new(Drain::default()),
     });
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
@@ -155,7 +176,90 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
         service.add_tcp(&admin.listen);
         server.add_service(service);
     }
-    Ok(App { server, state, health, store, flusher })
+    Ok(App {
+        server,
+        state,
+        health,
+        store,
+        flusher,
+        mode,
+        grace_period: cfg.server.grace_period.0,
+        pid_file: cfg.server.pid_file.clone(),
+    })
+}
+
+impl App {
+    /// Runs until a signal stops the server (see `crate::shutdown`), then saves the counters.
+    pub fn serve(self) {
+        let App { server, state, flusher, mode, grace_period, pid_file, .. } = self;
+        // Pingora writes the pid file itself after a daemon fork; otherwise we do, so that
+        // `serve --upgrade` finds this process.
+        let own_pid_file = !mode.daemon && write_pid_file(&pid_file);
+        // The last step, whichever way the server ends (drained early, or pingora's deadline).
+        let finish = Arc::new(move || {
+            flusher.flush();
+            if own_pid_file {
+                remove_pid_file(&pid_file);
+            }
+        });
+        let signals = Signals {
+            drain: state.drain.clone(),
+            grace_period,
+            on_drained: finish.clone(),
+            phases: std::sync::Mutex::new(Some(server.watch_execution_phase())),
+        };
+        server.run(RunArgs { shutdown_signal: Box::new(signals) });
+        // The service's own shutdown flush can be cut short when pingora drops the runtime;
+        // this one runs after every runtime has stopped, so it always lands.
+        finish();
+    }
+}
+
+fn write_pid_file(path: &Path) -> bool {
+    match std::fs::write(path, format!("{}\n", std::process::id())) {
+        Ok(()) => true,
+        Err(e) => {
+            log::warn!("server.pid_file {}: {e} (serve --upgrade cannot find this process)", path.display());
+            false
+        }
+    }
+}
+
+/// Removes the pid file unless a newer process (the one that took over) has written its own.
+fn remove_pid_file(path: &Path) {
+    if read_pid(path).is_some_and(|pid| pid as u32 == std::process::id()) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok().filter(|&p: &i32| p > 0)
+}
+
+/// The running ollama-pool named by `server.pid_file`, which `--upgrade` takes over from.
+fn running_instance(pid_file: &Path) -> Result<i32, AppError> {
+    let shown = pid_file.display();
+    let pid = match std::fs::read_to_string(pid_file) {
+        Err(e) => return Err(AppError::Upgrade(format!("no running instance to take over from ({shown}: {e})"))),
+        Ok(text) => text
+            .trim()
+            .parse::<i32>()
+            .ok()
+            .filter(|&p| p > 0)
+            .ok_or_else(|| AppError::Upgrade(format!("{shown} does not hold a process id")))?,
+    };
+    // A stale pid file may name a dead process or, worse, an unrelated one that reused the pid.
+    match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+        Err(_) => Err(AppError::Upgrade(format!(
+            "no running instance to take over from (pid {pid} from {shown} is not running)"
+        ))),
+        Ok(comm) if !comm.trim().starts_with("ollama-pool") => Err(AppError::Upgrade(format!(
+            "pid {pid} from {shown} is {:?}, not ollama-pool; not signalling it",
+            comm.trim()
+        ))),
+        Ok(_) if pid as u32 == std::process::id() => Err(AppError::Upgrade(format!("{shown} names this process"))),
+        Ok(_) => Ok(pid),
+    }
 }
 
 /// Opens `store.path` (relative to the config file), decrypting with `store.encryption_key`.

@@ -84,6 +84,7 @@ async fn deliver(
         header.remove_header(*h);
     }
     ctx.observed.response_started(&header);
+    proxy.state.close_if_draining(session);
     session.write_response_header(Box::new(header), false).await?;
     if let Some(p) = peek.filter(|p| !p.is_empty()) {
         ctx.observed.body_chunk(&p);

@@ -20,6 +20,7 @@
 //! - `usage` — token usage read from JSON/SSE/NDJSON responses as they pass.
 //! - `metrics` — every Prometheus metric.
 //! - `secret` — the `Secret` type that never prints.
+//! - `shutdown` — SIGTERM / SIGQUIT: drain in-flight requests and streams, then exit.
 //! - `logging` — logger set-up that keeps pingora's header dumps out of the logs.
 
 pub mod admin;
@@ -34,6 +35,7 @@ pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod secret;
+pub mod shutdown;
 pub mod store;
 pub mod upstream;
 pub mod usage;

@@ -23,10 +23,7 @@ fn main() -> ExitCode {
             let Some(loaded) = cli::load(&config.config) else { return ExitCode::from(2) };
             match app::build(&loaded, app::RunMode { daemon, upgrade }, Arc::new(SystemClock)) {
                 Ok(app) => {
-                    app.server.run(Default::default());
-                    // The service's own shutdown flush can be cut short when pingora drops the
-                    // runtime; this one runs after every runtime has stopped, so it always lands.
-                    app.flusher.flush();
+                    app.serve();
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

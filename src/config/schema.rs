@@ -317,13 +317,16 @@ impl Default for MetricsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
-    /// After SIGTERM: how long listeners keep accepting before shutdown begins.
+    /// After SIGTERM: how long listeners keep accepting (with `/readyz` 503) before they close.
     pub grace_period: Dur,
-    /// After the grace period: how long in-flight requests get to finish.
+    /// Once the listeners have closed (SIGTERM, or SIGQUIT after the hand-over): the longest
+    /// in-flight requests and streams get to finish. The process exits as soon as they have.
     pub shutdown_timeout: Dur,
     /// Longest wait for the next piece of a client's request body (slow clients get 408).
     pub client_body_timeout: Dur,
+    /// Written at start; `serve --upgrade` reads it to find the process it takes over from.
     pub pid_file: PathBuf,
+    /// Where the old process hands its listening sockets to the new one (`--upgrade`).
     pub upgrade_sock: PathBuf,
 }
 

@@ -15,6 +15,7 @@ pub mod observe;
 pub mod routes;
 
 use crate::pool::{classify, outcome::ERROR_PEEK_BYTES, Attempts, Decision, Outcome, Pool, Window};
+use crate::shutdown::{Drain, InFlight};
 use crate::upstream::Upstream;
 use async_trait::async_trait;
 use auth::{Client, Clients};
@@ -41,12 +42,26 @@ pub struct ProxyState {
     pub client_body_timeout: std::time::Duration,
     /// Connection pool of the large-body path (pingora's proxy path has its own).
     pub connector: Connector,
+    /// In-flight requests and the draining flag (`crate::shutdown`).
+    pub drain: Arc<Drain>,
 }
 
 impl ProxyState {
-    /// Ready = the upstream has an address, no storm is on, and at least one key can serve.
+    /// Ready = not shutting down, the upstream has an address, no storm is on, and at least one
+    /// key can serve.
     pub fn ready(&self) -> bool {
-        self.upstream.resolved() && self.pool.storm_since().is_none() && self.pool.usable_count() > 0
+        !self.drain.draining()
+            && self.upstream.resolved()
+            && self.pool.storm_since().is_none()
+            && self.pool.usable_count() > 0
+    }
+
+    /// While the process drains, a response closes its connection so the client's next request
+    /// opens a new one (to the process that took over, or to another instance).
+    pub(crate) fn close_if_draining(&self, session: &mut Session) {
+        if self.drain.draining() {
+            session.set_keepalive(None);
+        }
     }
 }
 
@@ -68,6 +83,8 @@ pub struct Ctx {
     error_peek: Option<BytesMut>,
     /// Timings and token usage, for metrics.
     pub(crate) observed: observe::Observed,
+    /// Keeps the process alive until this request has finished (graceful shutdown).
+    _in_flight: InFlight,
 }
 
 /// Bodies up to this size are replayed by pingora's own retry buffer.
@@ -85,6 +102,7 @@ impl PoolProxy {
     }
 
     async fn respond_json(&self, session: &mut Session, status: u16, body: &'static str) -> pingora::Result<bool> {
+        self.state.close_if_draining(session);
         let mut h = ResponseHeader::build(status, Some(3))?;
         h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
         h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
@@ -165,6 +183,7 @@ impl ProxyHttp for PoolProxy {
             aborted: false,
             error_peek: None,
             observed: Default::default(),
+            _in_flight: self.state.drain.enter(),
         }
     }
 
@@ -258,6 +277,16 @@ impl ProxyHttp for PoolProxy {
         if (400..500).contains(&status) {
             ctx.error_peek = Some(BytesMut::new());
         }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        _ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        self.state.close_if_draining(session);
         Ok(())
     }
 

@@ -25,6 +25,8 @@ pub enum Behavior {
     Gated(Arc<Notify>),
     /// Never answer (the connection stays open).
     Hang,
+    /// Stream `events` SSE events `gap` apart, then `[DONE]` (a long generation).
+    Slow { events: usize, gap: std::time::Duration },
 }
 
 impl Behavior {
@@ -64,6 +66,8 @@ struct State {
     by_key_path: Mutex<HashMap<(String, String), Behavior>>,
     /// For every key without an entry of its own.
     default: Mutex<Option<Behavior>>,
+    /// (body substring, behaviour), checked before everything else.
+    by_body: Mutex<Vec<(String, Behavior)>>,
     log: Mutex<Vec<Recorded>>,
 }
 
@@ -123,6 +127,11 @@ impl Mock {
         self.state.by_key_path.lock().unwrap().insert((key.to_string(), path.to_string()), b);
     }
 
+    /// How the mock treats every request whose body contains `needle`, whatever its key.
+    pub fn set_for_body(&self, needle: &str, b: Behavior) {
+        self.state.by_body.lock().unwrap().push((needle.to_string(), b));
+    }
+
     /// How the mock treats every key that has no behaviour of its own (None = Normal).
     pub fn set_default(&self, b: Option<Behavior>) {
         *self.state.default.lock().unwrap() = b;
@@ -156,12 +165,16 @@ async fn serve(mut stream: TcpStream, state: Arc<State>) -> std::io::Result<()> 
     loop {
         let Some(req) = read_request(&mut stream, &mut buf).await? else { return Ok(()) };
         let path = req.target.split('?').next().unwrap_or("").to_string();
-        let behavior = req
-            .key
-            .as_ref()
-            .and_then(|k| {
-                let by_path = state.by_key_path.lock().unwrap().get(&(k.clone(), path.clone())).cloned();
-                by_path.or_else(|| state.by_key.lock().unwrap().get(k).cloned())
+        let by_body = {
+            let rules = state.by_body.lock().unwrap();
+            rules.iter().find(|(needle, _)| find(&req.body, needle.as_bytes()).is_some()).map(|(_, b)| b.clone())
+        };
+        let behavior = by_body
+            .or_else(|| {
+                req.key.as_ref().and_then(|k| {
+                    let by_path = state.by_key_path.lock().unwrap().get(&(k.clone(), path.clone())).cloned();
+                    by_path.or_else(|| state.by_key.lock().unwrap().get(k).cloned())
+                })
             })
             .or_else(|| state.default.lock().unwrap().clone())
             .unwrap_or(Behavior::Normal);
@@ -204,6 +217,16 @@ async fn serve(mut stream: TcpStream, state: Arc<State>) -> std::io::Result<()> 
             }
             Behavior::Hang => {
                 std::future::pending::<()>().await;
+            }
+            Behavior::Slow { events, gap } => {
+                stream.write_all(stream_head("text/event-stream").as_bytes()).await?;
+                for n in 0..events {
+                    stream.write_all(&chunk(format!("data: {{\"n\":{n}}}\n\n").as_bytes())).await?;
+                    stream.flush().await?;
+                    tokio::time::sleep(gap).await;
+                }
+                stream.write_all(&chunk(b"data: [DONE]\n\n")).await?;
+                stream.write_all(b"0\r\n\r\n").await?;
             }
         }
         stream.flush().await?;

@@ -1,0 +1,154 @@
+//! Stopping without cutting anyone off: SIGTERM, and SIGQUIT for the zero-downtime upgrade
+//! (`serve --upgrade`).
+//!
+//! Pingora stops accepting at its shutdown broadcast, then sleeps a *fixed* grace period and
+//! drops the service runtimes, which cancels whatever is still in flight — an SSE stream longer
+//! than that period is cut. So pingora gets `server.shutdown_timeout` as that period (the
+//! longest a request or stream may still run), and [`exit_when_drained`] ends the process as
+//! soon as the last in-flight request has finished: a quiet server stops at once, a busy one
+//! lets its streams end.
+//!
+//! While draining, every response carries `Connection: close` (clients move to the new process
+//! or stop reusing a connection that is about to go) and `/readyz` answers 503. After SIGTERM
+//! the listeners keep accepting for `server.grace_period` first, so a load balancer that reads
+//! `/readyz` stops sending before the port closes.
+//!
+//! Not here: the hand-over of the listening sockets itself (pingora's), the pid file and the
+//! SIGQUIT that `serve --upgrade` sends to the old process (`app`).
+
+use async_trait::async_trait;
+use pingora::server::{ExecutionPhase, ShutdownSignal, ShutdownSignalWatch};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::broadcast;
+
+/// In-flight requests and whether the process is on its way out. One per server.
+#[derive(Debug, Default)]
+pub struct Drain {
+    // Counted per request (one atomic add and sub); read only while shutting down.
+    in_flight: AtomicUsize,
+    draining: AtomicBool,
+}
+
+/// Held by a request from its first byte of header to the end of its response.
+#[derive(Debug)]
+pub struct InFlight(Arc<Drain>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Release);
+    }
+}
+
+impl Drain {
+    pub fn enter(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Responses from now on close their connection; `/readyz` is 503.
+    pub fn begin(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// The signals `serve` answers (pingora's meanings, plus draining):
+/// SIGQUIT hands the listeners to a new process, SIGTERM stops gracefully, SIGINT stops now.
+pub struct Signals {
+    pub drain: Arc<Drain>,
+    /// After SIGTERM, how long the listeners keep accepting (with `/readyz` 503).
+    pub grace_period: Duration,
+    /// Runs once the last request has finished, just before the process exits.
+    pub on_drained: Arc<dyn Fn() + Send + Sync>,
+    /// Pingora's execution phases: the exit may only happen once the listeners have stopped.
+    pub phases: Mutex<Option<broadcast::Receiver<ExecutionPhase>>>,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        // Registered here, after any daemon fork, so the handlers belong to the serving process.
+        let (Ok(mut quit), Ok(mut term), Ok(mut int)) =
+            (signal(SignalKind::quit()), signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+        else {
+            log::error!("shutdown: cannot install signal handlers; stopping");
+            return ShutdownSignal::FastShutdown;
+        };
+        let kind = tokio::select! {
+            _ = quit.recv() => {
+                log::info!("SIGQUIT: handing the listeners to the new process, then draining");
+                ShutdownSignal::GracefulUpgrade
+            }
+            _ = term.recv() => {
+                log::info!("SIGTERM: draining (accepting for {:?} more, /readyz 503)", self.grace_period);
+                ShutdownSignal::GracefulTerminate
+            }
+            _ = int.recv() => {
+                log::info!("SIGINT: stopping now");
+                return ShutdownSignal::FastShutdown;
+            }
+        };
+        self.drain.begin();
+        if let Some(phases) = self.phases.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let (drain, on_drained) = (self.drain.clone(), self.on_drained.clone());
+            // A thread, not a task: the runtimes are what pingora is about to drop.
+            std::thread::spawn(move || exit_when_drained(phases, &drain, &*on_drained));
+        }
+        if matches!(kind, ShutdownSignal::GracefulTerminate) {
+            tokio::time::sleep(self.grace_period).await;
+        }
+        kind
+    }
+}
+
+/// Waits until pingora has stopped accepting, then until no request is in flight, then runs
+/// `on_drained` and exits. If requests outlast `server.shutdown_timeout`, pingora's own
+/// deadline ends them and `serve` returns normally instead.
+fn exit_when_drained(mut phases: broadcast::Receiver<ExecutionPhase>, drain: &Drain, on_drained: &dyn Fn()) {
+    loop {
+        match phases.blocking_recv() {
+            Ok(ExecutionPhase::ShutdownGracePeriod) => break,
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+    // Two quiet looks in a row: a request whose header was just read has had time to count.
+    let mut quiet = 0;
+    while quiet < 2 {
+        std::thread::sleep(Duration::from_millis(25));
+        quiet = if drain.in_flight() == 0 { quiet + 1 } else { 0 };
+    }
+    log::info!("shutdown: every request has finished; exiting");
+    on_drained();
+    std::process::exit(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_flight_counts_live_guards() {
+        let d = Arc::new(Drain::default());
+        let a = d.enter();
+        let b = d.enter();
+        assert_eq!(d.in_flight(), 2);
+        drop(a);
+        assert_eq!(d.in_flight(), 1);
+        drop(b);
+        assert_eq!(d.in_flight(), 0);
+        assert!(!d.draining());
+        d.begin();
+        assert!(d.draining());
+    }
+}
