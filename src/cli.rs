@@ -52,6 +52,19 @@ pub enum Command {
     /// Manage client tokens in the store.
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// See it work without upstream keys: the proxy in front of a simulated upstream, a
+    /// scripted burst explained in plain words, then serving on loopback until Ctrl-C.
+    Demo {
+        /// The proxy's port on 127.0.0.1 (0 = any free port).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// The admin API's port on 127.0.0.1 (default: the proxy's port + 1).
+        #[arg(long)]
+        admin_port: Option<u16>,
+        /// Exit after the scripted burst instead of serving until Ctrl-C.
+        #[arg(long)]
+        exit_after_script: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

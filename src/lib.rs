@@ -5,6 +5,7 @@
 //! - `config` — YAML schema, defaults, `${ENV}` expansion, validation with YAML paths.
 //! - `admin` — the admin API (`ServeHttp`) and `admin::ops`, the key/token operations it
 //!   shares with the CLI.
+//! - `demo` — `ollama-pool demo`: the proxy in front of a simulated upstream, narrated.
 //! - `app` — builds the pingora `Server`: listeners, the proxy service, background services.
 //! - `proxy` — the `ProxyHttp` hooks; `proxy::routes` (allow-list, route family),
 //!   `proxy::auth` (client tokens, rpm, model lists), `proxy::envelope` (error bodies),
@@ -27,6 +28,7 @@ pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod forward;
 pub mod health;
 pub mod import;

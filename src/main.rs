@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use ollama_pool::cli::{self, Cli, Command};
-use ollama_pool::{app, logging, pool::SystemClock};
+use ollama_pool::{app, demo, logging, pool::SystemClock};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -13,7 +13,8 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init();
+    // The demo narrates in plain words; the proxy's own info lines would drown that out.
+    logging::init(if matches!(cli.command, Command::Demo { .. }) { "warn" } else { "info" });
     match cli.command {
         Command::Check { config } => match cli::load(&config.config) {
             Some(loaded) => cli::report_files(&config.config, &loaded),
@@ -34,5 +35,8 @@ fn main() -> ExitCode {
         }
         Command::Keys(cmd) => cli::run_keys(cmd),
         Command::Tokens(cmd) => cli::run_tokens(cmd),
+        Command::Demo { port, admin_port, exit_after_script } => {
+            demo::run(demo::DemoOptions { port, admin_port, exit_after_script })
+        }
     }
 }
