@@ -91,7 +91,7 @@ fn keeps_serving_the_curl_line_it_prints_until_ctrl_c() {
     assert!(chat.1.contains("Hello from the simulated upstream"), "{}", chat.1);
     assert!(metrics.contains("ollama_pool_failovers_total"), "metrics are served");
     assert_eq!(keys, 401, "the admin API wants its token");
-    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    common::signal(&child, libc::SIGINT);
     let mut exited = None;
     for _ in 0..100 {
         if let Some(s) = child.try_wait().unwrap() {

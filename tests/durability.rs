@@ -77,7 +77,7 @@ impl Server {
     }
 
     fn terminate(mut self) -> PathBuf {
-        Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        common::signal(&self.child, libc::SIGTERM);
         for _ in 0..200 {
             if self.child.try_wait().unwrap().is_some() {
                 return self.log.clone();

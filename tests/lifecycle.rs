@@ -79,10 +79,6 @@ fn wait_exit(child: &mut Child, limit: Duration) -> Option<(ExitStatus, Duration
     None
 }
 
-fn signal(child: &Child, sig: &str) {
-    assert!(Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status().unwrap().success());
-}
-
 /// Client threads sending chats until `stop`; every answer is counted.
 struct Load {
     stop: Arc<AtomicBool>,
@@ -191,7 +187,7 @@ async fn sigterm_lets_open_streams_finish_then_exits() {
     let load = Load::start(port, 4);
     let streams: Vec<_> = (0..4).map(|_| open_stream(port)).collect();
     tokio::time::sleep(Duration::from_millis(800)).await;
-    signal(&child, "TERM");
+    common::signal(&child, libc::SIGTERM);
     let sent = Instant::now();
 
     // Within the grace period the proxy still answers, but says it is going away.
@@ -285,7 +281,7 @@ async fn upgrade_takes_over_with_no_failed_request_and_no_cut_stream() {
     let admin_ready = common::client().get(format!("http://127.0.0.1:{admin}/readyz")).send().await.unwrap();
     assert_eq!(admin_ready.status(), 200, "the admin listener was handed over too");
 
-    signal(&new, "TERM");
+    common::signal(&new, libc::SIGTERM);
     let exit = tokio::task::spawn_blocking(move || wait_exit(&mut new, Duration::from_secs(30))).await.unwrap();
     assert!(exit.is_some_and(|(s, _)| s.success()), "{}", read_log(&cfg, "new.log"));
 }

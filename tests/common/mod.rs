@@ -290,3 +290,11 @@ async fn wait_listening(addr: SocketAddr) {
     }
     panic!("proxy did not start listening on {addr}");
 }
+
+/// Sends `sig` (e.g. `libc::SIGTERM`) to a child process — kill(2) itself: a fresh machine may
+/// have no `kill` binary (procps).
+pub fn signal(child: &std::process::Child, sig: i32) {
+    // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped.
+    let rc = unsafe { libc::kill(child.id() as i32, sig) };
+    assert_eq!(rc, 0, "kill({}, {sig}): {}", child.id(), std::io::Error::last_os_error());
+}
