@@ -59,6 +59,9 @@ pub struct App {
 
 pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<App, AppError> {
     let cfg = &loaded.config;
+    for w in cfg.warnings() {
+        log::warn!("config: {w}");
+    }
     crate::metrics::init(cfg.metrics.max_models, cfg.metrics.max_clients);
 
     let pool = Arc::new(Pool::new(

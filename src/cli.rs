@@ -150,11 +150,18 @@ pub fn load(path: &std::path::Path) -> Option<Loaded> {
     }
 }
 
-/// `check`'s second half: the files the config points at must be readable.
+/// `check`'s second half: the files the config points at must be readable; then the warnings.
 pub fn report_files(path: &std::path::Path, loaded: &Loaded) -> ExitCode {
     let errors = loaded.check_files();
     if errors.is_empty() {
-        println!("{}: ok", path.display());
+        let warnings = loaded.config.warnings();
+        for w in &warnings {
+            eprintln!("{}: warning: {w}", path.display());
+        }
+        match warnings.len() {
+            0 => println!("{}: ok", path.display()),
+            n => println!("{}: ok, {n} warning(s)", path.display()),
+        }
         return ExitCode::SUCCESS;
     }
     print_problems(path, &errors);

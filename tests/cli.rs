@@ -195,3 +195,43 @@ fn validated_cli_import_probes_each_key() {
     assert!(mock.requests().iter().all(|r| r.target == "/api/tags"));
     drop(rt);
 }
+
+#[test]
+fn check_warns_about_risky_but_valid_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let risky = write(
+        &dir,
+        "risky.yaml",
+        "upstream: {url: 'https://ollama.com', verify_tls: false}\n\
+         admin: {listen: '0.0.0.0:8081', token: 'an-admin-token-0123456789'}\n\
+         clients: {tokens: [{name: app, token: 'short-secret'}, {name: ok, token: 'a-long-enough-client-token-01'}]}\n",
+    );
+    let out = bin().args(["check", "-c"]).arg(&risky).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "warnings do not fail the check: {err}");
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains(": warning: ")).collect();
+    assert_eq!(warnings.len(), 4, "one line each:\n{err}");
+    for want in [
+        "warning: admin.listen: 0.0.0.0:8081 is not a loopback address and the admin API has no TLS",
+        "warning: store.encryption_key: not set: upstream keys are stored in clear",
+        "warning: upstream.verify_tls: false",
+        "warning: clients.tokens[0].token: 12 characters (client \"app\"): use at least 20",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+    assert!(!err.contains("short-secret") && !err.contains("an-admin-token"), "no secret in a warning");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok, 4 warning(s)"));
+
+    let careful = write(
+        &dir,
+        "careful.yaml",
+        "upstream: {url: 'https://ollama.com'}\n\
+         admin: {listen: '127.0.0.1:8081', token: 'an-admin-token-0123456789'}\n\
+         store: {encryption_key: 'a-store-passphrase-0123456789'}\n\
+         clients: {tokens: [{name: ok, token: 'a-long-enough-client-token-01'}]}\n",
+    );
+    let out = bin().args(["check", "-c"]).arg(&careful).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).trim().ends_with(": ok"));
+}

@@ -387,6 +387,43 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Valid but risky settings: `check` prints them (and still exits 0), `serve` logs them.
+    pub fn warnings(&self) -> Errors {
+        let mut w = Vec::new();
+        if let Some(a) = &self.admin {
+            let loopback = a.listen.parse::<std::net::SocketAddr>().is_ok_and(|s| s.ip().is_loopback());
+            if !loopback {
+                err(&mut w, "admin.listen", format!("{} is not a loopback address and the admin API has no TLS: its token and every answer cross the network in clear", a.listen));
+            }
+        }
+        if self.store.encryption_key.is_none() {
+            err(
+                &mut w,
+                "store.encryption_key",
+                format!("not set: upstream keys are stored in clear in {}", self.store.path.display()),
+            );
+        }
+        if !self.upstream.verify_tls {
+            err(
+                &mut w,
+                "upstream.verify_tls",
+                "false: the upstream's certificate is not checked, so anyone on the path can read the keys",
+            );
+        }
+        for (i, t) in self.clients.tokens.iter().enumerate() {
+            if t.token.len() < 20 {
+                err(
+                    &mut w,
+                    format!("clients.tokens[{i}].token"),
+                    format!("{} characters (client {:?}): use at least 20, it is a password", t.token.len(), t.name),
+                );
+            }
+        }
+        w
+    }
+}
+
 impl UpstreamConfig {
     fn validate(&self, e: &mut Errors) {
         if self.url.is_empty() {
