@@ -48,11 +48,13 @@ fn scripted_burst_shows_failover_park_and_return() {
 fn keeps_serving_the_curl_line_it_prints_until_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();
     let (port, admin) = (free_port(), free_port());
-    let mut child = demo(dir.path(), &["--port", &port.to_string(), "--admin-port", &admin.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = common::ChildGuard(
+        demo(dir.path(), &["--port", &port.to_string(), "--admin-port", &admin.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut token = None;
     let mut curl = None;
@@ -100,10 +102,7 @@ fn keeps_serving_the_curl_line_it_prints_until_ctrl_c() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let status = exited.unwrap_or_else(|| {
-        let _ = child.kill();
-        panic!("the demo ignored Ctrl-C")
-    });
+    let status = exited.expect("the demo ignored Ctrl-C");
     assert!(status.success(), "{status}");
     assert!(lines.any(|l| l.is_ok_and(|l| l.contains("Ctrl-C: stopping the demo."))));
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing left in the working directory");

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{free_port, Behavior, Mock, KEYS, TOKEN};
+use common::{free_port, Behavior, ChildGuard, Mock, KEYS, TOKEN};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -37,17 +37,19 @@ fn config(dir: &Path, mock: &Mock, port: u16, admin: u16) -> PathBuf {
     path
 }
 
-fn spawn(cfg: &Path, extra: &[&str], log: &str) -> Child {
+fn spawn(cfg: &Path, extra: &[&str], log: &str) -> ChildGuard {
     let out = std::fs::File::create(cfg.with_file_name(log)).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_ollama-pool"))
-        .args(["serve", "-c"])
-        .arg(cfg)
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::from(out.try_clone().unwrap()))
-        .stderr(Stdio::from(out))
-        .spawn()
-        .unwrap()
+    ChildGuard(
+        Command::new(env!("CARGO_BIN_EXE_ollama-pool"))
+            .args(["serve", "-c"])
+            .arg(cfg)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(out.try_clone().unwrap()))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .unwrap(),
+    )
 }
 
 fn read_log(cfg: &Path, log: &str) -> String {
@@ -190,9 +192,18 @@ async fn sigterm_lets_open_streams_finish_then_exits() {
     common::signal(&child, libc::SIGTERM);
     let sent = Instant::now();
 
-    // Within the grace period the proxy still answers, but says it is going away.
-    let ready = common::client().get(format!("http://127.0.0.1:{port}/readyz")).send().await.unwrap();
-    assert_eq!(ready.status(), 503, "/readyz during the grace period");
+    // Within the grace period the proxy still answers, but says it is going away (as soon as
+    // the signal has been handled).
+    let mut ready = None;
+    while sent.elapsed() < Duration::from_millis(900) {
+        let r = common::client().get(format!("http://127.0.0.1:{port}/readyz")).send().await.unwrap();
+        if r.status() == 503 {
+            ready = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ready = ready.expect("/readyz answers 503 during the grace period");
     assert_eq!(ready.headers().get("connection").map(|v| v.to_str().unwrap()), Some("close"));
     // Clients stop sending before the listener closes (after a SIGTERM nothing takes over).
     tokio::time::sleep(Duration::from_millis(300)).await;
