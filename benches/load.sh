@@ -6,6 +6,8 @@
 # ratios ollama-pool/nginx and the latency added versus a direct connection.
 #
 #   benches/load.sh [SECONDS_PER_RUN=5] [ROUNDS=2]
+#   POOL_B=path/to/other/ollama-pool benches/load.sh ...   also measures a second build (e.g. another
+#     release profile) as contender "pool-b" in the same rounds, and prints pool-b / ollama-pool.
 # Needs: nginx and wrk (Debian packages). Every run is bounded by SECONDS_PER_RUN.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,11 +21,13 @@ cargo build --release --quiet --bin ollama-pool --example mock_upstream --exampl
 BIN=$CARGO_TARGET_DIR/release
 
 DIR=$(mktemp -d)
-MOCK_PORT=18180 NGINX_PORT=18182 POOL_PORT=18181 ADMIN_PORT=18183
+MOCK_PORT=18180 NGINX_PORT=18182 POOL_PORT=18181 ADMIN_PORT=18183 POOL_B_PORT=18184 ADMIN_B_PORT=18185
+CONTENDERS=(direct nginx pool)
+[ -n "${POOL_B:-}" ] && CONTENDERS+=(pool_b)
 TOKEN=bench-client-token-123
 cleanup() {
   [ -f "$DIR/nginx.pid" ] && kill "$(cat "$DIR/nginx.pid")" 2>/dev/null || true
-  kill "${MOCK_PID:-}" "${POOL_PID:-}" 2>/dev/null || true
+  kill "${MOCK_PID:-}" "${POOL_PID:-}" "${POOL_B_PID:-}" 2>/dev/null || true
   rm -rf "$DIR"
 }
 trap cleanup EXIT
@@ -49,6 +53,13 @@ YAML
 nginx -c "$DIR/nginx.conf"
 RUST_LOG=warn "$BIN/ollama-pool" serve -c "$DIR/pool.yaml" > "$DIR/pool.log" 2>&1 & POOL_PID=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null && break; sleep 0.1; done
+if [ -n "${POOL_B:-}" ]; then
+  mkdir -p "$DIR/b" && cp "$DIR/keys.txt" "$DIR/b/"
+  sed -e "s/$POOL_PORT/$POOL_B_PORT/; s/$ADMIN_PORT/$ADMIN_B_PORT/; s|$DIR/pool.pid|$DIR/b/pool.pid|; s|$DIR/upgrade.sock|$DIR/b/upgrade.sock|" \
+    "$DIR/pool.yaml" > "$DIR/b/pool.yaml"
+  RUST_LOG=warn "$POOL_B" serve -c "$DIR/b/pool.yaml" > "$DIR/b/pool.log" 2>&1 & POOL_B_PID=$!
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$ADMIN_B_PORT/readyz" >/dev/null && break; sleep 0.1; done
+fi
 
 cat > "$DIR/post.lua" <<LUA
 wrk.method = "POST"
@@ -61,13 +72,13 @@ ms() { # wrk latency ("812.00us", "1.20ms", "2.00s") -> ms
   awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
 }
 declare -A rps p50 p99 sttfb50 sttfb99 stot50 stot99
-url_of() { case $1 in direct) echo "http://127.0.0.1:$MOCK_PORT";; nginx) echo "http://127.0.0.1:$NGINX_PORT";; pool) echo "http://127.0.0.1:$POOL_PORT";; esac; }
+url_of() { case $1 in direct) echo "http://127.0.0.1:$MOCK_PORT";; nginx) echo "http://127.0.0.1:$NGINX_PORT";; pool) echo "http://127.0.0.1:$POOL_PORT";; pool_b) echo "http://127.0.0.1:$POOL_B_PORT";; esac; }
 add() { # accumulate the mean over rounds
   local -n arr=$1; arr[$2]=$(awk -v a="${arr[$2]:-0}" -v b="$3" -v r="$ROUNDS" 'BEGIN { printf "%.3f", a + b / r }')
 }
 for round in $(seq "$ROUNDS"); do
   for c in 8 64; do
-    for t in direct nginx pool; do
+    for t in "${CONTENDERS[@]}"; do
       out=$(wrk -t2 -c$c -d${SECS}s --latency -s "$DIR/post.lua" "$(url_of $t)/v1/chat/completions")
       add rps "$t/$c" "$(echo "$out" | awk '/Requests\/sec/ {print $2}')"
       add p50 "$t/$c" "$(ms "$(echo "$out" | awk '$1 == "50%" {print $2}')")"
@@ -76,7 +87,7 @@ for round in $(seq "$ROUNDS"); do
     done
   done
   for c in 1 256; do
-    for t in direct nginx pool; do
+    for t in "${CONTENDERS[@]}"; do
       out=$("$BIN/examples/stream_load" --url "$(url_of $t)" -c $c -d "$SECS" --token "$TOKEN")
       get() { echo "$out" | tr ' ' '\n' | awk -F= -v k="$1" '$1 == k {print $2}'; }
       add sttfb50 "$t/$c" "$(get ttfb_p50_ms)"; add sttfb99 "$t/$c" "$(get ttfb_p99_ms)"
@@ -91,24 +102,34 @@ for p in $(pgrep -f "nginx: (master|worker)"); do nginx_rss=$(awk -v a="$nginx_r
 echo
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); ${ROUNDS} rounds x ${SECS}s per cell, means of rounds"
 echo
-printf "%-34s %12s %12s %12s\n" "non-streaming chat" direct nginx ollama-pool
+row() { # label, then one value per contender
+  local label=$1; shift
+  printf "%-34s" "$label"; for v in "$@"; do printf " %12s" "$v"; done; echo
+}
+cells() { local -n arr=$1; for t in "${CONTENDERS[@]}"; do printf "%s " "${arr[$t/$2]}"; done; }
+heads() { for t in "${CONTENDERS[@]}"; do case $t in pool) printf "ollama-pool ";; pool_b) printf "pool-b ";; *) printf "%s " "$t";; esac; done; }
+row "non-streaming chat" $(heads)
 for c in 8 64; do
-  printf "%-34s %12s %12s %12s\n" "requests/s, $c conns" "${rps[direct/$c]}" "${rps[nginx/$c]}" "${rps[pool/$c]}"
-  printf "%-34s %12s %12s %12s\n" "p50 ms, $c conns" "${p50[direct/$c]}" "${p50[nginx/$c]}" "${p50[pool/$c]}"
-  printf "%-34s %12s %12s %12s\n" "p99 ms, $c conns" "${p99[direct/$c]}" "${p99[nginx/$c]}" "${p99[pool/$c]}"
+  row "requests/s, $c conns" $(cells rps $c)
+  row "p50 ms, $c conns" $(cells p50 $c)
+  row "p99 ms, $c conns" $(cells p99 $c)
 done
 echo
-printf "%-34s %12s %12s %12s\n" "SSE stream (20 events)" direct nginx ollama-pool
+row "SSE stream (20 events)" $(heads)
 for c in 1 256; do
-  printf "%-34s %12s %12s %12s\n" "TTFB p50 ms, $c streams" "${sttfb50[direct/$c]}" "${sttfb50[nginx/$c]}" "${sttfb50[pool/$c]}"
-  printf "%-34s %12s %12s %12s\n" "TTFB p99 ms, $c streams" "${sttfb99[direct/$c]}" "${sttfb99[nginx/$c]}" "${sttfb99[pool/$c]}"
-  printf "%-34s %12s %12s %12s\n" "total p99 ms, $c streams" "${stot99[direct/$c]}" "${stot99[nginx/$c]}" "${stot99[pool/$c]}"
+  row "TTFB p50 ms, $c streams" $(cells sttfb50 $c)
+  row "TTFB p99 ms, $c streams" $(cells sttfb99 $c)
+  row "total p99 ms, $c streams" $(cells stot99 $c)
 done
 echo
-printf "%-34s %12s %12s %12s\n" "RSS MiB (after the run)" "$(rss $MOCK_PID)" "$nginx_rss" "$(rss $POOL_PID)"
+rss_b=(); [ -n "${POOL_B:-}" ] && rss_b=("$(rss $POOL_B_PID)")
+row "RSS MiB (after the run)" "$(rss $MOCK_PID)" "$nginx_rss" "$(rss $POOL_PID)" "${rss_b[@]}"
 echo
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 diff() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
 echo "ollama-pool / nginx requests/s:   8 conns $(ratio "${rps[pool/8]}" "${rps[nginx/8]}"),  64 conns $(ratio "${rps[pool/64]}" "${rps[nginx/64]}")"
 echo "added vs direct, 8 conns (ms):    p50 $(diff "${p50[pool/8]}" "${p50[direct/8]}"), p99 $(diff "${p99[pool/8]}" "${p99[direct/8]}")  (nginx: p50 $(diff "${p50[nginx/8]}" "${p50[direct/8]}"), p99 $(diff "${p99[nginx/8]}" "${p99[direct/8]}"))"
 echo "stream TTFB added p99 (ms):       1 stream $(diff "${sttfb99[pool/1]}" "${sttfb99[direct/1]}"), 256 streams $(diff "${sttfb99[pool/256]}" "${sttfb99[direct/256]}")"
+if [ -n "${POOL_B:-}" ]; then
+  echo "pool-b / ollama-pool requests/s:  8 conns $(ratio "${rps[pool_b/8]}" "${rps[pool/8]}"),  64 conns $(ratio "${rps[pool_b/64]}" "${rps[pool/64]}")  (pool-b = $POOL_B)"
+fi
