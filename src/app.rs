@@ -6,11 +6,11 @@ use crate::admin::AdminApp;
 use crate::config::Loaded;
 use crate::health::HealthChecker;
 use crate::import;
+use crate::lifecycle::{self, Drain, Signals};
 use crate::pool::{Clock, Policy, Pool, StormPolicy};
 use crate::proxy::auth::Clients;
 use crate::proxy::routes::AllowList;
 use crate::proxy::{PoolProxy, ProxyState};
-use crate::shutdown::{Drain, Signals};
 use crate::store::{CounterFlusher, SqliteStore, Store, StoredKey};
 use crate::upstream::Upstream;
 use pingora::apps::http_app::HttpServer;
@@ -20,7 +20,6 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server};
 use pingora::services::background::GenBackgroundService;
 use pingora::services::listening::Service;
-use std::path::Path;
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +33,7 @@ pub enum AppError {
     #[error("server: {0}")]
     Server(String),
     #[error("serve --upgrade: {0}")]
-    Upgrade(String),
+    Upgrade(#[from] lifecycle::UpgradeError),
     #[error("{0}")]
     Store(#[from] crate::store::StoreError),
 }
@@ -114,11 +113,7 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     if mode.upgrade {
         // Everything above could fail without harm; from here on the old process lets go.
-        let old = running_instance(&cfg.server.pid_file)?;
-        // SAFETY: kill(2) with a pid read from our own pid file and checked to be ollama-pool.
-        if unsafe { libc::kill(old, libc::SIGQUIT) } != 0 {
-            return Err(AppError::Upgrade(format!("cannot signal pid {old}: {}", std::io::Error::last_os_error())));
-        }
+        let old = lifecycle::take_over_from(&cfg.server.pid_file)?;
         log::info!("upgrade: asked pid {old} to hand over its listeners");
     }
     // With --upgrade this waits (up to ~5 s) for the old process's listening sockets.
@@ -192,17 +187,17 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
 }
 
 impl App {
-    /// Runs until a signal stops the server (see `crate::shutdown`), then saves the counters.
+    /// Runs until a signal stops the server (see `crate::lifecycle`), then saves the counters.
     pub fn serve(self) {
         let App { server, state, flusher, mode, grace_period, pid_file, .. } = self;
         // Pingora writes the pid file itself after a daemon fork; otherwise we do, so that
         // `serve --upgrade` finds this process.
-        let own_pid_file = !mode.daemon && write_pid_file(&pid_file);
+        let own_pid_file = !mode.daemon && lifecycle::write_pid_file(&pid_file);
         // The last step, whichever way the server ends (drained early, or pingora's deadline).
         let finish = Arc::new(move || {
             flusher.flush();
             if own_pid_file {
-                remove_pid_file(&pid_file);
+                lifecycle::remove_pid_file(&pid_file);
             }
         });
         let signals = Signals {
@@ -215,53 +210,6 @@ impl App {
         // The service's own shutdown flush can be cut short when pingora drops the runtime;
         // this one runs after every runtime has stopped, so it always lands.
         finish();
-    }
-}
-
-fn write_pid_file(path: &Path) -> bool {
-    match std::fs::write(path, format!("{}\n", std::process::id())) {
-        Ok(()) => true,
-        Err(e) => {
-            log::warn!("server.pid_file {}: {e} (serve --upgrade cannot find this process)", path.display());
-            false
-        }
-    }
-}
-
-/// Removes the pid file unless a newer process (the one that took over) has written its own.
-fn remove_pid_file(path: &Path) {
-    if read_pid(path).is_some_and(|pid| pid as u32 == std::process::id()) {
-        let _ = std::fs::remove_file(path);
-    }
-}
-
-fn read_pid(path: &Path) -> Option<i32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok().filter(|&p: &i32| p > 0)
-}
-
-/// The running ollama-pool named by `server.pid_file`, which `--upgrade` takes over from.
-fn running_instance(pid_file: &Path) -> Result<i32, AppError> {
-    let shown = pid_file.display();
-    let pid = match std::fs::read_to_string(pid_file) {
-        Err(e) => return Err(AppError::Upgrade(format!("no running instance to take over from ({shown}: {e})"))),
-        Ok(text) => text
-            .trim()
-            .parse::<i32>()
-            .ok()
-            .filter(|&p| p > 0)
-            .ok_or_else(|| AppError::Upgrade(format!("{shown} does not hold a process id")))?,
-    };
-    // A stale pid file may name a dead process or, worse, an unrelated one that reused the pid.
-    match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
-        Err(_) => Err(AppError::Upgrade(format!(
-            "no running instance to take over from (pid {pid} from {shown} is not running)"
-        ))),
-        Ok(comm) if !comm.trim().starts_with("ollama-pool") => Err(AppError::Upgrade(format!(
-            "pid {pid} from {shown} is {:?}, not ollama-pool; not signalling it",
-            comm.trim()
-        ))),
-        Ok(_) if pid as u32 == std::process::id() => Err(AppError::Upgrade(format!("{shown} names this process"))),
-        Ok(_) => Ok(pid),
     }
 }
 

@@ -16,12 +16,13 @@
 //! - `health` — background probes: parked keys back, bad/exhausted keys out, storm recovery.
 //! - `upstream` — upstream URL, address discovery + TCP health check, `HttpPeer`s, and the
 //!   one-request exchange used off the pingora path.
+//! - `lifecycle` — SIGTERM drains in-flight requests and streams, then exits; `serve --upgrade`
+//!   finds the running instance by its pid file and takes its listeners over (SIGQUIT).
 //! - `import` — key-file parsing shared by start-up, the admin API and the CLI.
 //! - `store` — durable state: `Store` trait + SQLite (keys, hashed tokens, counter snapshots).
 //! - `usage` — token usage read from JSON/SSE/NDJSON responses as they pass.
 //! - `metrics` — every Prometheus metric.
 //! - `secret` — the `Secret` type that never prints.
-//! - `shutdown` — SIGTERM / SIGQUIT: drain in-flight requests and streams, then exit.
 //! - `logging` — logger set-up that keeps pingora's header dumps out of the logs.
 
 pub mod admin;
@@ -32,12 +33,12 @@ pub mod demo;
 pub mod forward;
 pub mod health;
 pub mod import;
+pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod secret;
-pub mod shutdown;
 pub mod store;
 pub mod upstream;
 pub mod usage;

@@ -14,8 +14,8 @@ pub mod headers;
 pub mod observe;
 pub mod routes;
 
+use crate::lifecycle::{Drain, InFlight};
 use crate::pool::{classify, outcome::ERROR_PEEK_BYTES, Attempts, Decision, Outcome, Pool, Window};
-use crate::shutdown::{Drain, InFlight};
 use crate::upstream::Upstream;
 use async_trait::async_trait;
 use auth::{Client, Clients};
@@ -42,7 +42,7 @@ pub struct ProxyState {
     pub client_body_timeout: std::time::Duration,
     /// Connection pool of the large-body path (pingora's proxy path has its own).
     pub connector: Connector,
-    /// In-flight requests and the draining flag (`crate::shutdown`).
+    /// In-flight requests and the draining flag (`crate::lifecycle`).
     pub drain: Arc<Drain>,
 }
 

@@ -1,5 +1,6 @@
-//! Stopping without cutting anyone off: SIGTERM, and SIGQUIT for the zero-downtime upgrade
-//! (`serve --upgrade`).
+//! The process's life: stopping without cutting anyone off (SIGTERM), and the zero-downtime
+//! upgrade (`serve --upgrade` finds the running instance through the pid file and sends it
+//! SIGQUIT; that one hands its listeners over and drains).
 //!
 //! Pingora stops accepting at its shutdown broadcast, then sleeps a *fixed* grace period and
 //! drops the service runtimes, which cancels whatever is still in flight — an SSE stream longer
@@ -13,11 +14,12 @@
 //! the listeners keep accepting for `server.grace_period` first, so a load balancer that reads
 //! `/readyz` stops sending before the port closes.
 //!
-//! Not here: the hand-over of the listening sockets itself (pingora's), the pid file and the
-//! SIGQUIT that `serve --upgrade` sends to the old process (`app`).
+//! Not here: the hand-over of the listening sockets itself (pingora's bootstrap, started by
+//! `app`).
 
 use async_trait::async_trait;
 use pingora::server::{ExecutionPhase, ShutdownSignal, ShutdownSignalWatch};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -133,6 +135,75 @@ fn exit_when_drained(mut phases: broadcast::Receiver<ExecutionPhase>, drain: &Dr
     std::process::exit(0);
 }
 
+/// Why `serve --upgrade` found nothing to take over from.
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    #[error("no running instance to take over from ({}: {source})", path.display())]
+    NoPidFile { path: PathBuf, source: std::io::Error },
+    #[error("{} does not hold a process id", path.display())]
+    NotAPid { path: PathBuf },
+    #[error("no running instance to take over from (pid {pid} from {} is not running)", path.display())]
+    NotRunning { pid: i32, path: PathBuf },
+    #[error("pid {pid} from {} is {comm:?}, not ollama-pool; not signalling it", path.display())]
+    NotOllamaPool { pid: i32, path: PathBuf, comm: String },
+    #[error("{} names this very process", path.display())]
+    Itself { path: PathBuf },
+    #[error("cannot signal pid {pid}: {source}")]
+    Signal { pid: i32, source: std::io::Error },
+}
+
+/// Finds the running ollama-pool named by `pid_file` and sends it SIGQUIT: it hands its
+/// listening sockets to this process (pingora's upgrade socket) and drains. Returns its pid.
+pub fn take_over_from(pid_file: &Path) -> Result<i32, UpgradeError> {
+    let path = pid_file.to_path_buf();
+    let text = match std::fs::read_to_string(pid_file) {
+        Ok(t) => t,
+        Err(source) => return Err(UpgradeError::NoPidFile { path, source }),
+    };
+    let pid = parse_pid(&text).ok_or_else(|| UpgradeError::NotAPid { path: path.clone() })?;
+    // A stale pid file may name a dead process or, worse, an unrelated one that reused the pid.
+    let comm = match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+        Ok(c) => c.trim().to_string(),
+        Err(_) => return Err(UpgradeError::NotRunning { pid, path }),
+    };
+    if !comm.starts_with("ollama-pool") {
+        return Err(UpgradeError::NotOllamaPool { pid, path, comm });
+    }
+    if pid as u32 == std::process::id() {
+        return Err(UpgradeError::Itself { path });
+    }
+    // SAFETY: kill(2) on a pid just checked to be a running ollama-pool.
+    if unsafe { libc::kill(pid, libc::SIGQUIT) } != 0 {
+        return Err(UpgradeError::Signal { pid, source: std::io::Error::last_os_error() });
+    }
+    Ok(pid)
+}
+
+/// Writes this process's pid (pingora does it itself after a `--daemon` fork). False when it
+/// cannot, which is logged: the server still runs, only `--upgrade` cannot find it.
+pub fn write_pid_file(path: &Path) -> bool {
+    match std::fs::write(path, format!("{}\n", std::process::id())) {
+        Ok(()) => true,
+        Err(e) => {
+            log::warn!("server.pid_file {}: {e} (serve --upgrade cannot find this process)", path.display());
+            false
+        }
+    }
+}
+
+/// Removes the pid file unless a newer process (the one that took over) has written its own.
+pub fn remove_pid_file(path: &Path) {
+    let ours =
+        std::fs::read_to_string(path).ok().and_then(|t| parse_pid(&t)).is_some_and(|p| p as u32 == std::process::id());
+    if ours {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+fn parse_pid(text: &str) -> Option<i32> {
+    text.trim().parse().ok().filter(|&p: &i32| p > 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,5 +221,24 @@ mod tests {
         assert!(!d.draining());
         d.begin();
         assert!(d.draining());
+    }
+
+    #[test]
+    fn pid_files_are_ours_to_remove_only_while_they_name_us() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pid");
+        assert!(write_pid_file(&path));
+        assert_eq!(parse_pid(&std::fs::read_to_string(&path).unwrap()), Some(std::process::id() as i32));
+        assert!(matches!(take_over_from(&path), Err(UpgradeError::NotOllamaPool { .. } | UpgradeError::Itself { .. })));
+        std::fs::write(&path, "1\n").unwrap(); // the process that took over
+        remove_pid_file(&path);
+        assert!(path.exists(), "a newer process's pid file stays");
+        assert!(write_pid_file(&path));
+        remove_pid_file(&path);
+        assert!(!path.exists());
+        assert!(matches!(take_over_from(&path), Err(UpgradeError::NoPidFile { .. })));
+        std::fs::write(&path, "not a pid").unwrap();
+        assert!(matches!(take_over_from(&path), Err(UpgradeError::NotAPid { .. })));
+        assert_eq!(parse_pid("0"), None);
     }
 }
