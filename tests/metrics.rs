@@ -115,6 +115,25 @@ async fn metrics_follow_a_scripted_sequence() {
     let after = settled(&proxy, &before, "ollama_pool_stream_aborts_total", 1.0).await;
     assert_eq!(delta(&before, &after, "ollama_pool_stream_aborts_total"), 1.0);
 
+    // 5. A load balancer's /healthz and /readyz probes are not proxied requests; the 401 after
+    //    them is, and once it is counted the probes' hooks (which ran first) have run too.
+    before = after;
+    for path in ["/healthz", "/readyz", "/healthz"] {
+        assert!(client().get(proxy.url(path)).send().await.unwrap().status().is_success());
+    }
+    client().post(proxy.url("/api/chat")).body("{}").send().await.unwrap();
+    let after =
+        settled(&proxy, &before, r#"ollama_pool_requests_total{client="-",family="ollama",status_class="4xx"}"#, 1.0)
+            .await;
+    for family in ["openai", "ollama"] {
+        let series = format!(r#"ollama_pool_request_duration_seconds_count{{family="{family}"}}"#);
+        assert_eq!(delta(&before, &after, &series), if family == "ollama" { 1.0 } else { 0.0 }, "{series}");
+    }
+    assert_eq!(
+        delta(&before, &after, r#"ollama_pool_requests_total{client="-",family="openai",status_class="2xx"}"#),
+        0.0
+    );
+
     for secret in KEYS.iter().chain([&TOKEN, &common::ADMIN_TOKEN]) {
         assert!(!after.contains(secret), "a secret in /metrics");
     }

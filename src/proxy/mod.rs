@@ -78,6 +78,9 @@ pub struct Ctx {
     pub(crate) failure: Option<ProxyError>,
     /// The response had started when the upstream broke: the client saw a cut-off response.
     pub(crate) aborted: bool,
+    /// `/healthz` or `/readyz`: answered locally and not a proxied request in the metrics (a
+    /// load balancer's probes would otherwise fill the request histograms).
+    health_probe: bool,
     /// The start of a delivered upstream error body, kept to learn which usage window (if
     /// any) it names. None unless the delivered answer is a 4xx.
     error_peek: Option<BytesMut>,
@@ -181,6 +184,7 @@ impl ProxyHttp for PoolProxy {
             attempts: Attempts::new(self.state.max_attempts),
             failure: None,
             aborted: false,
+            health_probe: false,
             error_peek: None,
             observed: Default::default(),
             _in_flight: self.state.drain.enter(),
@@ -189,6 +193,7 @@ impl ProxyHttp for PoolProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
         let route = self.state.routes.resolve(session.req_header().uri.path());
+        ctx.health_probe = matches!(route, Route::Healthz | Route::Readyz);
         match route {
             Route::Healthz => return self.respond_json(session, 200, r#"{"status":"ok"}"#).await,
             Route::Readyz if self.state.ready() => {
@@ -381,6 +386,9 @@ impl ProxyHttp for PoolProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if ctx.health_probe {
+            return;
+        }
         let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
         ctx.observed.finish(ctx.family, status, ctx.client.as_deref(), ctx.aborted);
         if log::log_enabled!(target: "ollama_pool::access", log::Level::Debug) {
