@@ -10,9 +10,10 @@
 //! lets its streams end.
 //!
 //! While draining, every response carries `Connection: close` (clients move to the new process
-//! or stop reusing a connection that is about to go) and `/readyz` answers 503. After SIGTERM
-//! the listeners keep accepting for `server.grace_period` first, so a load balancer that reads
-//! `/readyz` stops sending before the port closes.
+//! or stop reusing a connection that is about to go). After SIGTERM `/readyz` also answers 503
+//! and the listeners keep accepting for `server.grace_period` first, so a load balancer that
+//! reads `/readyz` stops sending before the port closes. During an upgrade `/readyz` stays
+//! ready: the same address goes on being served, by the new process.
 //!
 //! Not here: the hand-over of the listening sockets itself (pingora's bootstrap, started by
 //! `app`).
@@ -32,6 +33,7 @@ pub struct Drain {
     // Counted per request (one atomic add and sub); read only while shutting down.
     in_flight: AtomicUsize,
     draining: AtomicBool,
+    stopping: AtomicBool,
 }
 
 /// Held by a request from its first byte of header to the end of its response.
@@ -54,13 +56,21 @@ impl Drain {
         self.in_flight.load(Ordering::Acquire)
     }
 
-    /// Responses from now on close their connection; `/readyz` is 503.
-    pub fn begin(&self) {
+    /// Responses from now on close their connection. `stopping`: nothing takes over, so
+    /// `/readyz` is 503 as well.
+    pub fn begin(&self, stopping: bool) {
         self.draining.store(true, Ordering::Relaxed);
+        if stopping {
+            self.stopping.store(true, Ordering::Relaxed);
+        }
     }
 
     pub fn draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
     }
 }
 
@@ -100,7 +110,7 @@ impl ShutdownSignalWatch for Signals {
                 return ShutdownSignal::FastShutdown;
             }
         };
-        self.drain.begin();
+        self.drain.begin(matches!(kind, ShutdownSignal::GracefulTerminate));
         if let Some(phases) = self.phases.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let (drain, on_drained) = (self.drain.clone(), self.on_drained.clone());
             // A thread, not a task: the runtimes are what pingora is about to drop.
@@ -219,8 +229,10 @@ mod tests {
         drop(b);
         assert_eq!(d.in_flight(), 0);
         assert!(!d.draining());
-        d.begin();
-        assert!(d.draining());
+        d.begin(false);
+        assert!(d.draining() && !d.stopping(), "an upgrade keeps /readyz ready");
+        d.begin(true);
+        assert!(d.stopping());
     }
 
     #[test]

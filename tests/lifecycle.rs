@@ -250,6 +250,22 @@ async fn upgrade_takes_over_with_no_failed_request_and_no_cut_stream() {
 
     let load = Load::start(port, 4);
     let streams: Vec<_> = (0..4).map(|_| open_stream(port)).collect();
+    // A load balancer's readiness probe: the address stays served, so it must stay ready.
+    let probing = Arc::new(AtomicBool::new(true));
+    let not_ready = {
+        let probing = probing.clone();
+        tokio::spawn(async move {
+            let mut not_ready = Vec::new();
+            while probing.load(Ordering::Relaxed) {
+                match common::client().get(format!("http://127.0.0.1:{port}/readyz")).send().await {
+                    Ok(r) if r.status() == 200 => {}
+                    other => not_ready.push(format!("{other:?}")),
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            not_ready
+        })
+    };
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // The new binary takes over: it signals the old process itself (SIGQUIT) and receives
@@ -262,11 +278,14 @@ async fn upgrade_takes_over_with_no_failed_request_and_no_cut_stream() {
     // Traffic continues on the new process alone for a moment before the load stops.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (ok, failed) = load.finish().await;
+    probing.store(false, Ordering::Relaxed);
+    let not_ready = not_ready.await.unwrap();
     let mut finished = Vec::new();
     for s in streams {
         finished.push(s.await.unwrap());
     }
     assert!(status.success(), "old process exit status {status}\n{old_log}");
+    assert!(not_ready.is_empty(), "/readyz during the upgrade: {not_ready:?}");
     assert!(
         failed.is_empty(),
         "{} of {} chats failed across the upgrade: {:?}\n{old_log}\n---\n{new_log}",

@@ -47,10 +47,10 @@ pub struct ProxyState {
 }
 
 impl ProxyState {
-    /// Ready = not shutting down, the upstream has an address, no storm is on, and at least one
-    /// key can serve.
+    /// Ready = not stopping, the upstream has an address, no storm is on, and at least one key
+    /// can serve.
     pub fn ready(&self) -> bool {
-        !self.drain.draining()
+        !self.drain.stopping()
             && self.upstream.resolved()
             && self.pool.storm_since().is_none()
             && self.pool.usable_count() > 0
