@@ -164,6 +164,28 @@ fn open_stream(port: u16) -> tokio::task::JoinHandle<Result<String, String>> {
     })
 }
 
+/// Every chat answered (at least `min` of them) and every stream complete, or the logs.
+async fn assert_nothing_lost(
+    (ok, failed): (usize, Vec<String>),
+    min: usize,
+    streams: Vec<tokio::task::JoinHandle<Result<String, String>>>,
+    when: &str,
+    log: &str,
+) {
+    assert!(
+        failed.is_empty(),
+        "{} of {} chats failed {when}: {:?}\n{log}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok >= min, "the load ran {when} ({ok} chats)");
+    for s in streams {
+        let s = s.await.unwrap();
+        assert!(complete(&s), "a stream was cut {when}: {s:?}\n{log}");
+    }
+}
+
 fn complete(stream: &Result<String, String>) -> bool {
     stream.as_ref().is_ok_and(|t| {
         (0..STREAM_EVENTS).all(|n| t.contains(&format!("data: {{\"n\":{n}}}"))) && t.ends_with("data: [DONE]\n\n")
@@ -207,25 +229,10 @@ async fn sigterm_lets_open_streams_finish_then_exits() {
     assert_eq!(ready.headers().get("connection").map(|v| v.to_str().unwrap()), Some("close"));
     // Clients stop sending before the listener closes (after a SIGTERM nothing takes over).
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (ok, failed) = load.finish().await;
-
-    let mut finished = Vec::new();
-    for s in streams {
-        finished.push(s.await.unwrap());
-    }
+    let answers = load.finish().await;
     let exit = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(30))).await.unwrap();
     let log = read_log(&cfg, "server.log");
-    assert!(
-        failed.is_empty(),
-        "{} of {} chats failed: {:?}\n{log}",
-        failed.len(),
-        ok + failed.len(),
-        &failed[..failed.len().min(5)]
-    );
-    assert!(ok > 20, "the load ran ({ok} chats)");
-    for s in &finished {
-        assert!(complete(s), "a stream was cut by SIGTERM: {s:?}\n{log}");
-    }
+    assert_nothing_lost(answers, 20, streams, "by SIGTERM", &log).await;
     let (status, _) = exit.unwrap_or_else(|| panic!("the server did not exit after SIGTERM\n{log}"));
     assert!(status.success(), "exit status {status}\n{log}");
     let took = sent.elapsed();
@@ -277,26 +284,12 @@ async fn upgrade_takes_over_with_no_failed_request_and_no_cut_stream() {
     let (status, _) = exit.unwrap_or_else(|| panic!("the old process did not exit\n{old_log}\n---\n{new_log}"));
     // Traffic continues on the new process alone for a moment before the load stops.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (ok, failed) = load.finish().await;
+    let answers = load.finish().await;
     probing.store(false, Ordering::Relaxed);
     let not_ready = not_ready.await.unwrap();
-    let mut finished = Vec::new();
-    for s in streams {
-        finished.push(s.await.unwrap());
-    }
     assert!(status.success(), "old process exit status {status}\n{old_log}");
     assert!(not_ready.is_empty(), "/readyz during the upgrade: {not_ready:?}");
-    assert!(
-        failed.is_empty(),
-        "{} of {} chats failed across the upgrade: {:?}\n{old_log}\n---\n{new_log}",
-        failed.len(),
-        ok + failed.len(),
-        &failed[..failed.len().min(5)]
-    );
-    assert!(ok > 50, "the load ran through the upgrade ({ok} chats)");
-    for s in &finished {
-        assert!(complete(s), "a stream was cut by the upgrade: {s:?}\n{old_log}");
-    }
+    assert_nothing_lost(answers, 50, streams, "across the upgrade", &format!("{old_log}\n---\n{new_log}")).await;
     assert!(new.try_wait().unwrap().is_none(), "the new process keeps serving\n{new_log}");
     let pid = std::fs::read_to_string(dir.path().join("pid")).unwrap();
     assert_eq!(pid.trim(), new.id().to_string(), "the pid file names the new process");
