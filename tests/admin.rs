@@ -338,3 +338,46 @@ async fn stats_add_up() {
     assert_eq!(v["keys"]["by_status"]["invalid"], 1);
     assert_eq!(v["keys"]["usable"], 1);
 }
+
+#[tokio::test]
+async fn a_park_whose_time_is_up_is_active_in_every_report_at_once() {
+    let mock = Mock::start().await;
+    let proxy =
+        Proxy::start_with(&mock, Setup { keys: vec![KEYS[0], KEYS[1]], admin: true, ..Default::default() }).await;
+    let id0 = proxy.key_id(KEYS[0]);
+    let (s, _) = json_of(
+        proxy
+            .admin(Method::POST, &format!("/admin/keys/{id0}/disable"))
+            .json(&json!({"for": "1h"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 200);
+    // (The ollama_pool_keys gauge reads the same views: tests/metrics.rs checks it, since this
+    // binary runs several proxies at once and the gauge follows the newest one.)
+    let reports = || async {
+        let (_, keys) = json_of(proxy.admin(Method::GET, "/admin/keys").send().await.unwrap()).await;
+        let (_, stats) = json_of(proxy.admin(Method::GET, "/admin/stats").send().await.unwrap()).await;
+        (keys, stats)
+    };
+    let (keys, stats) = reports().await;
+    let k0 = keys["keys"].as_array().unwrap().iter().find(|k| k["id"] == id0.as_str()).unwrap().clone();
+    assert_eq!((k0["status"].as_str(), k0["reason"].as_str()), (Some("disabled"), Some("manual")));
+    assert_eq!(stats["keys"]["by_status"]["disabled"], 1);
+
+    // An hour later, with no request in between: every view says the key is back.
+    proxy.clock.advance(Duration::from_secs(3601));
+    let (keys, stats) = reports().await;
+    let k0 = keys["keys"].as_array().unwrap().iter().find(|k| k["id"] == id0.as_str()).unwrap().clone();
+    assert_eq!(k0["status"], "active");
+    assert!(k0["until"].is_null() && k0["reason"].as_str().unwrap_or_default().is_empty(), "{k0}");
+    let (_, active) = json_of(proxy.admin(Method::GET, "/admin/keys?status=active").send().await.unwrap()).await;
+    assert_eq!(active["total"], 2, "the status filter agrees");
+    assert_eq!(
+        (stats["keys"]["by_status"]["disabled"].as_u64(), stats["keys"]["by_status"]["active"].as_u64()),
+        (Some(0), Some(2))
+    );
+    assert!(mock.requests().is_empty(), "no traffic was needed for that");
+}

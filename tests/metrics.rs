@@ -134,6 +134,23 @@ async fn metrics_follow_a_scripted_sequence() {
         0.0
     );
 
+    // 6. The key gauges derive from time: a disable that has ended counts as active at once,
+    //    with no request in between (k0's credential park from step 1 is over by then too).
+    let disable = proxy
+        .admin(reqwest::Method::POST, &format!("/admin/keys/{k1}/disable"))
+        .json(&serde_json::json!({"for": "2h"}));
+    assert_eq!(disable.send().await.unwrap().status(), 200);
+    let parked = scrape(&proxy).await;
+    assert_eq!(value(&parked, r#"ollama_pool_keys{status="disabled"}"#), 1.0);
+    assert!(parked.lines().any(|l| l.starts_with("ollama_pool_key_return_seconds{") && l.contains(&k1)));
+    proxy.clock.advance(std::time::Duration::from_secs(2 * 3600 + 1));
+    let later = scrape(&proxy).await;
+    assert_eq!(value(&later, r#"ollama_pool_keys{status="disabled"}"#), 0.0);
+    assert_eq!(value(&later, r#"ollama_pool_keys{status="invalid"}"#), 0.0);
+    assert_eq!(value(&later, r#"ollama_pool_keys{status="active"}"#), 2.0);
+    assert_eq!(value(&later, "ollama_pool_keys_usable"), 2.0);
+    assert!(!later.lines().any(|l| l.starts_with("ollama_pool_key_return_seconds{")), "{later}");
+
     for secret in KEYS.iter().chain([&TOKEN, &common::ADMIN_TOKEN]) {
         assert!(!after.contains(secret), "a secret in /metrics");
     }

@@ -355,7 +355,7 @@ impl Script<'_> {
     fn print_changes(&self, indent: &str) {
         let now = SystemClock.now_ms();
         let mut seen = self.seen.borrow_mut();
-        for v in self.views(now) {
+        for v in self.pool.views() {
             let state = (v.status, v.reason.as_str(), v.until_ms);
             let Some(before) = seen.insert(v.id.clone(), state) else { continue };
             if before == state {
@@ -365,27 +365,16 @@ impl Script<'_> {
         }
     }
 
-    /// The keys as routing sees them: a park whose time is up counts as over.
-    fn views(&self, now: u64) -> Vec<KeyView> {
-        let mut views = self.pool.views();
-        for v in &mut views {
-            if v.status != Status::Active && self.pool.get(&v.id).is_some_and(|k| k.usable_at(now)) {
-                (v.status, v.until_ms) = (Status::Active, None);
-            }
-        }
-        views
-    }
-
     fn remember_states(&self) {
         let mut seen = self.seen.borrow_mut();
-        for v in self.views(SystemClock.now_ms()) {
+        for v in self.pool.views() {
             seen.insert(v.id.clone(), (v.status, v.reason.as_str(), v.until_ms));
         }
     }
 
     /// Every key except the revoked one is back in rotation.
     fn recovered(&self) -> bool {
-        let views = self.views(SystemClock.now_ms());
+        let views = self.pool.views();
         views.iter().all(|v| v.label.as_deref() == Some("revoked") || v.status == Status::Active)
     }
 }

@@ -361,17 +361,24 @@ impl Key {
         log::info!("key {} {} -> active reason=time-up", self.id, status);
     }
 
-    /// The key as reports show it at `now` (a key past its expiry shows as expired).
+    /// The key as reports show it at `now`, derived from time as routing sees it: a key past
+    /// its expiry is expired, and a park whose `until` has passed is over (active, no reason)
+    /// even before a request or probe has picked the key and recorded its return.
     pub fn view_at(&self, now: u64) -> KeyView {
-        let expires = self.expires_at_ms.load(Relaxed);
-        let expired = expires != 0 && now >= expires;
+        let (status, reason, until_ms) = if self.is_expired(now) {
+            (Status::Expired, self.reason(), self.until_ms())
+        } else if self.status() != Status::Active && self.usable_at(now) {
+            (Status::Active, Reason::None, None)
+        } else {
+            (self.status(), self.reason(), self.until_ms())
+        };
         KeyView {
             id: self.id.clone(),
             masked: self.secret.masked(),
             label: self.label.clone(),
-            status: if expired { Status::Expired } else { self.status() },
-            reason: self.reason(),
-            until_ms: self.until_ms(),
+            status,
+            reason,
+            until_ms,
             expires_at_ms: Some(self.expires_at_ms.load(Relaxed)).filter(|&e| e != 0),
             consecutive_failures: self.consecutive_failures.load(Relaxed),
             requests: self.stats.requests.load(Relaxed),

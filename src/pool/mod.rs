@@ -468,6 +468,26 @@ mod tests {
     }
 
     #[test]
+    fn reports_show_a_park_as_over_as_soon_as_its_time_is_up() {
+        let (p, clock) = pool(3);
+        let ids: Vec<String> = p.keys().iter().map(|k| k.id.clone()).collect();
+        assert!(p.disable(&ids[0], Some(Duration::from_secs(60))));
+        let k1 = p.get(&ids[1]).unwrap();
+        p.report(&k1, Outcome::Credential); // invalid for the cooldown
+        assert!(p.disable(&ids[2], None)); // until enabled: never over by itself
+        let status = |id: &str| p.views().into_iter().find(|v| v.id == id).map(|v| (v.status, v.reason, v.until_ms));
+        assert_eq!(status(&ids[0]).map(|s| s.0), Some(Status::Disabled));
+        clock.advance(Duration::from_secs(61));
+        assert_eq!(status(&ids[0]), Some((Status::Active, Reason::None, None)), "no request has picked it yet");
+        assert_eq!(status(&ids[1]).map(|s| s.0), Some(Status::Invalid));
+        clock.advance(p.policy().cooldown);
+        assert_eq!(status(&ids[1]), Some((Status::Active, Reason::None, None)));
+        assert_eq!(status(&ids[2]).map(|s| s.0), Some(Status::Disabled));
+        // The stored state is untouched until the key is next picked or probed.
+        assert_eq!(p.get(&ids[0]).unwrap().status(), Status::Disabled);
+    }
+
+    #[test]
     fn manual_disable_is_not_overridden_and_can_expire() {
         let (p, clock) = pool(1);
         let k = p.pick(&[]).unwrap();
