@@ -168,7 +168,13 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
     }
     if let Some(admin) = &cfg.admin {
         let token = admin.token.as_ref().ok_or_else(|| AppError::Server("admin.token is required".into()))?;
-        let control = Control { store: store.clone(), pool: Some(state.pool.clone()), clients: Some(clients), clock };
+        let control = Control {
+            store: store.clone(),
+            pool: Some(state.pool.clone()),
+            clients: Some(clients),
+            clock,
+            max_key_bytes: cfg.keys.max_key_bytes,
+        };
         let app = AdminApp::new(control, health.clone(), state.clone(), token);
         let mut service = Service::new("ollama-pool admin".to_string(), HttpServer::new_app(app));
         service.add_tcp(&admin.listen);
@@ -229,7 +235,7 @@ fn load_key_files(loaded: &Loaded, store: &dyn Store, now: u64) -> Result<(), Ap
             path: path.display().to_string(),
             source,
         })?;
-        let parsed = import::parse(&text);
+        let parsed = import::parse(&text, loaded.config.keys.max_key_bytes);
         for bad in &parsed.invalid {
             log::warn!("keys: {} line {}: {}", path.display(), bad.line, bad.reason);
         }

@@ -187,7 +187,13 @@ fn usage(message: impl std::fmt::Display) -> ExitCode {
 
 fn control(loaded: &Loaded) -> Result<Control, ExitCode> {
     let store = crate::app::open_store(loaded).map_err(fail)?;
-    Ok(Control { store: Arc::new(store), pool: None, clients: None, clock: Arc::new(SystemClock) })
+    Ok(Control {
+        store: Arc::new(store),
+        pool: None,
+        clients: None,
+        clock: Arc::new(SystemClock),
+        max_key_bytes: loaded.config.keys.max_key_bytes,
+    })
 }
 
 fn duration(s: &Option<String>, flag: &str) -> Result<Option<Duration>, ExitCode> {

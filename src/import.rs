@@ -34,12 +34,33 @@ pub struct Parsed {
     pub invalid: Vec<InvalidLine>,
 }
 
-pub fn parse(text: &str) -> Parsed {
+/// Longest key accepted unless `keys.max_key_bytes` says otherwise. Real API keys are well
+/// under 200 bytes; a megabyte "key" would be forwarded in every request's header (and an
+/// upstream answers 431, which is not the key's fault class, so it would never be parked).
+pub const DEFAULT_MAX_KEY_BYTES: usize = 512;
+
+/// Why a string cannot be an API key. Never quotes the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyProblem {
+    #[error("no key (empty last field)")]
+    Empty,
+    #[error("key is longer than {max} bytes (keys.max_key_bytes)")]
+    TooLong { max: usize },
+    #[error("key contains whitespace")]
+    Whitespace,
+    #[error("key contains characters other than printable ASCII (they cannot go in an HTTP header)")]
+    NotPrintable,
+    #[error("key is shorter than 8 characters")]
+    TooShort,
+}
+
+/// Parses a key file or JSON key list; keys longer than `max_key_bytes` are invalid lines.
+pub fn parse(text: &str, max_key_bytes: usize) -> Parsed {
     let trimmed = text.trim_start_matches('\u{feff}').trim();
     if trimmed.starts_with('[') || trimmed.starts_with('{') {
-        return parse_json(trimmed);
+        return parse_json(trimmed, max_key_bytes);
     }
-    let mut out = Collector::default();
+    let mut out = Collector::new(max_key_bytes);
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim_start_matches('\u{feff}').trim();
         if line.is_empty() || line.starts_with('#') {
@@ -71,8 +92,8 @@ enum JsonDoc {
     Wrapped { keys: Vec<serde_json::Value> },
 }
 
-fn parse_json(text: &str) -> Parsed {
-    let mut out = Collector::default();
+fn parse_json(text: &str, max_key_bytes: usize) -> Parsed {
+    let mut out = Collector::new(max_key_bytes);
     let entries = match serde_json::from_str::<JsonDoc>(text) {
         Ok(JsonDoc::List(v)) | Ok(JsonDoc::Wrapped { keys: v }) => v,
         Err(e) => {
@@ -99,13 +120,17 @@ fn parse_json(text: &str) -> Parsed {
     out.0
 }
 
-#[derive(Default)]
-struct Collector(Parsed, HashSet<[u8; 32]>);
+/// The parse result so far, the hashes of the keys seen (for duplicates), and the size limit.
+struct Collector(Parsed, HashSet<[u8; 32]>, usize);
 
 impl Collector {
+    fn new(max_key_bytes: usize) -> Collector {
+        Collector(Parsed::default(), HashSet::new(), max_key_bytes)
+    }
+
     fn push(&mut self, line: usize, key: &str, label: Option<&str>) {
-        if let Err(reason) = check_key(key) {
-            self.0.invalid.push(InvalidLine { line, reason: reason.into() });
+        if let Err(problem) = check_key(key, self.2) {
+            self.0.invalid.push(InvalidLine { line, reason: problem.to_string() });
             return;
         }
         let key = Secret::new(key);
@@ -117,19 +142,23 @@ impl Collector {
     }
 }
 
-/// Whether `key` can be an API key. Reasons never quote the key.
-pub fn check_key(key: &str) -> Result<(), &'static str> {
+/// Whether `key` can be an API key: 8 to `max_key_bytes` bytes of printable ASCII, no spaces
+/// or control characters (the rule for key files, imports and `POST /admin/keys`).
+pub fn check_key(key: &str, max_key_bytes: usize) -> Result<(), KeyProblem> {
     if key.is_empty() {
-        return Err("no key (empty last field)");
+        return Err(KeyProblem::Empty);
+    }
+    if key.len() > max_key_bytes {
+        return Err(KeyProblem::TooLong { max: max_key_bytes });
     }
     if key.chars().any(char::is_whitespace) {
-        return Err("key contains whitespace");
+        return Err(KeyProblem::Whitespace);
     }
     if !key.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err("key contains characters that cannot go in an HTTP header");
+        return Err(KeyProblem::NotPrintable);
     }
     if key.len() < 8 {
-        return Err("key is shorter than 8 characters");
+        return Err(KeyProblem::TooShort);
     }
     Ok(())
 }
@@ -152,7 +181,7 @@ bad key with spaces
 x----
 short
 ";
-        let p = parse(text);
+        let p = parse(text, DEFAULT_MAX_KEY_BYTES);
         let got: Vec<(&str, Option<&str>, usize)> =
             p.keys.iter().map(|k| (k.key.expose(), k.label.as_deref(), k.line)).collect();
         assert_eq!(
@@ -172,13 +201,16 @@ short
 
     #[test]
     fn five_fields_take_the_last_not_the_fourth() {
-        let p = parse("e@x----pw----sess----aid123456----realkey123456\n");
+        let p = parse("e@x----pw----sess----aid123456----realkey123456\n", DEFAULT_MAX_KEY_BYTES);
         assert_eq!(p.keys[0].key.expose(), "realkey123456");
     }
 
     #[test]
     fn json_forms() {
-        let p = parse(r#"["jsonkey00001", {"key": "jsonkey00002", "label": "bob"}, 7, "jsonkey00001"]"#);
+        let p = parse(
+            r#"["jsonkey00001", {"key": "jsonkey00002", "label": "bob"}, 7, "jsonkey00001"]"#,
+            DEFAULT_MAX_KEY_BYTES,
+        );
         assert_eq!(p.keys.len(), 2);
         assert_eq!(p.keys[1].label.as_deref(), Some("bob"));
         assert_eq!(p.duplicates, 1);
@@ -186,7 +218,30 @@ short
             p.invalid,
             vec![InvalidLine { line: 3, reason: "entry is neither a string nor an object with a \"key\"".into() }]
         );
-        assert_eq!(parse(r#"{"keys": ["jsonkey00003"]}"#).keys.len(), 1);
-        assert_eq!(parse("[oops").invalid.len(), 1);
+        assert_eq!(parse(r#"{"keys": ["jsonkey00003"]}"#, DEFAULT_MAX_KEY_BYTES).keys.len(), 1);
+        assert_eq!(parse("[oops", DEFAULT_MAX_KEY_BYTES).invalid.len(), 1);
+    }
+
+    #[test]
+    fn key_rules_name_the_rule_never_the_key() {
+        let long = "k".repeat(DEFAULT_MAX_KEY_BYTES + 1);
+        let text = format!(
+            "goodkey000001\n{long}\nlabel----has space\ttoo\nctl\u{7}key0001\nnon-ascii-ключ01\n{}\n",
+            "k".repeat(512)
+        );
+        let p = parse(&text, DEFAULT_MAX_KEY_BYTES);
+        assert_eq!(p.keys.len(), 2, "512 bytes is still a key");
+        let reasons: Vec<(usize, &str)> = p.invalid.iter().map(|i| (i.line, i.reason.as_str())).collect();
+        assert_eq!(
+            reasons,
+            vec![
+                (2, "key is longer than 512 bytes (keys.max_key_bytes)"),
+                (3, "key contains whitespace"),
+                (4, "key contains characters other than printable ASCII (they cannot go in an HTTP header)"),
+                (5, "key contains characters other than printable ASCII (they cannot go in an HTTP header)"),
+            ]
+        );
+        assert_eq!(parse(&long, 1024).keys.len(), 1, "the limit can be raised");
+        assert_eq!(check_key(&"k".repeat(100_000), 512), Err(KeyProblem::TooLong { max: 512 }));
     }
 }

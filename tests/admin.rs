@@ -381,3 +381,31 @@ async fn a_park_whose_time_is_up_is_active_in_every_report_at_once() {
     );
     assert!(mock.requests().is_empty(), "no traffic was needed for that");
 }
+
+#[tokio::test]
+async fn oversized_and_unprintable_keys_are_refused_everywhere_naming_the_rule() {
+    let long: &'static str = Box::leak("k".repeat(100 * 1024).into_boxed_str());
+    // Key file at start-up: the long key is reported by its line and never loaded (nor logged:
+    // the harness scans the logs for it).
+    let mock = Mock::start().await;
+    let proxy = Proxy::start_with(&mock, Setup { keys: vec![KEYS[0], long], admin: true, ..Default::default() }).await;
+    assert_eq!(proxy.state.pool.len(), 1);
+    assert!(common::captured_logs().contains("line 3: key is longer than 512 bytes (keys.max_key_bytes)"));
+
+    let add = |body: Value| proxy.admin(Method::POST, "/admin/keys").json(&body).send();
+    for (key, rule) in [
+        (long.to_string(), "key is longer than 512 bytes (keys.max_key_bytes)"),
+        ("ctl\u{1}character-key".to_string(), "key contains characters other than printable ASCII"),
+        ("non-ascii-ключ-0001".to_string(), "key contains characters other than printable ASCII"),
+    ] {
+        let (s, v) = json_of(add(json!({ "key": key })).await.unwrap()).await;
+        assert_eq!(s, 400, "{v}");
+        assert!(v["error"].as_str().unwrap().contains(rule), "{v}");
+    }
+    let import = proxy.admin(Method::POST, "/admin/keys/import").body(format!("{}\n{long}\n", KEYS[1]));
+    let (s, v) = json_of(import.send().await.unwrap()).await;
+    assert_eq!((s, v["added"].as_u64()), (200, Some(1)), "{v}");
+    assert_eq!(v["invalid"], json!([{"line": 2, "reason": "key is longer than 512 bytes (keys.max_key_bytes)"}]));
+    let (_, listed) = json_of(proxy.admin(Method::GET, "/admin/keys").send().await.unwrap()).await;
+    assert_eq!(listed["total"], 2, "nothing else was stored");
+}

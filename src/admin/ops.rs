@@ -65,6 +65,8 @@ pub struct Control {
     pub pool: Option<Arc<Pool>>,
     pub clients: Option<Arc<Clients>>,
     pub clock: Arc<dyn Clock>,
+    /// `keys.max_key_bytes`: the longest key an add or import accepts.
+    pub max_key_bytes: usize,
 }
 
 impl Control {
@@ -90,7 +92,7 @@ impl Control {
     /// Adds one key. Duplicate → `OpError::Duplicate`.
     pub fn add_key(&self, key: &str, label: Option<String>, ttl: Option<Duration>) -> Result<String, OpError> {
         let key = key.trim();
-        import::check_key(key).map_err(|r| OpError::Invalid(r.to_string()))?;
+        import::check_key(key, self.max_key_bytes).map_err(|r| OpError::Invalid(r.to_string()))?;
         let stored = self.stored(Secret::new(key), label, ttl);
         let id = stored.id.clone();
         if self.store.insert_keys(std::slice::from_ref(&stored), false)?.is_empty() {
@@ -118,7 +120,7 @@ impl Control {
         dry_run: bool,
         progress: &(dyn Fn(usize, usize) + Sync),
     ) -> Result<ImportReport, OpError> {
-        let parsed = import::parse(text);
+        let parsed = import::parse(text, self.max_key_bytes);
         let existing: HashSet<String> = self.store.keys()?.into_iter().map(|k| k.id).collect();
         let (fresh, known): (Vec<_>, Vec<_>) = parsed.keys.into_iter().partition(|k| !existing.contains(&k.key.id()));
         let mut report = ImportReport {

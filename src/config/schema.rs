@@ -156,11 +156,19 @@ impl Default for StoreConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KeysConfig {
     /// Key files (SPEC §3.6 formats) loaded at startup; relative paths are relative to the config file.
     pub files: Vec<PathBuf>,
+    /// Longest upstream key accepted (key files, imports, `POST /admin/keys`).
+    pub max_key_bytes: usize,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        KeysConfig { files: Vec::new(), max_key_bytes: crate::import::DEFAULT_MAX_KEY_BYTES }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -373,6 +381,9 @@ impl Config {
         }
         if self.store.encryption_key.as_ref().is_some_and(|k| k.len() < 16) {
             err(&mut e, "store.encryption_key", "must be at least 16 characters");
+        }
+        if !(8..=65536).contains(&self.keys.max_key_bytes) {
+            err(&mut e, "keys.max_key_bytes", "must be between 8 and 65536");
         }
         self.pool.validate(&mut e);
         self.clients.validate(&mut e);
