@@ -130,6 +130,7 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
         client_body_timeout: cfg.server.client_body_timeout.0,
         connector: Connector::new(Some(ConnectorOptions::from_server_conf(&server.configuration))),
         drain: Arc::new(Drain::default()),
+        cors: crate::proxy::cors::Cors::new(&cfg.cors.allow_origins, cfg.cors.max_age.0),
     });
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(

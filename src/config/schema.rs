@@ -24,6 +24,7 @@ pub struct Config {
     pub routes: RoutesConfig,
     pub metrics: MetricsConfig,
     pub server: ServerConfig,
+    pub cors: CorsConfig,
 }
 
 impl Default for Config {
@@ -41,6 +42,7 @@ impl Default for Config {
             routes: RoutesConfig::default(),
             metrics: MetricsConfig::default(),
             server: ServerConfig::default(),
+            cors: CorsConfig::default(),
         }
     }
 }
@@ -272,6 +274,40 @@ pub struct StaticToken {
     pub token: Secret,
 }
 
+/// CORS for browser clients: off (no CORS headers) unless origins are listed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsConfig {
+    /// `["*"]` for every origin, or exact origins such as `https://app.example.com`.
+    pub allow_origins: Vec<String>,
+    /// How long a browser may cache a preflight answer (`Access-Control-Max-Age`).
+    pub max_age: Dur,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        CorsConfig { allow_origins: Vec::new(), max_age: Dur::secs(600) }
+    }
+}
+
+impl CorsConfig {
+    fn validate(&self, e: &mut Errors) {
+        if self.allow_origins.len() > 1 && self.allow_origins.iter().any(|o| o == "*") {
+            err(e, "cors.allow_origins", "\"*\" allows every origin: list it alone");
+        }
+        for (i, o) in self.allow_origins.iter().enumerate().filter(|(_, o)| *o != "*") {
+            let rest = o.strip_prefix("https://").or_else(|| o.strip_prefix("http://"));
+            if !rest.is_some_and(|r| !r.is_empty() && !r.contains('/') && !r.contains(char::is_whitespace)) {
+                err(
+                    e,
+                    format!("cors.allow_origins[{i}]"),
+                    format!("{o:?} is not an origin (scheme://host[:port], no path or trailing slash)"),
+                );
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RoutesConfig {
@@ -388,6 +424,7 @@ impl Config {
         self.pool.validate(&mut e);
         self.clients.validate(&mut e);
         self.routes.validate(&mut e);
+        self.cors.validate(&mut e);
         if let Some(m) = &self.metrics.listen {
             if m.parse::<std::net::SocketAddr>().is_err() {
                 err(&mut e, "metrics.listen", format!("{m:?} is not an ip:port address"));

@@ -9,6 +9,7 @@
 //! `forward::run`, which applies the same `Attempts` policy on its own connector.
 
 pub mod auth;
+pub mod cors;
 pub mod envelope;
 pub mod headers;
 pub mod observe;
@@ -44,6 +45,8 @@ pub struct ProxyState {
     pub connector: Connector,
     /// In-flight requests and the draining flag (`crate::lifecycle`).
     pub drain: Arc<Drain>,
+    /// None = CORS off (`cors.allow_origins` empty).
+    pub cors: Option<cors::Cors>,
 }
 
 impl ProxyState {
@@ -78,9 +81,11 @@ pub struct Ctx {
     pub(crate) failure: Option<ProxyError>,
     /// The response had started when the upstream broke: the client saw a cut-off response.
     pub(crate) aborted: bool,
-    /// `/healthz` or `/readyz`: answered locally and not a proxied request in the metrics (a
-    /// load balancer's probes would otherwise fill the request histograms).
-    health_probe: bool,
+    /// `Access-Control-Allow-Origin` for this request's origin (CORS on and the origin allowed).
+    pub(crate) cors_allow: Option<http::HeaderValue>,
+    /// `/healthz`, `/readyz` or a CORS preflight: answered locally and not a proxied request in
+    /// the metrics (a load balancer's probes would otherwise fill the request histograms).
+    local_answer: bool,
     /// The start of a delivered upstream error body, kept to learn which usage window (if
     /// any) it names. None unless the delivered answer is a 4xx.
     error_peek: Option<BytesMut>,
@@ -97,7 +102,10 @@ impl PoolProxy {
     /// Answers the request with a proxy-made error in the route family's envelope.
     pub(crate) async fn respond(&self, session: &mut Session, ctx: &mut Ctx, err: ProxyError) -> pingora::Result<bool> {
         let body = err.body(ctx.family);
-        let header = err.header(body.len());
+        let mut header = err.header(body.len());
+        if self.state.cors.is_some() {
+            cors::decorate(&mut header, ctx.cors_allow.as_ref());
+        }
         session.set_keepalive(None);
         session.write_response_header(Box::new(header), false).await?;
         session.write_response_body(Some(body), true).await?;
@@ -184,7 +192,8 @@ impl ProxyHttp for PoolProxy {
             attempts: Attempts::new(self.state.max_attempts),
             failure: None,
             aborted: false,
-            health_probe: false,
+            cors_allow: None,
+            local_answer: false,
             error_peek: None,
             observed: Default::default(),
             _in_flight: self.state.drain.enter(),
@@ -192,8 +201,18 @@ impl ProxyHttp for PoolProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
+        if let Some(c) = &self.state.cors {
+            ctx.cors_allow = c.allow(session.req_header());
+            if cors::Cors::is_preflight(session.req_header()) {
+                let h = c.preflight(session.req_header(), ctx.cors_allow.as_ref());
+                ctx.local_answer = true;
+                self.state.close_if_draining(session);
+                session.write_response_header(Box::new(h), true).await?;
+                return Ok(true);
+            }
+        }
         let route = self.state.routes.resolve(session.req_header().uri.path());
-        ctx.health_probe = matches!(route, Route::Healthz | Route::Readyz);
+        ctx.local_answer = matches!(route, Route::Healthz | Route::Readyz);
         match route {
             Route::Healthz => return self.respond_json(session, 200, r#"{"status":"ok"}"#).await,
             Route::Readyz if self.state.ready() => {
@@ -288,10 +307,13 @@ impl ProxyHttp for PoolProxy {
     async fn response_filter(
         &self,
         session: &mut Session,
-        _upstream_response: &mut ResponseHeader,
-        _ctx: &mut Ctx,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
     ) -> pingora::Result<()> {
         self.state.close_if_draining(session);
+        if self.state.cors.is_some() {
+            cors::decorate(upstream_response, ctx.cors_allow.as_ref());
+        }
         Ok(())
     }
 
@@ -386,7 +408,7 @@ impl ProxyHttp for PoolProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        if ctx.health_probe {
+        if ctx.local_answer {
             return;
         }
         let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
