@@ -131,6 +131,9 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
         connector: Connector::new(Some(ConnectorOptions::from_server_conf(&server.configuration))),
         drain: Arc::new(Drain::default()),
         cors: crate::proxy::cors::Cors::new(&cfg.cors.allow_origins, cfg.cors.max_age.0),
+        max_header_bytes: cfg.server.max_header_bytes.0 as usize,
+        max_headers: cfg.server.max_headers,
+        keepalive_secs: cfg.server.keepalive_timeout.0.as_secs().max(1),
     });
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(

@@ -368,6 +368,12 @@ pub struct ServerConfig {
     pub shutdown_timeout: Dur,
     /// Longest wait for the next piece of a client's request body (slow clients get 408).
     pub client_body_timeout: Dur,
+    /// Largest request header (request line + fields) forwarded; larger gets 431.
+    pub max_header_bytes: ByteSize,
+    /// Most header fields in one request; more gets 431.
+    pub max_headers: usize,
+    /// How long an idle client connection is kept open for its next request.
+    pub keepalive_timeout: Dur,
     /// Written at start; `serve --upgrade` reads it to find the process it takes over from.
     pub pid_file: PathBuf,
     /// Where the old process hands its listening sockets to the new one (`--upgrade`).
@@ -380,6 +386,9 @@ impl Default for ServerConfig {
             grace_period: Dur::secs(5),
             shutdown_timeout: Dur::secs(30),
             client_body_timeout: Dur::secs(60),
+            max_header_bytes: ByteSize(64 * 1024),
+            max_headers: 100,
+            keepalive_timeout: Dur::secs(60),
             pid_file: "/tmp/ollama-pool.pid".into(),
             upgrade_sock: "/tmp/ollama-pool-upgrade.sock".into(),
         }
@@ -431,6 +440,15 @@ impl Config {
             }
         }
         self.health_check.validate(&mut e);
+        if !(1024..=1024 * 1024).contains(&self.server.max_header_bytes.0) {
+            err(&mut e, "server.max_header_bytes", "must be between 1KiB and 1MiB (pingora's own limit)");
+        }
+        if !(8..=256).contains(&self.server.max_headers) {
+            err(&mut e, "server.max_headers", "must be between 8 and 256 (pingora's own limit)");
+        }
+        if self.server.keepalive_timeout.0.is_zero() {
+            err(&mut e, "server.keepalive_timeout", "must be greater than 0s");
+        }
         e
     }
 }

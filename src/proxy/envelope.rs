@@ -12,6 +12,7 @@ pub enum ErrorKind {
     Unauthorized,
     NotFound,
     BodyTooLarge,
+    HeadersTooLarge,
     BadRequest,
     /// The client stopped sending its body.
     RequestTimeout,
@@ -46,6 +47,7 @@ impl ProxyError {
             ErrorKind::Unauthorized => 401,
             ErrorKind::NotFound => 404,
             ErrorKind::BodyTooLarge => 413,
+            ErrorKind::HeadersTooLarge => 431,
             ErrorKind::BadRequest => 400,
             ErrorKind::RequestTimeout => 408,
             ErrorKind::ModelNotAllowed => 403,
@@ -64,6 +66,9 @@ impl ProxyError {
             }
             ErrorKind::NotFound => "no such route on this proxy",
             ErrorKind::BodyTooLarge => "request body exceeds the proxy's pool.max_request_body limit",
+            ErrorKind::HeadersTooLarge => {
+                "request headers exceed the proxy's limits (server.max_header_bytes, server.max_headers)"
+            }
             ErrorKind::BadRequest => "could not read the request body",
             ErrorKind::RequestTimeout => "the request body did not arrive in time (server.client_body_timeout)",
             ErrorKind::ModelNotAllowed => "this client token may not use the requested model",
@@ -82,6 +87,7 @@ impl ProxyError {
             ErrorKind::Unauthorized => ("invalid_request_error", "invalid_api_key", "authentication_error"),
             ErrorKind::NotFound => ("invalid_request_error", "not_found", "not_found_error"),
             ErrorKind::BodyTooLarge => ("invalid_request_error", "request_too_large", "request_too_large"),
+            ErrorKind::HeadersTooLarge => ("invalid_request_error", "headers_too_large", "invalid_request_error"),
             ErrorKind::BadRequest => ("invalid_request_error", "bad_request", "invalid_request_error"),
             ErrorKind::RequestTimeout => ("invalid_request_error", "request_timeout", "invalid_request_error"),
             ErrorKind::ModelNotAllowed => ("permission_error", "model_not_allowed", "permission_error"),

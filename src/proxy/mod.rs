@@ -47,6 +47,11 @@ pub struct ProxyState {
     pub drain: Arc<Drain>,
     /// None = CORS off (`cors.allow_origins` empty).
     pub cors: Option<cors::Cors>,
+    /// `server.max_header_bytes` / `server.max_headers`: larger request headers get 431.
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    /// `server.keepalive_timeout` in seconds: idle client connections close after it.
+    pub keepalive_secs: u64,
 }
 
 impl ProxyState {
@@ -61,6 +66,17 @@ impl ProxyState {
 
     /// While the process drains, a response closes its connection so the client's next request
     /// opens a new one (to the process that took over, or to another instance).
+    /// Whether the request header is within `max_header_bytes` and `max_headers` (counted as
+    /// on the wire: request line, and `name: value\r\n` per field).
+    fn header_within_limits(&self, req: &RequestHeader) -> bool {
+        if req.headers.len() > self.max_headers {
+            return false;
+        }
+        let line = req.method.as_str().len() + req.uri.path_and_query().map_or(1, |p| p.as_str().len()) + 11;
+        let fields: usize = req.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+        line + fields <= self.max_header_bytes
+    }
+
     pub(crate) fn close_if_draining(&self, session: &mut Session) {
         if self.drain.draining() {
             session.set_keepalive(None);
@@ -201,6 +217,14 @@ impl ProxyHttp for PoolProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
+        if let Some(f) = Family::of(session.req_header().uri.path()) {
+            ctx.family = f; // the envelope of a 431, before the route is resolved
+        }
+        if !self.state.header_within_limits(session.req_header()) {
+            // Nothing of an oversized header is forwarded, whatever route it asks for.
+            return self.respond(session, ctx, ProxyError::new(ErrorKind::HeadersTooLarge)).await;
+        }
+        session.set_keepalive(Some(self.state.keepalive_secs));
         if let Some(c) = &self.state.cors {
             ctx.cors_allow = c.allow(session.req_header());
             if cors::Cors::is_preflight(session.req_header()) {

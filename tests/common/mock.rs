@@ -303,7 +303,7 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Res
         }
         buf.extend_from_slice(&tmp[..n]);
     };
-    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut headers = [httparse::EMPTY_HEADER; 256]; // pingora's own limit
     let mut parsed = httparse::Request::new(&mut headers);
     parsed.parse(&buf[..head_len]).map_err(|e| std::io::Error::other(e.to_string()))?;
     let method = parsed.method.unwrap_or("").to_string();
