@@ -82,7 +82,8 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
     load_key_files(loaded, &*store, clock.now_ms())?;
     crate::metrics::PoolCollector::register(&pool);
     let stored = store.keys()?;
-    let (added, _) = pool.add_all(stored.iter().filter_map(ops::to_pool_key));
+    let now = clock.now_ms();
+    let (added, _) = pool.add_all(stored.iter().filter_map(|k| ops::to_pool_key(k, now)));
     log::info!("keys: {added} in the pool ({} usable)", pool.usable_count());
     if pool.is_empty() {
         log::warn!("keys: the pool is empty; every proxied request will be answered 503");

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{client, free_port, Mock, ADMIN_TOKEN, KEYS, TOKEN};
+use common::{client, free_port, Behavior, Mock, ADMIN_TOKEN, KEYS, TOKEN};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -198,6 +198,66 @@ async fn counters_survive_a_graceful_restart() {
     assert_eq!((stats["requests"].as_u64(), stats["successes"].as_u64()), (Some(3), Some(3)));
     let listed = s.ok(reqwest::Method::GET, "/admin/keys", Value::Null).await;
     assert!(listed["keys"][0]["stats"]["last_success"].is_string());
+    let log2 = s.kill9();
+    assert_no_secrets(&[log1, log2], &[]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parks_survive_a_restart_and_ended_ones_are_dropped() {
+    let mock = Mock::start().await;
+    mock.set(KEYS[0], Behavior::status(401, r#"{"error":"unauthorized"}"#));
+    mock.set(KEYS[1], Behavior::status_with(429, &[("retry-after", "3600")], r#"{"error":"slow down"}"#));
+    mock.set(KEYS[2], Behavior::status_with(429, &[("retry-after", "1")], r#"{"error":"slow down"}"#));
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let cfg = config(dir.path(), &mock, port, admin, false);
+    let s = start(&cfg, port, admin, 1).await;
+    for k in &KEYS {
+        s.ok(reqwest::Method::POST, "/admin/keys", json!({ "key": k })).await;
+    }
+    let chat = || client().post(format!("http://127.0.0.1:{port}/v1/chat/completions")).bearer_auth(TOKEN).body("{}");
+    // Round-robin from the first key: 401, 429 for an hour, 429 for a second (3 attempts, so the
+    // last 429 is the answer); the next request finds the good key.
+    assert_eq!(chat().send().await.unwrap().status(), 429);
+    assert_eq!(chat().send().await.unwrap().status(), 200);
+    let states = |listed: &Value| -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = listed["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| (k["id"].as_str().unwrap().to_string(), k["status"].as_str().unwrap().to_string()))
+            .collect();
+        v.sort();
+        v
+    };
+    let before = s.ok(reqwest::Method::GET, "/admin/keys", Value::Null).await;
+    let id = |k: &str| ollama_pool::secret::Secret::new(k).id();
+    let want = |k: &str, st: &str| (id(k), st.to_string());
+    let mut expected =
+        vec![want(KEYS[0], "invalid"), want(KEYS[1], "cooling"), want(KEYS[2], "cooling"), want(KEYS[3], "active")];
+    expected.sort();
+    assert_eq!(states(&before), expected, "{before}");
+    let log1 = s.terminate(); // flush_interval is 1h: the shutdown flush saves the parks
+    std::thread::sleep(Duration::from_millis(1100)); // KEYS[2]'s second is over
+
+    let s = start(&cfg, port, admin, 2).await;
+    let after = s.ok(reqwest::Method::GET, "/admin/keys", Value::Null).await;
+    let mut expected =
+        vec![want(KEYS[0], "invalid"), want(KEYS[1], "cooling"), want(KEYS[2], "active"), want(KEYS[3], "active")];
+    expected.sort();
+    assert_eq!(states(&after), expected, "{after}");
+    let k1 = after["keys"].as_array().unwrap().iter().find(|k| k["id"] == id(KEYS[1]).as_str()).unwrap();
+    assert_eq!((k1["reason"].as_str(), k1["until"].is_string()), (Some("rate-limited"), true));
+    mock.clear();
+    mock.set(KEYS[2], Behavior::Normal);
+    for _ in 0..4 {
+        assert_eq!(chat().send().await.unwrap().status(), 200);
+    }
+    let used: std::collections::HashSet<Option<String>> = mock.requests().into_iter().map(|r| r.key).collect();
+    assert!(
+        !used.contains(&Some(KEYS[0].to_string())) && !used.contains(&Some(KEYS[1].to_string())),
+        "known-bad keys got traffic after the restart"
+    );
     let log2 = s.kill9();
     assert_no_secrets(&[log1, log2], &[]);
 }

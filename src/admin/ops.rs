@@ -105,7 +105,7 @@ impl Control {
     /// Puts a stored key into the running pool, if one is attached.
     fn attach(&self, k: &StoredKey) {
         let Some(pool) = &self.pool else { return };
-        if let Some(key) = to_pool_key(k) {
+        if let Some(key) = to_pool_key(k, self.clock.now_ms()) {
             let _ = pool.add(key);
         }
     }
@@ -260,8 +260,8 @@ impl Control {
     }
 }
 
-/// A stored key as the pool holds it (state, counters and metadata restored).
-pub fn to_pool_key(k: &StoredKey) -> Option<Key> {
+/// A stored key as the pool holds it at `now` (state, counters, park and metadata restored).
+pub fn to_pool_key(k: &StoredKey, now: u64) -> Option<Key> {
     let key = match Key::new(k.secret.clone(), k.label.clone(), k.expires_at_ms) {
         Ok(key) => key.with_created_at(k.created_at_ms),
         Err(reason) => {
@@ -270,6 +270,9 @@ pub fn to_pool_key(k: &StoredKey) -> Option<Key> {
         }
     };
     key.restore_counters(&k.counters);
+    if let Some(park) = &k.counters.park {
+        key.restore_park(park, now);
+    }
     key.set_meta(KeyMeta { models: k.models.clone(), category: k.category.clone() });
     if let Some(until) = k.disabled_until_ms {
         key.restore_disabled(until);

@@ -413,6 +413,12 @@ impl Key {
             last_used_ms: s.last_used_ms.load(Relaxed),
             last_success_ms: s.last_success_ms.load(Relaxed),
             last_failure_ms: s.last_failure_ms.load(Relaxed),
+            park: match (self.status(), self.until_ms()) {
+                (Status::Cooling | Status::Invalid, Some(until_ms)) => {
+                    Some(crate::store::SavedPark { status: self.status() as u8, reason: self.reason() as u8, until_ms })
+                }
+                _ => None,
+            },
         }
     }
 
@@ -426,6 +432,19 @@ impl Key {
         s.last_used_ms.store(c.last_used_ms, Relaxed);
         s.last_success_ms.store(c.last_success_ms, Relaxed);
         s.last_failure_ms.store(c.last_failure_ms, Relaxed);
+    }
+
+    /// Restores a park saved by an earlier run, unless its time is already up (then the key
+    /// simply starts active). Not logged as a new transition.
+    pub fn restore_park(&self, park: &crate::store::SavedPark, now: u64) {
+        let status = Status::from_u8(park.status);
+        if park.until_ms <= now || !matches!(status, Status::Cooling | Status::Invalid) {
+            return;
+        }
+        self.until_ms.store(park.until_ms, Release);
+        self.reason.store(Reason::from_u8(park.reason) as u8, Relaxed);
+        self.parked_at_ms.store(now, Relaxed);
+        self.status.store(status as u8, Release);
     }
 
     /// Restores a manual disable saved by an earlier run (`0` = until enabled), without logging

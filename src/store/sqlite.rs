@@ -2,7 +2,7 @@
 //! power loss), a busy timeout so the CLI works while the server runs, and schema migrations
 //! numbered in code (`PRAGMA user_version`).
 
-use super::{Cipher, Counters, Result, Store, StoreError, StoredKey, StoredToken};
+use super::{Cipher, Counters, Result, SavedPark, Store, StoreError, StoredKey, StoredToken};
 use crate::secret::Secret;
 use rusqlite::{params, Connection};
 use std::path::Path;
@@ -40,6 +40,10 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 1 -> 2: keys an operator removed, so a key file read at start does not bring them back.
     "CREATE TABLE removed_keys (id TEXT PRIMARY KEY, removed_at INTEGER NOT NULL);",
+    // 2 -> 3: parks (cooling / invalid until a time), saved with the counter snapshots.
+    "ALTER TABLE keys ADD COLUMN park_status INTEGER;
+     ALTER TABLE keys ADD COLUMN park_reason INTEGER;
+     ALTER TABLE keys ADD COLUMN park_until INTEGER;",
 ];
 
 pub struct SqliteStore {
@@ -115,7 +119,8 @@ impl Store for SqliteStore {
         let conn = self.lock();
         let mut stmt = conn.prepare(
             "SELECT id, secret, encrypted, label, created_at, expires_at, disabled_until, models, category,
-                    requests, successes, failures, consecutive_failures, last_used, last_success, last_failure
+                    requests, successes, failures, consecutive_failures, last_used, last_success, last_failure,
+                    park_status, park_reason, park_until
              FROM keys ORDER BY created_at, rowid",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -137,6 +142,18 @@ impl Store for SqliteStore {
                     last_used_ms: r.get::<_, i64>(13)? as u64,
                     last_success_ms: r.get::<_, i64>(14)? as u64,
                     last_failure_ms: r.get::<_, i64>(15)? as u64,
+                    park: match (
+                        r.get::<_, Option<i64>>(16)?,
+                        r.get::<_, Option<i64>>(17)?,
+                        r.get::<_, Option<i64>>(18)?,
+                    ) {
+                        (Some(status), Some(reason), Some(until)) => Some(SavedPark {
+                            status: status as u8,
+                            reason: reason as u8,
+                            until_ms: until.max(0) as u64,
+                        }),
+                        _ => None,
+                    },
                 },
             ))
         })?;
@@ -231,7 +248,8 @@ impl Store for SqliteStore {
         {
             let mut stmt = tx.prepare(
                 "UPDATE keys SET requests = ?2, successes = ?3, failures = ?4, consecutive_failures = ?5,
-                        last_used = ?6, last_success = ?7, last_failure = ?8 WHERE id = ?1",
+                        last_used = ?6, last_success = ?7, last_failure = ?8,
+                        park_status = ?9, park_reason = ?10, park_until = ?11 WHERE id = ?1",
             )?;
             for (id, c) in counters {
                 stmt.execute(params![
@@ -243,6 +261,9 @@ impl Store for SqliteStore {
                     c.last_used_ms as i64,
                     c.last_success_ms as i64,
                     c.last_failure_ms as i64,
+                    c.park.map(|p| p.status as i64),
+                    c.park.map(|p| p.reason as i64),
+                    c.park.map(|p| p.until_ms as i64),
                 ])?;
             }
         }
@@ -318,13 +339,15 @@ mod tests {
         assert_eq!(s.insert_keys(&[key("store-key-0001")], false).unwrap().len(), 0);
         assert!(s.set_disabled(&key("store-key-0001").id, Some(0)).unwrap());
         assert!(s.set_models(&key("store-key-0002").id, &["qwen3:8b".into()], "qwen").unwrap());
-        let c = Counters { requests: 5, successes: 4, failures: 1, ..Default::default() };
+        let park = SavedPark { status: 3, reason: 1, until_ms: 1_900_000_000_000 };
+        let c = Counters { requests: 5, successes: 4, failures: 1, park: Some(park), ..Default::default() };
         s.save_counters(&[(key("store-key-0002").id, c)]).unwrap();
         let keys = s.keys().unwrap();
         assert_eq!(keys.len(), 2);
         let k1 = keys.iter().find(|k| k.secret.expose() == "store-key-0001").unwrap();
         let k2 = keys.iter().find(|k| k.secret.expose() == "store-key-0002").unwrap();
         assert_eq!(k1.disabled_until_ms, Some(0));
+        assert_eq!((k1.counters.park, k2.counters), (None, c), "counters and the park round-trip");
         assert_eq!((k2.models.clone(), k2.category.as_deref()), (vec!["qwen3:8b".to_string()], Some("qwen")));
         assert_eq!(k2.counters, c);
         assert!(s.delete_key(&k1.id).unwrap());
