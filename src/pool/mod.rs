@@ -200,7 +200,9 @@ impl Pool {
     }
 
     /// Picks the next usable key round-robin, skipping `exclude` (keys this request already
-    /// used). Lock-free and allocation-free: one atomic add plus two atomic loads per key looked at.
+    /// used). Lock-free and allocation-free: one atomic add plus two atomic loads per key looked at,
+    /// and a second add when keys were skipped — the cursor moves past them too, so the key after
+    /// a run of parked keys does not also take their turns (every usable key gets an equal share).
     pub fn pick(&self, exclude: &[Arc<Key>]) -> Result<Arc<Key>, NoKey> {
         let keys = self.snapshot.load();
         let n = keys.len();
@@ -213,8 +215,11 @@ impl Pool {
         }
         let start = self.cursor.fetch_add(1, Relaxed) % n;
         let (tail, head) = keys.split_at(start);
-        for key in head.iter().chain(tail) {
+        for (skipped, key) in head.iter().chain(tail).enumerate() {
             if key.usable_at(now) && !exclude.iter().any(|e| Arc::ptr_eq(e, key)) {
+                if skipped > 0 {
+                    self.cursor.fetch_add(skipped, Relaxed);
+                }
                 key.revive(now);
                 return Ok(key.clone());
             }
@@ -401,6 +406,64 @@ mod tests {
         seen.sort();
         seen.dedup();
         assert_eq!(seen.len(), 4);
+    }
+
+    /// (busiest, least busy) usable key over `picks` picks with the keys at `parked` disabled.
+    fn shares(n: usize, parked: &[usize], picks: usize) -> (usize, usize) {
+        let (p, _) = pool(n);
+        let keys = p.keys();
+        for &i in parked {
+            assert!(p.disable(&keys[i].id, None));
+        }
+        let mut count = std::collections::HashMap::new();
+        for _ in 0..picks {
+            *count.entry(p.pick(&[]).unwrap().id.clone()).or_insert(0usize) += 1;
+        }
+        assert_eq!(count.len(), n - parked.len(), "every usable key serves");
+        (*count.values().max().unwrap(), *count.values().min().unwrap())
+    }
+
+    #[test]
+    fn rotation_is_fair_around_runs_of_parked_keys() {
+        // 30 % of 20 keys parked in runs: within 1.2x over 1,000 picks.
+        let (most, least) = shares(20, &[2, 3, 4, 11, 12, 13], 1000);
+        assert!(most as f64 <= least as f64 * 1.2, "busiest {most}, least busy {least}");
+        // Two good keys after a run of parked ones: 10 / 10, not 16 / 4.
+        assert_eq!(shares(10, &[1, 2, 3, 4, 5, 6, 7, 8], 20), (10, 10));
+        // Nothing parked: exact round-robin.
+        assert_eq!(shares(7, &[], 700), (100, 100));
+    }
+
+    #[test]
+    fn rotation_stays_fair_with_concurrent_pickers() {
+        let (p, _) = pool(20);
+        let keys = p.keys();
+        for i in [0, 1, 2, 9, 10, 11] {
+            assert!(p.disable(&keys[i].id, None));
+        }
+        let p = Arc::new(p);
+        let counts: Vec<std::collections::HashMap<String, usize>> = (0..4)
+            .map(|_| {
+                let p = p.clone();
+                std::thread::spawn(move || {
+                    let mut c = std::collections::HashMap::new();
+                    for _ in 0..2500 {
+                        *c.entry(p.pick(&[]).unwrap().id.clone()).or_insert(0) += 1;
+                    }
+                    c
+                })
+            })
+            .map(|t| t.join().unwrap())
+            .collect();
+        let mut total: std::collections::HashMap<String, usize> = Default::default();
+        for c in counts {
+            for (k, n) in c {
+                *total.entry(k).or_default() += n;
+            }
+        }
+        let (most, least) = (*total.values().max().unwrap(), *total.values().min().unwrap());
+        assert_eq!(total.len(), 14);
+        assert!(most as f64 <= least as f64 * 1.2, "busiest {most}, least busy {least}");
     }
 
     #[test]
