@@ -182,8 +182,9 @@ pub struct PoolConfig {
     /// First park time of a rate-limited key without `Retry-After`; doubles up to `cooldown`.
     pub rate_limit_backoff: Dur,
     pub max_request_body: ByteSize,
-    /// Storm guard: failures of at least this share of the pool (and `storm_min_keys` keys)
-    /// within `storm_window`, with almost no success, are an upstream condition, not the keys'.
+    /// Storm guard: failures of at least this share of the pool (and `storm_min_keys` keys) in
+    /// one run of failures less than `storm_window` apart, making >= 80 % of the run's attempts,
+    /// are an upstream condition, not the keys'.
     pub storm_window: Dur,
     pub storm_fraction: f64,
     pub storm_min_keys: u32,

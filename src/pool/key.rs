@@ -153,8 +153,8 @@ pub struct Key {
     pub(crate) probe_failures: AtomicU32,
     /// When the key last left rotation (ms), to find the keys a storm parked.
     pub(crate) parked_at_ms: AtomicU64,
-    /// The storm-guard window in which this key last failed (counts each key once per window).
-    pub(crate) storm_window: AtomicU64,
+    /// The storm-guard run (its start, ms) in which this key last failed: counts each key once.
+    pub(crate) storm_run: AtomicU64,
     /// Serialises state transitions (rare) so check-then-set sequences are not torn.
     transition: Mutex<()>,
     /// This key's attempt counters, resolved on its first attempt.
@@ -228,7 +228,7 @@ impl Key {
             next_probe_ms: AtomicU64::new(0),
             probe_failures: AtomicU32::new(0),
             parked_at_ms: AtomicU64::new(0),
-            storm_window: AtomicU64::new(u64::MAX),
+            storm_run: AtomicU64::new(u64::MAX),
             transition: Mutex::new(()),
             metrics: std::sync::OnceLock::new(),
         })

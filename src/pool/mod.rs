@@ -64,12 +64,19 @@ impl Default for StormPolicy {
     }
 }
 
-/// Storm-guard counters for the current window. Approximate on purpose: a few racing updates
-/// at a window edge do not change the verdict, and the request path stays lock-free.
+/// Storm-guard counters for the current *run* of failures: one that goes on while failures
+/// come less than `storm.window` apart, however long that is — so an outage that begins in
+/// the middle of traffic, and parks keys one by one, is seen as one event. Approximate on
+/// purpose: a few racing updates do not change the verdict, and the request path stays
+/// lock-free (a success writes here only while a run is on).
 #[derive(Default)]
 struct Storm {
-    window_id: AtomicU64,
+    /// When the run began (ms; 0 = no run). Also the run's id in each key's `storm_run`.
+    run_start_ms: AtomicU64,
+    last_failure_ms: AtomicU64,
+    /// Distinct keys that failed in the run, and the run's failed / successful attempts.
     failing_keys: AtomicU32,
+    failures: AtomicU32,
     successes: AtomicU32,
     /// When the storm began (ms); 0 = no storm.
     since_ms: AtomicU64,
@@ -247,8 +254,7 @@ impl Pool {
                 s.last_success_ms.store(now, Relaxed);
                 key.consecutive_failures.store(0, Relaxed);
                 key.backoff_level.store(0, Relaxed);
-                self.storm_window(now);
-                self.storm.successes.fetch_add(1, Relaxed);
+                self.storm_success(now);
             }
             Outcome::CallerFault => {}
             Outcome::Credential => {
@@ -287,39 +293,58 @@ impl Pool {
         key.transition(Status::Cooling, reason, until, now);
     }
 
-    /// The storm-guard window id for `now`, resetting the counters when a new window begins.
-    fn storm_window(&self, now: u64) -> u64 {
-        let id = now / ms(self.policy.storm.window).max(1);
-        let old = self.storm.window_id.load(Relaxed);
-        if old != id && self.storm.window_id.compare_exchange(old, id, Relaxed, Relaxed).is_ok() {
-            self.storm.failing_keys.store(0, Relaxed);
-            self.storm.successes.store(0, Relaxed);
+    /// A success while a run of failures is on counts against it; once failures have been quiet
+    /// for a window the run is over (and successes stop touching the shared counters).
+    fn storm_success(&self, now: u64) {
+        let start = self.storm.run_start_ms.load(Relaxed);
+        if start == 0 {
+            return;
         }
-        id
+        if now.saturating_sub(self.storm.last_failure_ms.load(Relaxed)) > ms(self.policy.storm.window) {
+            let _ = self.storm.run_start_ms.compare_exchange(start, 0, Relaxed, Relaxed);
+            return;
+        }
+        self.storm.successes.fetch_add(1, Relaxed);
     }
 
     /// Counts a rate-limit/transient failure for the storm guard. Returns true when the pool is
-    /// in a storm, in which case the key must not be parked for it.
+    /// in a storm, in which case the key must not be parked for it. A storm begins when, within
+    /// one run, at least `fraction` of the keys (and `min_keys`) have failed and failures are at
+    /// least 80 % of the run's attempts: judged on the share of recent attempts, so successes
+    /// from before the outage began do not hide it.
     fn storm_failure(&self, key: &Key, now: u64) -> bool {
         if self.storm.since_ms.load(Relaxed) != 0 {
             return true;
         }
-        let id = self.storm_window(now);
-        if key.storm_window.swap(id, Relaxed) == id {
-            return false; // this key already counted in this window
-        }
-        let failing = self.storm.failing_keys.fetch_add(1, Relaxed) + 1;
         let p = &self.policy.storm;
+        let last = self.storm.last_failure_ms.swap(now, Relaxed);
+        let mut run = self.storm.run_start_ms.load(Relaxed);
+        if run == 0 || now.saturating_sub(last) > ms(p.window) {
+            let fresh = now.max(1);
+            if self.storm.run_start_ms.compare_exchange(run, fresh, Relaxed, Relaxed).is_ok() {
+                self.storm.failing_keys.store(0, Relaxed);
+                self.storm.failures.store(0, Relaxed);
+                self.storm.successes.store(0, Relaxed);
+            }
+            run = self.storm.run_start_ms.load(Relaxed);
+        }
+        let failures = self.storm.failures.fetch_add(1, Relaxed) + 1;
+        let failing = if key.storm_run.swap(run, Relaxed) == run {
+            self.storm.failing_keys.load(Relaxed) // this key already counted in this run
+        } else {
+            self.storm.failing_keys.fetch_add(1, Relaxed) + 1
+        };
         let needed = p.min_keys.max((p.fraction * self.len() as f64).ceil() as u32);
         let successes = self.storm.successes.load(Relaxed);
         if failing >= needed
-            && successes * 10 < failing
+            && successes.saturating_mul(4) <= failures
             && self.storm.since_ms.compare_exchange(0, now.max(1), Relaxed, Relaxed).is_ok()
         {
             log::warn!(
-                "pool: {failing} keys failed within {:?} with almost no success: treating it as an upstream \
-                 outage or throttle; keys are no longer parked for it and clients get 503 until a probe succeeds",
-                p.window
+                "pool: {failing} keys failed ({failures} failed attempts, {successes} successful) in {} s: treating it \
+                 as an upstream outage or throttle; keys are no longer parked for it and clients get 503 until a \
+                 probe succeeds",
+                now.saturating_sub(run) / 1000
             );
             crate::metrics::storm(true);
             return true;
@@ -340,7 +365,9 @@ impl Pool {
             return 0;
         }
         let now = self.now_ms();
-        let from = since.saturating_sub(ms(self.policy.storm.window));
+        // Every key the run parked comes back, from the run's first failure on.
+        let run = self.storm.run_start_ms.swap(0, Relaxed);
+        let from = if run != 0 { run.min(since) } else { since.saturating_sub(ms(self.policy.storm.window)) };
         let mut back = 0;
         for key in self.keys().iter() {
             let parked_by_storm = matches!(key.reason(), Reason::RateLimited | Reason::AutoDisabled)
@@ -351,6 +378,7 @@ impl Pool {
             }
         }
         self.storm.failing_keys.store(0, Relaxed);
+        self.storm.failures.store(0, Relaxed);
         self.storm.successes.store(0, Relaxed);
         crate::metrics::storm(false);
         log::warn!("pool: upstream storm over after {} s; {back} keys returned", now.saturating_sub(since) / 1000);
@@ -464,6 +492,63 @@ mod tests {
         let (most, least) = (*total.values().max().unwrap(), *total.values().min().unwrap());
         assert_eq!(total.len(), 14);
         assert!(most as f64 <= least as f64 * 1.2, "busiest {most}, least busy {least}");
+    }
+
+    fn limited() -> Outcome {
+        Outcome::RateLimited { retry_after: Some(Duration::from_secs(55)), window: None }
+    }
+
+    #[test]
+    fn an_outage_that_begins_during_traffic_is_a_storm_and_ends_whole() {
+        let (p, clock) = pool(10);
+        let keys = p.keys();
+        for i in 0..200 {
+            p.report(&keys[i % 10], Outcome::Success); // busy and healthy
+        }
+        clock.advance(Duration::from_millis(500));
+        // The upstream goes down: every attempt fails, key after key.
+        for k in keys.iter().take(6) {
+            p.report(k, limited());
+            clock.advance(Duration::from_millis(50));
+        }
+        assert!(p.storm_since().is_some(), "half the keys failed with nothing else in between");
+        let parked = keys.iter().filter(|k| k.status() == Status::Cooling).count();
+        assert_eq!(parked, 4, "keys stop being parked once the storm is seen");
+        let no = p.pick(&[]).unwrap_err();
+        assert_eq!(no.retry_after, Some(p.policy().storm.retry_after), "clients come back at the next probe");
+        assert_eq!(p.end_storm(), 4, "the first good probe returns every key the run parked");
+        assert_eq!(p.usable_count(), 10);
+    }
+
+    #[test]
+    fn a_few_bad_keys_among_good_ones_are_no_storm() {
+        let (p, clock) = pool(10);
+        let keys = p.keys();
+        for round in 0..5 {
+            for (i, k) in keys.iter().enumerate() {
+                // Keys 0-4 are each out of allowance once; the rest keep serving.
+                p.report(k, if i < 5 && round == i { limited() } else { Outcome::Success });
+                clock.advance(Duration::from_millis(20));
+            }
+        }
+        assert!(p.storm_since().is_none());
+        assert_eq!(keys.iter().filter(|k| k.status() == Status::Cooling).count(), 5, "each parked on its own");
+    }
+
+    #[test]
+    fn a_slow_outage_is_one_run_while_failures_come_within_the_window() {
+        let (p, clock) = pool(6);
+        let keys = p.keys();
+        for k in keys.iter().take(2) {
+            p.report(k, Outcome::Success);
+        }
+        for k in keys.iter().take(3) {
+            clock.advance(Duration::from_secs(6)); // one failure every 6 s: a 10 s window never holds 3
+            p.report(k, Outcome::Transient);
+            p.report(k, Outcome::Transient);
+            p.report(k, Outcome::Transient);
+        }
+        assert!(p.storm_since().is_some());
     }
 
     #[test]
