@@ -65,8 +65,9 @@ impl Default for StormPolicy {
 }
 
 /// Storm-guard counters for the current *run* of failures: one that goes on while failures
-/// come less than `storm.window` apart, however long that is — so an outage that begins in
-/// the middle of traffic, and parks keys one by one, is seen as one event. Approximate on
+/// come less than `storm.window` apart and outnumber the successes, however long that is — so
+/// an outage that begins in the middle of traffic, and parks keys one by one, is seen as one
+/// event, while a few bad keys among good ones never add up to one. Approximate on
 /// purpose: a few racing updates do not change the verdict, and the request path stays
 /// lock-free (a success writes here only while a run is on).
 #[derive(Default)]
@@ -293,18 +294,19 @@ impl Pool {
         key.transition(Status::Cooling, reason, until, now);
     }
 
-    /// A success while a run of failures is on counts against it; once failures have been quiet
-    /// for a window the run is over (and successes stop touching the shared counters).
+    /// A success while a run of failures is on counts against it. The run is over once
+    /// successes outnumber its failures (a few bad keys among good ones) or failures have been
+    /// quiet for a window; then successes stop touching the shared counters.
     fn storm_success(&self, now: u64) {
         let start = self.storm.run_start_ms.load(Relaxed);
         if start == 0 {
             return;
         }
-        if now.saturating_sub(self.storm.last_failure_ms.load(Relaxed)) > ms(self.policy.storm.window) {
+        let quiet = now.saturating_sub(self.storm.last_failure_ms.load(Relaxed)) > ms(self.policy.storm.window);
+        let successes = self.storm.successes.fetch_add(1, Relaxed) + 1;
+        if quiet || successes > self.storm.failures.load(Relaxed) {
             let _ = self.storm.run_start_ms.compare_exchange(start, 0, Relaxed, Relaxed);
-            return;
         }
-        self.storm.successes.fetch_add(1, Relaxed);
     }
 
     /// Counts a rate-limit/transient failure for the storm guard. Returns true when the pool is
@@ -518,6 +520,25 @@ mod tests {
         assert_eq!(no.retry_after, Some(p.policy().storm.retry_after), "clients come back at the next probe");
         assert_eq!(p.end_storm(), 4, "the first good probe returns every key the run parked");
         assert_eq!(p.usable_count(), 10);
+    }
+
+    #[test]
+    fn a_long_trickle_of_failures_does_not_hide_a_later_outage() {
+        let (p, clock) = pool(10);
+        let keys = p.keys();
+        for i in 0..300 {
+            // One key fails now and then (never reaching its threshold), the rest serve.
+            p.report(&keys[9], if i % 6 == 0 { Outcome::Transient } else { Outcome::Success });
+            if i % 6 == 5 {
+                p.report(&keys[9], Outcome::Success);
+            }
+            clock.advance(Duration::from_millis(100));
+        }
+        assert!(p.storm_since().is_none());
+        for k in keys.iter().take(6) {
+            p.report(k, limited());
+        }
+        assert!(p.storm_since().is_some(), "the successes around the trickle do not count against the outage");
     }
 
     #[test]

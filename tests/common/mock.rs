@@ -27,6 +27,8 @@ pub enum Behavior {
     Hang,
     /// Stream `events` SSE events `gap` apart, then `[DONE]` (a long generation).
     Slow { events: usize, gap: std::time::Duration },
+    /// Answer normally, after this long (a slow upstream).
+    Delayed(std::time::Duration),
 }
 
 impl Behavior {
@@ -217,6 +219,10 @@ async fn serve(mut stream: TcpStream, state: Arc<State>) -> std::io::Result<()> 
             }
             Behavior::Hang => {
                 std::future::pending::<()>().await;
+            }
+            Behavior::Delayed(d) => {
+                tokio::time::sleep(d).await;
+                normal(&mut stream, &req).await?;
             }
             Behavior::Slow { events, gap } => {
                 stream.write_all(stream_head("text/event-stream").as_bytes()).await?;
