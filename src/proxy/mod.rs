@@ -64,8 +64,6 @@ impl ProxyState {
             && self.pool.usable_count() > 0
     }
 
-    /// While the process drains, a response closes its connection so the client's next request
-    /// opens a new one (to the process that took over, or to another instance).
     /// Whether the request header is within `max_header_bytes` and `max_headers` (counted as
     /// on the wire: request line, and `name: value\r\n` per field).
     fn header_within_limits(&self, req: &RequestHeader) -> bool {
@@ -77,6 +75,8 @@ impl ProxyState {
         line + fields <= self.max_header_bytes
     }
 
+    /// While the process drains, a response closes its connection so the client's next request
+    /// opens a new one (to the process that took over, or to another instance).
     pub(crate) fn close_if_draining(&self, session: &mut Session) {
         if self.drain.draining() {
             session.set_keepalive(None);
@@ -224,7 +224,11 @@ impl ProxyHttp for PoolProxy {
             // Nothing of an oversized header is forwarded, whatever route it asks for.
             return self.respond(session, ctx, ProxyError::new(ErrorKind::HeadersTooLarge)).await;
         }
-        session.set_keepalive(Some(self.state.keepalive_secs));
+        if !self.state.drain.draining() {
+            // (pingora has already turned keep-alive off for a request that began after its
+            // shutdown broadcast; that must stay so)
+            session.set_keepalive(Some(self.state.keepalive_secs));
+        }
         if let Some(c) = &self.state.cors {
             ctx.cors_allow = c.allow(session.req_header());
             if cors::Cors::is_preflight(session.req_header()) {
