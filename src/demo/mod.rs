@@ -316,7 +316,7 @@ impl Script<'_> {
 
     fn wait_ready(&self) -> bool {
         for _ in 0..200 {
-            if request(self.setup.proxy, "GET", "/readyz", &[], "").is_ok_and(|(s, _)| s == 200) {
+            if request(self.setup.proxy, "GET", "/readyz", &[], "").is_ok_and(|s| s == 200) {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -332,7 +332,7 @@ impl Script<'_> {
         };
         let headers =
             [(auth.0, auth.1.as_str()), (sim::REQUEST_HEADER, &n.to_string()), ("content-type", "application/json")];
-        request(self.setup.proxy, step.method, step.path, &headers, step.body).ok().map(|(s, _)| s)
+        request(self.setup.proxy, step.method, step.path, &headers, step.body).ok()
     }
 
     fn narrate(&self, n: u32, step: &Step, status: Option<u16>) {
@@ -430,14 +430,8 @@ fn banner(s: &Setup) {
     );
 }
 
-/// One HTTP/1.1 request on a fresh connection; returns the status and the raw body.
-fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> std::io::Result<(u16, Vec<u8>)> {
+/// One HTTP/1.1 request on a fresh connection (read to its end); returns the status.
+fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> std::io::Result<u16> {
     let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut head =
@@ -454,5 +448,5 @@ fn request(
         .ok()
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other("not an HTTP answer"))?;
-    Ok((status, raw))
+    Ok(status)
 }
