@@ -84,10 +84,7 @@ async fn deliver(
         header.remove_header(*h);
     }
     ctx.observed.response_started(&header);
-    proxy.state.close_if_draining(session);
-    if proxy.state.cors.is_some() {
-        crate::proxy::cors::decorate(&mut header, ctx.cors_allow.as_ref());
-    }
+    proxy.state.finish_header(session, &mut header, ctx);
     session.write_response_header(Box::new(header), false).await?;
     if let Some(p) = peek.filter(|p| !p.is_empty()) {
         ctx.observed.body_chunk(&p);

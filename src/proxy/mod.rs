@@ -82,6 +82,15 @@ impl ProxyState {
             session.set_keepalive(None);
         }
     }
+
+    /// What the header of every forwarded or proxy-made answer gets: `Connection: close` while
+    /// draining, and the CORS headers when CORS is on.
+    pub(crate) fn finish_header(&self, session: &mut Session, header: &mut ResponseHeader, ctx: &Ctx) {
+        self.close_if_draining(session);
+        if self.cors.is_some() {
+            cors::decorate(header, ctx.cors_allow.as_ref());
+        }
+    }
 }
 
 pub struct PoolProxy {
@@ -119,9 +128,7 @@ impl PoolProxy {
     pub(crate) async fn respond(&self, session: &mut Session, ctx: &mut Ctx, err: ProxyError) -> pingora::Result<bool> {
         let body = err.body(ctx.family);
         let mut header = err.header(body.len());
-        if self.state.cors.is_some() {
-            cors::decorate(&mut header, ctx.cors_allow.as_ref());
-        }
+        self.state.finish_header(session, &mut header, ctx);
         session.set_keepalive(None);
         session.write_response_header(Box::new(header), false).await?;
         session.write_response_body(Some(body), true).await?;
@@ -217,11 +224,12 @@ impl ProxyHttp for PoolProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
-        if let Some(f) = Family::of(session.req_header().uri.path()) {
-            ctx.family = f; // the envelope of a 431, before the route is resolved
-        }
         if !self.state.header_within_limits(session.req_header()) {
-            // Nothing of an oversized header is forwarded, whatever route it asks for.
+            // Nothing of an oversized header is forwarded, whatever route it asks for; the
+            // answer uses the envelope of the family its path names.
+            if let Some(f) = Family::of(session.req_header().uri.path()) {
+                ctx.family = f;
+            }
             return self.respond(session, ctx, ProxyError::new(ErrorKind::HeadersTooLarge)).await;
         }
         if !self.state.drain.draining() {
@@ -338,10 +346,7 @@ impl ProxyHttp for PoolProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
-        self.state.close_if_draining(session);
-        if self.state.cors.is_some() {
-            cors::decorate(upstream_response, ctx.cors_allow.as_ref());
-        }
+        self.state.finish_header(session, upstream_response, ctx);
         Ok(())
     }
 
