@@ -56,9 +56,12 @@ pub enum KeyProblem {
 
 /// Parses a key file or JSON key list; keys longer than `max_key_bytes` are invalid lines.
 pub fn parse(text: &str, max_key_bytes: usize) -> Parsed {
-    let trimmed = text.trim_start_matches('\u{feff}').trim();
+    let body = text.trim_start_matches('\u{feff}');
+    let trimmed = body.trim();
     if trimmed.starts_with('[') || trimmed.starts_with('{') {
-        return parse_json(trimmed, max_key_bytes);
+        // Lines the trim dropped, so a JSON error names the line of the file, not of the slice.
+        let skipped = body[..body.len() - body.trim_start().len()].matches('\n').count();
+        return parse_json(trimmed, skipped, max_key_bytes);
     }
     let mut out = Collector::new(max_key_bytes);
     for (i, raw) in text.lines().enumerate() {
@@ -92,13 +95,14 @@ enum JsonDoc {
     Wrapped { keys: Vec<serde_json::Value> },
 }
 
-fn parse_json(text: &str, max_key_bytes: usize) -> Parsed {
+fn parse_json(text: &str, skipped_lines: usize, max_key_bytes: usize) -> Parsed {
     let mut out = Collector::new(max_key_bytes);
     let entries = match serde_json::from_str::<JsonDoc>(text) {
         Ok(JsonDoc::List(v)) | Ok(JsonDoc::Wrapped { keys: v }) => v,
         Err(e) => {
             out.0.invalid.push(InvalidLine {
-                line: e.line(),
+                // serde reports line 0 when the syntax is fine but the shape is not.
+                line: skipped_lines + e.line().max(1),
                 reason: "not valid JSON: want [\"key\", …], [{\"key\": …, \"label\": …}] or {\"keys\": [...]}".into(),
             });
             return out.0;
@@ -220,6 +224,12 @@ short
         );
         assert_eq!(parse(r#"{"keys": ["jsonkey00003"]}"#, DEFAULT_MAX_KEY_BYTES).keys.len(), 1);
         assert_eq!(parse("[oops", DEFAULT_MAX_KEY_BYTES).invalid.len(), 1);
+        // Well-formed JSON of the wrong shape, after blank lines: the line of the file, never 0.
+        let lines: Vec<usize> = ["{}", "\n\n  {}", "\u{feff}\n[1"]
+            .iter()
+            .map(|t| parse(t, DEFAULT_MAX_KEY_BYTES).invalid[0].line)
+            .collect();
+        assert_eq!(lines, vec![1, 3, 2]);
     }
 
     #[test]
