@@ -9,6 +9,7 @@ use crate::import;
 use crate::lifecycle::{self, Drain, Signals};
 use crate::pool::{Clock, Policy, Pool, StormPolicy};
 use crate::proxy::auth::Clients;
+use crate::proxy::header_deadline::HeaderDeadline;
 use crate::proxy::routes::AllowList;
 use crate::proxy::{PoolProxy, ProxyState};
 use crate::store::{CounterFlusher, SqliteStore, Store, StoredKey};
@@ -137,10 +138,10 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
         keepalive_secs: cfg.server.keepalive_timeout.0.as_secs().max(1),
     });
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        PoolProxy { state: state.clone() },
-        "ollama-pool proxy",
+    let proxy_app = pingora::proxy::http_proxy(&server.configuration, PoolProxy { state: state.clone() });
+    let mut proxy = Service::new(
+        "ollama-pool proxy".to_string(),
+        HeaderDeadline::new(proxy_app, cfg.server.client_header_timeout.0),
     );
     for l in &cfg.listen {
         match l.tls() {

@@ -367,6 +367,9 @@ pub struct ServerConfig {
     /// Once the listeners have closed (SIGTERM, or SIGQUIT after the hand-over): the longest
     /// in-flight requests and streams get to finish. The process exits as soon as they have.
     pub shutdown_timeout: Dur,
+    /// Longest a client may take to send a whole request header, counted from the connection's
+    /// accept or the next request's first byte (a slower one gets 408 and the connection closes).
+    pub client_header_timeout: Dur,
     /// Longest wait for the next piece of a client's request body (slow clients get 408).
     pub client_body_timeout: Dur,
     /// Largest request header (request line + fields) forwarded; larger gets 431.
@@ -386,6 +389,7 @@ impl Default for ServerConfig {
         ServerConfig {
             grace_period: Dur::secs(5),
             shutdown_timeout: Dur::secs(30),
+            client_header_timeout: Dur::secs(10),
             client_body_timeout: Dur::secs(60),
             max_header_bytes: ByteSize(64 * 1024),
             max_headers: 100,
@@ -446,6 +450,9 @@ impl Config {
         }
         if !(8..=256).contains(&self.server.max_headers) {
             err(&mut e, "server.max_headers", "must be between 8 and 256 (pingora's own limit)");
+        }
+        if self.server.client_header_timeout.0.is_zero() {
+            err(&mut e, "server.client_header_timeout", "must be greater than 0s");
         }
         if self.server.keepalive_timeout.0.is_zero() {
             err(&mut e, "server.keepalive_timeout", "must be greater than 0s");

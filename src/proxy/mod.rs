@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod cors;
 pub mod envelope;
+pub mod header_deadline;
 pub mod headers;
 pub mod observe;
 pub mod routes;
