@@ -121,6 +121,30 @@ pub struct Ctx {
     _in_flight: InFlight,
 }
 
+/// After an early 413: how long and how much of the rest of the body is read and thrown away.
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+const LINGER_BYTES: usize = 8 * 1024 * 1024;
+
+/// Reads and discards what is left of a request body we have already answered (bounded by
+/// [`LINGER_TIME`] and [`LINGER_BYTES`]). Closing a socket with unread data sends a reset, and a
+/// client still writing its body then sees "broken pipe" instead of our 413.
+async fn linger(session: &mut Session) {
+    let waiting_for_continue = session.req_header().headers.contains_key(http::header::EXPECT);
+    if waiting_for_continue || session.is_body_done() {
+        return; // nothing more is coming
+    }
+    let drain = async {
+        let mut read = 0;
+        while let Ok(Some(chunk)) = session.read_request_body().await {
+            read += chunk.len();
+            if read > LINGER_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+}
+
 /// Bodies up to this size are replayed by pingora's own retry buffer.
 pub const PINGORA_REPLAY_LIMIT: usize = 64 * 1024;
 
@@ -133,6 +157,9 @@ impl PoolProxy {
         session.set_keepalive(None);
         session.write_response_header(Box::new(header), false).await?;
         session.write_response_body(Some(body), true).await?;
+        if err.kind == ErrorKind::BodyTooLarge {
+            linger(session).await;
+        }
         Ok(true)
     }
 
