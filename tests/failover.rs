@@ -249,3 +249,34 @@ async fn a_delivered_usage_limit_answer_parks_its_key_until_the_window_resets() 
     assert_eq!((k.status, k.reason), (Status::Cooling, Reason::QuotaSession));
     assert_eq!(k.until_ms, Some(ollama_pool::pool::Window::Session.next_reset(proxy.clock_now())));
 }
+
+/// A client that hangs up while the upstream is still working (a user closing a tab, a load
+/// tester stopping) is nobody's failure: the key is not charged, the request is not tried on
+/// another key, and a wave of such hang-ups is not an upstream storm. On both body paths.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_early_is_not_the_keys_fault() {
+    for body in [small_body(), large_body()] {
+        let mock = Mock::start().await;
+        for k in KEYS {
+            mock.set(k, Behavior::Delayed(Duration::from_millis(600)));
+        }
+        let proxy = Proxy::start(&mock).await;
+        let mut clients = Vec::new();
+        for _ in 0..12 {
+            let req = proxy.post("/v1/chat/completions", body.clone()).timeout(Duration::from_millis(200));
+            clients.push(tokio::spawn(req.send()));
+        }
+        for c in clients {
+            assert!(c.await.unwrap().is_err(), "the client gave up first");
+        }
+        // Past the upstream's delay: whatever the proxy was going to do about it, it has done.
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert_eq!(mock.requests().len(), 12, "one upstream request per client, no failover");
+        for k in KEYS {
+            let v = key_state(&proxy, k);
+            assert_eq!((v.status, v.failures, v.consecutive_failures), (Status::Active, 0, 0), "{k}: {v:?}");
+        }
+        assert!(proxy.state.pool.storm_since().is_none(), "hang-ups are not a storm");
+        assert_eq!(proxy.post("/v1/chat/completions", small_body()).send().await.unwrap().status(), 200);
+    }
+}

@@ -422,6 +422,14 @@ impl ProxyHttp for PoolProxy {
         ctx: &mut Ctx,
         _client_reused: bool,
     ) -> Box<Error> {
+        // The client went away (or broke the request): not the key's fault, and nobody is left
+        // to fail over for.
+        if matches!(e.esource(), ErrorSource::Downstream) {
+            ctx.attempts.settle(&self.state.pool, Outcome::CallerFault, false);
+            ctx.aborted = true;
+            e.set_retry(false);
+            return e;
+        }
         // Never fail over once the client has a response header: it would see two answers.
         let may_retry = session.response_written().is_none();
         // An attempt already settled (e.g. a status that asked for failover) keeps its decision.
