@@ -9,7 +9,9 @@
 //! - `app` — builds the pingora `Server`: listeners, the proxy service, background services.
 //! - `proxy` — the `ProxyHttp` hooks; `proxy::routes` (allow-list, route family),
 //!   `proxy::auth` (client tokens, rpm, model lists), `proxy::envelope` (error bodies),
-//!   `proxy::headers` (the upstream request header), `proxy::observe` (per-request measurements).
+//!   `proxy::headers` (the upstream request header), `proxy::observe` (per-request measurements),
+//!   `proxy::cors` (CORS), `proxy::header_deadline` (the connection wrapper behind
+//!   `server.client_header_timeout`).
 //! - `forward` — the path for request bodies over 64 KiB (same attempt policy).
 //! - `pool` — keys, their state machine, round-robin selection, outcome classification,
 //!   the per-request attempt policy, usage windows, the storm guard, the clock.
