@@ -3,8 +3,15 @@
 //! latency, and per-key failure injection.
 //!
 //! `cargo run --release --example mock_upstream -- [--listen 127.0.0.1:18080] [--latency-ms 0]
-//!  [--chunks 20] [--chunk-delay-ms 0] [--fail-suffix -bad]`
+//!  [--chunks 20] [--chunk-delay-ms 0] [--fail-suffix -bad] [--fault-mix 429:5,503:3,reset:1,cut:1,slow:2]`
 //! Requests whose `Authorization: Bearer <key>` ends with the fail suffix get a 401.
+//! `--fault-mix` gives the percentage of the other requests that get each fault, spread evenly
+//! over every 100 requests: `429` (with `Retry-After: 1`), `503`, `reset` (the connection closes
+//! without an answer), `cut` (a stream stops after half its events, without the terminating
+//! chunk; a non-stream answer is cut like `reset`) and `slow` (the answer waits 200 ms).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -16,7 +23,46 @@ struct Opts {
     chunks: usize,
     chunk_delay: Duration,
     fail_suffix: String,
+    /// For each of the 100 slots of a request's number, the fault it gets.
+    faults: Arc<[Fault; 100]>,
 }
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Fault {
+    None,
+    RateLimited,
+    Unavailable,
+    Reset,
+    Cut,
+    Slow,
+}
+
+/// Parses `429:5,503:3,...` into 100 slots, the faults spread out rather than in runs.
+fn fault_slots(mix: &str) -> [Fault; 100] {
+    let mut order = Vec::new();
+    for part in mix.split(',').filter(|p| !p.is_empty()) {
+        let (name, pct) = part.split_once(':').expect("--fault-mix: want name:percent");
+        let fault = match name {
+            "429" => Fault::RateLimited,
+            "503" => Fault::Unavailable,
+            "reset" => Fault::Reset,
+            "cut" => Fault::Cut,
+            "slow" => Fault::Slow,
+            other => panic!("--fault-mix: unknown fault {other:?}"),
+        };
+        let pct: usize = pct.parse().expect("--fault-mix: percent");
+        order.extend(std::iter::repeat_n(fault, pct));
+    }
+    assert!(order.len() <= 100, "--fault-mix: more than 100 %");
+    let mut slots = [Fault::None; 100];
+    // 37 is coprime with 100: consecutive faults land 37 slots apart.
+    for (i, f) in order.into_iter().enumerate() {
+        slots[(i * 37) % 100] = f;
+    }
+    slots
+}
+
+static REQUESTS: AtomicUsize = AtomicUsize::new(0);
 
 const CHAT: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","model":"m1","choices":[{"index":0,"message":{"role":"assistant","content":"hello"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#;
 
@@ -33,6 +79,7 @@ async fn main() {
         chunks: arg(&args, "--chunks", "20").parse().expect("--chunks"),
         chunk_delay: Duration::from_millis(arg(&args, "--chunk-delay-ms", "0").parse().expect("--chunk-delay-ms")),
         fail_suffix: arg(&args, "--fail-suffix", "-bad"),
+        faults: Arc::new(fault_slots(&arg(&args, "--fault-mix", ""))),
     };
     let listener = TcpListener::bind(&listen).await.expect("bind");
     eprintln!("mock upstream on {listen}");
@@ -76,6 +123,31 @@ async fn serve(mut s: TcpStream, o: Opts) -> std::io::Result<()> {
         if !o.latency.is_zero() {
             tokio::time::sleep(o.latency).await;
         }
+        let fault = if auth.ends_with(&o.fail_suffix) && !o.fail_suffix.is_empty() {
+            Fault::None
+        } else {
+            o.faults[REQUESTS.fetch_add(1, Ordering::Relaxed) % 100]
+        };
+        let stream = body.contains("\"stream\":true");
+        match fault {
+            Fault::Reset => return Ok(()),
+            Fault::Cut if !stream => return Ok(()),
+            Fault::Slow => tokio::time::sleep(Duration::from_millis(200)).await,
+            Fault::RateLimited | Fault::Unavailable => {
+                let (status, b) = if fault == Fault::RateLimited {
+                    ("429 Too Many Requests\r\nretry-after: 1", r#"{"error":"rate limited"}"#)
+                } else {
+                    ("503 Service Unavailable", r#"{"error":"overloaded"}"#)
+                };
+                let r = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{b}",
+                    b.len()
+                );
+                s.write_all(r.as_bytes()).await?;
+                continue;
+            }
+            _ => {}
+        }
         if !o.fail_suffix.is_empty() && auth.ends_with(&o.fail_suffix) {
             let b = r#"{"error":"unauthorized"}"#;
             let r = format!(
@@ -83,10 +155,13 @@ async fn serve(mut s: TcpStream, o: Opts) -> std::io::Result<()> {
                 b.len()
             );
             s.write_all(r.as_bytes()).await?;
-        } else if body.contains("\"stream\":true") {
+        } else if stream {
             s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
                 .await?;
             for i in 0..o.chunks {
+                if fault == Fault::Cut && i == o.chunks / 2 {
+                    return Ok(());
+                }
                 let ev = format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"tok{i}\"}}}}]}}\n\n");
                 s.write_all(format!("{:x}\r\n{ev}\r\n", ev.len()).as_bytes()).await?;
                 if !o.chunk_delay.is_zero() {

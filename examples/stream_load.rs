@@ -1,6 +1,7 @@
 //! A load client for streaming responses (wrk cannot time a stream's first byte): keeps C
 //! connections each sending streaming chat requests back to back for D seconds, and reports
-//! time to first body byte and total time (p50/p99, ms) and the request count.
+//! time to first body byte and total time (p50/p99, ms), the count of complete streams and of
+//! broken ones (the connection closed mid-answer; it is reopened so the load stays at C).
 //!
 //! `cargo run --release --example stream_load -- --url http://127.0.0.1:18081 -c 256 -d 5 [--token T]`
 
@@ -31,46 +32,61 @@ async fn main() {
         let (addr, req) = (addr.clone(), req.clone());
         tasks.push(tokio::spawn(async move {
             let mut out = Vec::new();
-            let Ok(mut s) = TcpStream::connect(&addr).await else { return out };
-            let _ = s.set_nodelay(true);
+            let mut broken = 0usize;
             let mut buf = vec![0u8; 64 * 1024];
-            while Instant::now() < deadline {
-                let t0 = Instant::now();
-                if s.write_all(req.as_bytes()).await.is_err() {
-                    break;
-                }
-                let mut got: Vec<u8> = Vec::new();
-                let mut ttfb = None;
-                let mut head_end = None;
-                loop {
-                    let Ok(n) = s.read(&mut buf).await else { return out };
-                    if n == 0 {
-                        return out;
+            // A stream the proxy breaks (an upstream cut mid-stream) closes its connection:
+            // count it and open a new one, so the load stays at C streams.
+            'connect: while Instant::now() < deadline {
+                let Ok(mut s) = TcpStream::connect(&addr).await else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let _ = s.set_nodelay(true);
+                while Instant::now() < deadline {
+                    let t0 = Instant::now();
+                    if s.write_all(req.as_bytes()).await.is_err() {
+                        broken += 1;
+                        continue 'connect;
                     }
-                    got.extend_from_slice(&buf[..n]);
-                    if head_end.is_none() {
-                        head_end = got.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
-                    }
-                    if let Some(h) = head_end {
-                        if ttfb.is_none() && got.len() > h {
-                            ttfb = Some(t0.elapsed());
+                    let mut got: Vec<u8> = Vec::new();
+                    let mut ttfb = None;
+                    let mut head_end = None;
+                    loop {
+                        let n = match s.read(&mut buf).await {
+                            Ok(n) if n > 0 => n,
+                            _ => {
+                                broken += 1;
+                                continue 'connect;
+                            }
+                        };
+                        got.extend_from_slice(&buf[..n]);
+                        if head_end.is_none() {
+                            head_end = got.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
                         }
-                        if got.ends_with(b"0\r\n\r\n") {
-                            break;
+                        if let Some(h) = head_end {
+                            if ttfb.is_none() && got.len() > h {
+                                ttfb = Some(t0.elapsed());
+                            }
+                            if got.ends_with(b"0\r\n\r\n") {
+                                break;
+                            }
                         }
                     }
+                    out.push((ttfb.unwrap_or_default(), t0.elapsed()));
                 }
-                out.push((ttfb.unwrap_or_default(), t0.elapsed()));
             }
-            out
+            (out, broken)
         }));
     }
     let mut all = Vec::new();
+    let mut broken = 0;
     for t in tasks {
-        all.extend(t.await.unwrap_or_default());
+        let (done, cut) = t.await.unwrap_or_default();
+        all.extend(done);
+        broken += cut;
     }
     if all.is_empty() {
-        println!("requests=0");
+        println!("requests=0 broken={broken}");
         return;
     }
     let pct = |mut v: Vec<Duration>, p: usize| {
@@ -80,7 +96,7 @@ async fn main() {
     let ttfb: Vec<Duration> = all.iter().map(|x| x.0).collect();
     let total: Vec<Duration> = all.iter().map(|x| x.1).collect();
     println!(
-        "requests={} ttfb_p50_ms={:.3} ttfb_p99_ms={:.3} total_p50_ms={:.3} total_p99_ms={:.3}",
+        "requests={} broken={broken} ttfb_p50_ms={:.3} ttfb_p99_ms={:.3} total_p50_ms={:.3} total_p99_ms={:.3}",
         all.len(),
         pct(ttfb.clone(), 50),
         pct(ttfb, 99),
