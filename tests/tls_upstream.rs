@@ -3,14 +3,8 @@
 
 mod common;
 
-use common::{Proxy, Setup, KEYS};
-use openssl::asn1::Asn1Time;
-use openssl::hash::MessageDigest;
-use openssl::pkey::PKey;
-use openssl::rsa::Rsa;
+use common::{self_signed_localhost, Proxy, Setup, KEYS};
 use openssl::ssl::{NameType, SslAcceptor, SslMethod};
-use openssl::x509::extension::SubjectAlternativeName;
-use openssl::x509::{X509NameBuilder, X509};
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
@@ -22,24 +16,6 @@ struct TlsMock {
     port: u16,
     cert_pem: Vec<u8>,
     seen: Arc<Mutex<Vec<Seen>>>,
-}
-
-fn self_signed_localhost() -> (X509, PKey<openssl::pkey::Private>) {
-    let key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
-    let mut name = X509NameBuilder::new().unwrap();
-    name.append_entry_by_text("CN", "localhost").unwrap();
-    let name = name.build();
-    let mut b = X509::builder().unwrap();
-    b.set_version(2).unwrap();
-    b.set_subject_name(&name).unwrap();
-    b.set_issuer_name(&name).unwrap();
-    b.set_pubkey(&key).unwrap();
-    b.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
-    b.set_not_after(&Asn1Time::days_from_now(2).unwrap()).unwrap();
-    let san = SubjectAlternativeName::new().dns("localhost").build(&b.x509v3_context(None, None)).unwrap();
-    b.append_extension(san).unwrap();
-    b.sign(&key, MessageDigest::sha256()).unwrap();
-    (b.build(), key)
 }
 
 /// A blocking one-connection-at-a-time HTTPS server answering every request with chat JSON.

@@ -48,6 +48,11 @@ impl<A> HeaderDeadline<A> {
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        // The phases read HTTP/1 framing; an HTTP/2 connection (never offered today: no listener
+        // enables h2) would never show a blank line, so it passes unwrapped.
+        if stream.selected_alpn_proto() == Some(ALPN::H2) {
+            return self.app.process_new(stream, shutdown).await;
+        }
         let clocked: Stream = Box::new(HeaderClock::new(stream, self.limit));
         self.app.process_new(clocked, shutdown).await
     }

@@ -116,6 +116,8 @@ pub struct Setup {
     pub server_extra: String,
     /// Serve the admin API (with `ADMIN_TOKEN`) on a port of its own.
     pub admin: bool,
+    /// Listen with TLS (certificate and key PEM files) instead of plain HTTP.
+    pub tls_listener: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl Default for Setup {
@@ -128,6 +130,7 @@ impl Default for Setup {
             upstream_extra: String::new(),
             server_extra: String::new(),
             admin: false,
+            tls_listener: None,
         }
     }
 }
@@ -169,8 +172,16 @@ impl Proxy {
         };
         let upstream_extra =
             if setup.upstream_extra.is_empty() { String::new() } else { format!(", {}", setup.upstream_extra) };
+        let listen = match &setup.tls_listener {
+            None => format!("\"127.0.0.1:{port}\""),
+            Some((cert, key)) => format!(
+                "{{address: \"127.0.0.1:{port}\", tls: {{cert: \"{}\", key: \"{}\"}}}}",
+                cert.display(),
+                key.display()
+            ),
+        };
         let yaml = format!(
-            "listen: [\"127.0.0.1:{port}\"]\nthreads: 1\n\
+            "listen: [{listen}]\nthreads: 1\n\
              upstream: {{url: \"{}\", health_check_interval: 0s, connect_timeout: 2s, read_timeout: 10s{addresses}{upstream_extra}}}\n\
              keys: {{files: [keys.txt]}}\n\
              clients: {{tokens: [{{name: app, token: \"{TOKEN}\"}}]}}\n\
@@ -196,12 +207,12 @@ impl Proxy {
         let server = app.server;
         let thread = std::thread::spawn(move || server.run(RunArgs { shutdown_signal: Box::new(TestSignal(rx)) }));
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        wait_listening(addr).await;
+        wait_listening(addr, setup.tls_listener.is_some()).await;
         let mut secrets: Vec<String> = setup.keys.iter().map(|s| s.to_string()).collect();
         secrets.push(TOKEN.to_string());
         secrets.push(ADMIN_TOKEN.to_string());
         if let Some(a) = admin {
-            wait_listening(a).await;
+            wait_listening(a, false).await;
         }
         Proxy {
             addr,
@@ -279,8 +290,16 @@ pub fn client() -> reqwest::Client {
     C.get_or_init(|| reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap()).clone()
 }
 
-async fn wait_listening(addr: SocketAddr) {
+async fn wait_listening(addr: SocketAddr, tls: bool) {
     for _ in 0..200 {
+        if tls {
+            // Plain HTTP cannot ask a TLS listener; that it accepts connections is enough.
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            continue;
+        }
         if let Ok(r) = client().get(format!("http://{addr}/healthz")).send().await {
             if r.status() == 200 {
                 return;
@@ -322,4 +341,30 @@ impl Drop for ChildGuard {
             let _ = self.0.wait();
         }
     }
+}
+
+/// A self-signed certificate for `localhost` (2 days) and its key.
+pub fn self_signed_localhost() -> (openssl::x509::X509, openssl::pkey::PKey<openssl::pkey::Private>) {
+    use openssl::asn1::Asn1Time;
+    use openssl::hash::MessageDigest;
+    use openssl::pkey::PKey;
+    use openssl::rsa::Rsa;
+    use openssl::x509::extension::SubjectAlternativeName;
+    use openssl::x509::{X509NameBuilder, X509};
+
+    let key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+    let mut name = X509NameBuilder::new().unwrap();
+    name.append_entry_by_text("CN", "localhost").unwrap();
+    let name = name.build();
+    let mut b = X509::builder().unwrap();
+    b.set_version(2).unwrap();
+    b.set_subject_name(&name).unwrap();
+    b.set_issuer_name(&name).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
+    b.set_not_after(&Asn1Time::days_from_now(2).unwrap()).unwrap();
+    let san = SubjectAlternativeName::new().dns("localhost").build(&b.x509v3_context(None, None)).unwrap();
+    b.append_extension(san).unwrap();
+    b.sign(&key, MessageDigest::sha256()).unwrap();
+    (b.build(), key)
 }
