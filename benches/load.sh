@@ -61,12 +61,7 @@ if [ -n "${POOL_B:-}" ]; then
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$ADMIN_B_PORT/readyz" >/dev/null && break; sleep 0.1; done
 fi
 
-cat > "$DIR/post.lua" <<LUA
-wrk.method = "POST"
-wrk.body = '{"model":"m1","messages":[{"role":"user","content":"hi"}]}'
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer $TOKEN"
-LUA
+export TOKEN  # read by benches/chat.lua
 
 ms() { # wrk latency ("812.00us", "1.20ms", "2.00s") -> ms
   awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
@@ -79,7 +74,7 @@ add() { # accumulate the mean over rounds
 for round in $(seq "$ROUNDS"); do
   for c in 8 64; do
     for t in "${CONTENDERS[@]}"; do
-      out=$(wrk -t2 -c$c -d${SECS}s --latency -s "$DIR/post.lua" "$(url_of $t)/v1/chat/completions")
+      out=$(wrk -t2 -c$c -d${SECS}s --latency -s benches/chat.lua "$(url_of $t)/v1/chat/completions")
       add rps "$t/$c" "$(echo "$out" | awk '/Requests\/sec/ {print $2}')"
       add p50 "$t/$c" "$(ms "$(echo "$out" | awk '$1 == "50%" {print $2}')")"
       add p99 "$t/$c" "$(ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")"

@@ -53,12 +53,7 @@ YAML
 RUST_LOG=${RUST_LOG:-warn} "$BIN/ollama-pool" serve -c "$DIR/pool.yaml" > "$DIR/pool.log" 2>&1 & POOL_PID=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$POOL_PORT/healthz" >/dev/null && break; sleep 0.1; done
 
-cat > "$DIR/post.lua" <<LUA
-wrk.method = "POST"
-wrk.body = '{"model":"m1","messages":[{"role":"user","content":"hi"}]}'
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer $TOKEN"
-LUA
+export TOKEN  # read by benches/chat.lua
 
 rss() { awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$POOL_PID/status"; }
 fds() { find "/proc/$POOL_PID/fd" -mindepth 1 -maxdepth 1 | wc -l; }
@@ -73,7 +68,7 @@ echo "soak: $MINUTES min, fault mix $MIX, 40 keys (4 revoked); $(nproc) cores"
 printf "%6s %10s %9s %9s %9s %9s %7s %6s %9s %6s %9s\n" minute "chat r/s" non-2xx errors streams broken usable storm "RSS MiB" fds upstream
 declare -a RSS FDS
 for m in $(seq "$MINUTES"); do
-  wrk -t2 -c16 -d60s -s "$DIR/post.lua" "http://127.0.0.1:$POOL_PORT/v1/chat/completions" > "$DIR/wrk.out" 2>&1 & WRK_PID=$!
+  wrk -t2 -c16 -d60s -s benches/chat.lua "http://127.0.0.1:$POOL_PORT/v1/chat/completions" > "$DIR/wrk.out" 2>&1 & WRK_PID=$!
   "$BIN/examples/stream_load" --url "http://127.0.0.1:$POOL_PORT" -c 16 -d 60 --token "$TOKEN" > "$DIR/stream.out" 2>&1 & STREAM_PID=$!
   wait "$WRK_PID" "$STREAM_PID" || true
   if ! kill -0 "$POOL_PID" 2>/dev/null; then echo "ollama-pool exited during minute $m:" >&2; tail -20 "$DIR/pool.log" >&2; exit 1; fi
