@@ -424,19 +424,14 @@ impl ProxyHttp for PoolProxy {
     ) -> Box<Error> {
         // The client went away (or broke the request): not the key's fault, and nobody is left
         // to fail over for.
-        if matches!(e.esource(), ErrorSource::Downstream) {
-            ctx.attempts.settle(&self.state.pool, Outcome::CallerFault, false);
-            ctx.aborted = true;
-            e.set_retry(false);
-            return e;
-        }
+        let client_gone = matches!(e.esource(), ErrorSource::Downstream);
+        let outcome = if client_gone { Outcome::CallerFault } else { Outcome::Transient };
         // Never fail over once the client has a response header: it would see two answers.
-        let may_retry = session.response_written().is_none();
+        let responded = session.response_written().is_some();
+        let may_retry = !responded && !client_gone;
         // An attempt already settled (e.g. a status that asked for failover) keeps its decision.
-        let decision = ctx.attempts.settle(&self.state.pool, Outcome::Transient, may_retry);
-        if !may_retry {
-            ctx.aborted = true;
-        }
+        let decision = ctx.attempts.settle(&self.state.pool, outcome, may_retry);
+        ctx.aborted |= responded;
         e.set_retry(may_retry && decision == Decision::Retry);
         e
     }
