@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 
 /// A [`ServerApp`] that hands `app` every connection wrapped in a [`HeaderClock`].
 pub struct HeaderDeadline<A> {
@@ -71,6 +71,13 @@ enum Phase {
     },
     Body,
     Answered,
+}
+
+impl Phase {
+    /// A request header begins now: `limit` to complete it.
+    fn header(limit: Duration) -> Phase {
+        Phase::Header { deadline: Box::pin(tokio::time::sleep(limit)), tail: Tail::default() }
+    }
 }
 
 /// The end of the header read so far: enough to see `\r\n\r\n` or `\n\n` split across reads.
@@ -114,8 +121,7 @@ pub struct HeaderClock {
 
 impl HeaderClock {
     fn new(inner: Stream, limit: Duration) -> HeaderClock {
-        let phase = Phase::Header { deadline: Box::pin(tokio::time::sleep(limit)), tail: Tail::default() };
-        HeaderClock { inner, limit, phase }
+        HeaderClock { inner, limit, phase: Phase::header(limit) }
     }
 
     /// Moves the phase on for `read`, the bytes a read just returned.
@@ -124,8 +130,7 @@ impl HeaderClock {
             return;
         }
         if let Phase::Answered = self.phase {
-            let deadline = Box::pin(tokio::time::sleep_until(Instant::now() + self.limit));
-            self.phase = Phase::Header { deadline, tail: Tail::default() };
+            self.phase = Phase::header(self.limit);
         }
         if let Phase::Header { tail, .. } = &mut self.phase {
             if tail.feed(read).is_some() {
