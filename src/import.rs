@@ -74,7 +74,7 @@ pub fn parse(text: &str, max_key_bytes: usize) -> Parsed {
         let label = (fields.len() >= 2).then(|| fields[0]).filter(|l| !l.is_empty());
         out.push(i + 1, key, label);
     }
-    out.0
+    out.parsed
 }
 
 #[derive(Deserialize)]
@@ -100,12 +100,12 @@ fn parse_json(text: &str, skipped_lines: usize, max_key_bytes: usize) -> Parsed 
     let entries = match serde_json::from_str::<JsonDoc>(text) {
         Ok(JsonDoc::List(v)) | Ok(JsonDoc::Wrapped { keys: v }) => v,
         Err(e) => {
-            out.0.invalid.push(InvalidLine {
+            out.parsed.invalid.push(InvalidLine {
                 // serde reports line 0 when the syntax is fine but the shape is not.
                 line: skipped_lines + e.line().max(1),
                 reason: "not valid JSON: want [\"key\", …], [{\"key\": …, \"label\": …}] or {\"keys\": [...]}".into(),
             });
-            return out.0;
+            return out.parsed;
         }
     };
     for (i, v) in entries.into_iter().enumerate() {
@@ -115,34 +115,39 @@ fn parse_json(text: &str, skipped_lines: usize, max_key_bytes: usize) -> Parsed 
                 let label = label.as_deref().map(str::trim).filter(|l| !l.is_empty());
                 out.push(i + 1, key.trim(), label)
             }
-            Err(_) => out.0.invalid.push(InvalidLine {
+            Err(_) => out.parsed.invalid.push(InvalidLine {
                 line: i + 1,
                 reason: "entry is neither a string nor an object with a \"key\"".into(),
             }),
         }
     }
-    out.0
+    out.parsed
 }
 
-/// The parse result so far, the hashes of the keys seen (for duplicates), and the size limit.
-struct Collector(Parsed, HashSet<[u8; 32]>, usize);
+/// The parse result so far, with what it needs to judge the next key.
+struct Collector {
+    parsed: Parsed,
+    /// Hashes of the keys seen, to count duplicates.
+    seen: HashSet<[u8; 32]>,
+    max_key_bytes: usize,
+}
 
 impl Collector {
     fn new(max_key_bytes: usize) -> Collector {
-        Collector(Parsed::default(), HashSet::new(), max_key_bytes)
+        Collector { parsed: Parsed::default(), seen: HashSet::new(), max_key_bytes }
     }
 
     fn push(&mut self, line: usize, key: &str, label: Option<&str>) {
-        if let Err(problem) = check_key(key, self.2) {
-            self.0.invalid.push(InvalidLine { line, reason: problem.to_string() });
+        if let Err(problem) = check_key(key, self.max_key_bytes) {
+            self.parsed.invalid.push(InvalidLine { line, reason: problem.to_string() });
             return;
         }
         let key = Secret::new(key);
-        if !self.1.insert(key.sha256()) {
-            self.0.duplicates += 1;
+        if !self.seen.insert(key.sha256()) {
+            self.parsed.duplicates += 1;
             return;
         }
-        self.0.keys.push(ParsedKey { key, label: label.map(str::to_string), line });
+        self.parsed.keys.push(ParsedKey { key, label: label.map(str::to_string), line });
     }
 }
 
