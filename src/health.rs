@@ -274,7 +274,8 @@ impl HealthChecker {
                     "unchanged"
                 }
             }
-            Outcome::CallerFault => {
+            // (a probe names no model: an answer about one says nothing about the key)
+            Outcome::CallerFault | Outcome::ModelUnavailable => {
                 log::warn!(
                     "health: probe {} {} answered {} for key {}: check health_check.probe",
                     self.cfg.probe.method,

@@ -7,17 +7,18 @@
 //!   shares with the CLI.
 //! - `demo` — `ollama-pool demo`: the proxy in front of a simulated upstream, narrated.
 //! - `app` — builds the pingora `Server`: listeners, the proxy service, background services.
-//! - `proxy` — the `ProxyHttp` hooks; `proxy::routes` (allow-list, route family),
+//! - `proxy` — the `ProxyHttp` hooks; `proxy::forward` (the one attempt loop: every body size,
+//!   one classification), `proxy::body` (reading the request body), `proxy::answer` (answers
+//!   the proxy writes), `proxy::ctx` (per-request state), `proxy::routes` (allow-list, route family),
 //!   `proxy::auth` (client tokens, rpm, model lists), `proxy::envelope` (error bodies),
 //!   `proxy::headers` (the upstream request header), `proxy::observe` (per-request measurements),
 //!   `proxy::cors` (CORS), `proxy::header_deadline` (the connection wrapper behind
 //!   `server.client_header_timeout`).
-//! - `forward` — the path for request bodies over 64 KiB (same attempt policy).
 //! - `pool` — keys, their state machine, round-robin selection, outcome classification,
 //!   the per-request attempt policy, usage windows, the storm guard, the clock.
 //! - `health` — background probes: parked keys back, bad/exhausted keys out, storm recovery.
 //! - `upstream` — upstream URL, address discovery + TCP health check, `HttpPeer`s, and the
-//!   one-request exchange used off the pingora path.
+//!   one-request exchange (`send`) used by the forwarding path and the prober.
 //! - `lifecycle` — SIGTERM drains in-flight requests and streams, then exits; `serve --upgrade`
 //!   finds the running instance by its pid file and takes its listeners over (SIGQUIT).
 //! - `import` — key-file parsing shared by start-up, the admin API and the CLI.
@@ -32,7 +33,6 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod demo;
-pub mod forward;
 pub mod health;
 pub mod import;
 pub mod lifecycle;

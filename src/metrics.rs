@@ -19,7 +19,7 @@ use std::time::Duration;
 
 const FAMILIES: [&str; 3] = ["openai", "anthropic", "ollama"];
 const CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
-const OUTCOMES: [&str; 5] = ["success", "credential", "rate_limited", "transient", "caller_fault"];
+const OUTCOMES: [&str; 6] = ["success", "credential", "model_unavailable", "rate_limited", "transient", "caller_fault"];
 
 /// Latencies of LLM calls run from milliseconds to many minutes.
 const LATENCY_BUCKETS: &[f64] =
@@ -48,6 +48,7 @@ struct Metrics {
     failovers: Vec<IntCounter>,
     attempts: IntCounterVec,
     stream_aborts: IntCounter,
+    stream_errors: IntCounterVec,
     active_streams: IntGauge,
     /// [family] for each timing histogram.
     request_seconds: Vec<Histogram>,
@@ -94,6 +95,12 @@ static M: LazyLock<Metrics> = LazyLock::new(|| {
             "Responses cut off because the upstream failed after the response had started."
         )
         .expect("register stream_aborts_total"),
+        stream_errors: register_int_counter_vec!(
+            "ollama_pool_key_stream_errors_total",
+            "Streams a key started with a 200 and then failed (cut off, or an error line inside), by key id.",
+            &["key_id"]
+        )
+        .expect("register key_stream_errors_total"),
         active_streams: register_int_gauge!("ollama_pool_active_streams", "SSE/NDJSON responses in flight.")
             .expect("register active_streams"),
         request_seconds: hist(
@@ -210,17 +217,28 @@ impl ClientMetrics {
 static ANONYMOUS: LazyLock<ClientMetrics> = LazyLock::new(|| ClientMetrics::new("-"));
 
 /// Per-key attempt counters, resolved on the key's first attempt and kept in the key.
-pub struct KeyMetrics([IntCounter; 5]);
+pub struct KeyMetrics {
+    attempts: [IntCounter; OUTCOMES.len()],
+    stream_errors: IntCounter,
+}
 
 impl KeyMetrics {
     pub fn new(key_id: &str) -> KeyMetrics {
-        KeyMetrics(OUTCOMES.map(|o| M.attempts.with_label_values(&[key_id, o])))
+        KeyMetrics {
+            attempts: OUTCOMES.map(|o| M.attempts.with_label_values(&[key_id, o])),
+            stream_errors: M.stream_errors.with_label_values(&[key_id]),
+        }
     }
 }
 
 /// An attempt on `key` ended with `outcome`.
 pub fn attempt(key: &Key, outcome: Outcome) {
-    key.metrics().0[outcome_index(outcome)].inc();
+    key.metrics().attempts[outcome_index(outcome)].inc();
+}
+
+/// A stream `key` had started failed inside (SPEC §3.3; never retried).
+pub fn stream_error(key: &Key) {
+    key.metrics().stream_errors.inc();
 }
 
 /// A key left the pool: its series go too, so a deleted key does not linger in dashboards.
@@ -228,6 +246,7 @@ pub fn forget_key(key_id: &str) {
     for o in OUTCOMES {
         let _ = M.attempts.remove_label_values(&[key_id, o]);
     }
+    let _ = M.stream_errors.remove_label_values(&[key_id]);
     for w in ["session", "weekly", "monthly"] {
         let _ = M.usage.remove_label_values(&[key_id, w]);
     }

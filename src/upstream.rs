@@ -199,7 +199,7 @@ impl Upstream {
 }
 
 /// One request on a pooled connection to `peer`, up to the response header. Shared by the
-/// large-body path and the prober (the pingora path has its own).
+/// forwarding path and the prober.
 pub async fn send(
     connector: &pingora::connectors::http::Connector,
     peer: &HttpPeer,

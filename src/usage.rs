@@ -24,6 +24,9 @@ pub struct UsageScanner {
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
     pub model: Option<String>,
+    /// A stream line was an error object (`{"error": …}`, or an SSE `event: error`'s data):
+    /// the upstream failed after its 200 header.
+    pub stream_error: bool,
 }
 
 impl UsageScanner {
@@ -46,6 +49,7 @@ impl UsageScanner {
             prompt_tokens: None,
             completion_tokens: None,
             model: None,
+            stream_error: false,
         })
     }
 
@@ -100,6 +104,12 @@ impl UsageScanner {
     fn line(&mut self, line: &[u8]) {
         let line = line.trim_ascii();
         let line = line.strip_prefix(b"data:").map(<[u8]>::trim_ascii_start).unwrap_or(line);
+        // Ollama reports a failure mid-stream as an NDJSON `{"error": "..."}` line under 200;
+        // OpenAI-compatible servers as `data: {"error": {...}}`, Anthropic as `{"type":"error"…}`.
+        if line.starts_with(b"{\"error\"") || line.starts_with(b"{\"type\":\"error\"") {
+            self.stream_error = true;
+            return;
+        }
         // Parse only lines that can tell something new: usage counts, or the model until known
         // (OpenAI repeats "model" in every chunk; parsing each would cost ~0.5 µs a chunk).
         let wanted = contains(line, b"usage")
@@ -208,6 +218,21 @@ mod tests {
             "{\"done\":true,\"prompt_eval_count\":4,\"eval_count\":8}",
         ];
         assert_eq!(scan("application/x-ndjson", &lines), (Some(4), Some(8), Some("qwen3".into())));
+    }
+
+    #[test]
+    fn an_error_line_mid_stream_is_seen() {
+        let mut s = UsageScanner::for_content_type(b"application/x-ndjson").unwrap();
+        s.feed(b"{\"model\":\"m\",\"message\":{\"content\":\"a\"},\"done\":false}\n{\"err");
+        assert!(!s.stream_error);
+        s.feed(b"or\":\"upstream overloaded\"}\n");
+        assert!(s.stream_error);
+        let mut s = UsageScanner::for_content_type(b"text/event-stream").unwrap();
+        s.feed(b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\"}}\n\n");
+        assert!(s.stream_error);
+        let mut s = UsageScanner::for_content_type(b"text/event-stream").unwrap();
+        s.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"{\\\"error\\\": no\"}}]}\n\n");
+        assert!(!s.stream_error, "content that quotes an error is not one");
     }
 
     #[test]

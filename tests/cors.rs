@@ -59,7 +59,7 @@ async fn answers_to_an_allowed_origin_carry_the_cors_headers() {
     assert!(header(&r, "access-control-expose-headers").is_some_and(|h| h.contains("retry-after")));
     assert_eq!(header(&r, "vary"), Some("Origin"));
 
-    // Over 64 KiB: the other forwarding path.
+    // Over 64 KiB (there used to be a second forwarding path for these).
     let big = format!(r#"{{"model":"m1","messages":[{{"role":"user","content":"{}"}}]}}"#, "x".repeat(200 * 1024));
     let r = proxy.post("/v1/chat/completions", big).header("origin", APP).send().await.unwrap();
     assert_eq!(r.status(), 200);

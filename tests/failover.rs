@@ -1,6 +1,6 @@
 //! Failover (SPEC §3.2–3.3): every retryable failure moves the request to another key with a
-//! byte-identical body, on both the pingora path (≤ 64 KiB) and the large-body path; caller
-//! faults pass through after one attempt; parked keys stay out until their time is up.
+//! byte-identical body, for small (200 B) and large (200 KB) bodies alike; caller faults pass
+//! through after one attempt; parked keys stay out until their time is up.
 
 mod common;
 
@@ -12,7 +12,7 @@ fn small_body() -> Vec<u8> {
     br#"{"model":"m1","messages":[{"role":"user","content":"hello there"}]}"#.to_vec()
 }
 
-/// 200 KB: well over pingora's 64 KiB replay buffer, so the large-body path serves it.
+/// 200 KB: well over pingora's 64 KiB replay buffer (the proxy once had a second path for these).
 fn large_body() -> Vec<u8> {
     let filler: String = (0..200_000).map(|i| (b'a' + (i * 7 % 26) as u8) as char).collect();
     format!(r#"{{"model":"m1","messages":[{{"role":"user","content":"{filler}"}}]}}"#).into_bytes()
@@ -128,16 +128,22 @@ async fn caller_faults_pass_through_after_one_attempt_without_penalty() {
     }
 }
 
+/// SPEC §3.2: an answer's class never depends on the request's size. The same 403 that says
+/// "weekly usage limit" parks the key as out of allowance (not as a bad credential) whether
+/// the body was 200 B or 200 KB, and the request succeeds on the other key both times.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn usage_limit_bodies_park_until_the_window_resets_on_the_large_path() {
-    // The large-body path reads the error body before deciding, so a 403 that says
-    // "usage limit" parks the key as rate-limited rather than as a bad credential.
-    // The window it names decides when the key returns: next Monday 00:00 UTC.
-    let b = Behavior::status(403, r#"{"error":"you have reached your weekly usage limit"}"#);
-    let proxy = assert_fails_over(b, large_body()).await;
-    let k = key_state(&proxy, KEYS[0]);
-    assert_eq!((k.status, k.reason), (Status::Cooling, Reason::QuotaWeekly));
-    assert_eq!(k.until_ms, Some(ollama_pool::pool::Window::Weekly.next_reset(proxy.clock_now())));
+async fn a_usage_limit_403_is_classified_the_same_whatever_the_body_size() {
+    let mut states = vec![];
+    for body in [small_body(), large_body()] {
+        let b = Behavior::status(403, r#"{"error":"you have reached your weekly usage limit"}"#);
+        let proxy = assert_fails_over(b, body).await;
+        let k = key_state(&proxy, KEYS[0]);
+        // The window it names decides when the key returns: next Monday 00:00 UTC.
+        assert_eq!(k.until_ms, Some(ollama_pool::pool::Window::Weekly.next_reset(proxy.clock_now())));
+        states.push((k.status, k.reason, key_state(&proxy, KEYS[1]).status));
+    }
+    assert_eq!(states[0], (Status::Cooling, Reason::QuotaWeekly, Status::Active));
+    assert_eq!(states[0], states[1], "200 B and 200 KB bodies leave the keys in the same state");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,8 +242,8 @@ async fn repeated_transient_failures_auto_disable_a_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivered_usage_limit_answer_parks_its_key_until_the_window_resets() {
-    // On the pingora path a retried answer is dropped at its header, but the answer that is
-    // delivered is read on its way to the client: its window decides the park time.
+    // The answer that is delivered (no other key to try) is peeked like any other: its
+    // window decides the park time, and the client gets it untouched.
     let mock = Mock::start().await;
     let body = r#"{"error":"you've reached your session usage limit, please wait"}"#;
     mock.set(KEYS[0], Behavior::status(429, body));
@@ -279,4 +285,64 @@ async fn a_client_that_hangs_up_early_is_not_the_keys_fault() {
         assert!(proxy.state.pool.storm_since().is_none(), "hang-ups are not a storm");
         assert_eq!(proxy.post("/v1/chat/completions", small_body()).send().await.unwrap().status(), 200);
     }
+}
+
+/// SPEC §3.2 "model unavailable": Ollama Cloud keys on different plans serve different models.
+/// A key that answers 403 "requires a subscription" (or 402 "extra usage only") for one model
+/// is parked for that model only: the request fails over, later requests for that model skip
+/// the key, and every other model still uses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_without_a_models_plan_is_parked_for_that_model_only() {
+    let answers = [
+        (403, r#"{"error":"this model requires a subscription, upgrade for access: https://ollama.com/upgrade"}"#),
+        (402, r#"{"error":"this model is available with extra usage only"}"#),
+    ];
+    for (status, answer) in answers {
+        let mock = Mock::start().await;
+        mock.set_for_key_body(KEYS[0], r#""model":"big""#, Behavior::status(status, answer));
+        let proxy = Proxy::start_with(&mock, Setup { keys: vec![KEYS[0], KEYS[1]], admin: true, ..Default::default() }).await;
+        let big = br#"{"model":"big","messages":[]}"#.to_vec();
+        let r = proxy.post("/v1/chat/completions", big.clone()).send().await.unwrap();
+        assert_eq!(r.status(), 200, "failed over to the other key");
+        let k = key_state(&proxy, KEYS[0]);
+        assert_eq!(k.status, Status::Active, "{status}: the key itself stays in rotation");
+        assert_eq!(k.model_parks.len(), 1);
+        assert_eq!(k.model_parks[0].model, "big");
+        mock.clear();
+        for _ in 0..4 {
+            assert_eq!(proxy.post("/v1/chat/completions", big.clone()).send().await.unwrap().status(), 200);
+            assert_eq!(proxy.post("/api/chat", small_body()).send().await.unwrap().status(), 200);
+        }
+        let reqs = mock.requests();
+        let used = |key: &str, needle: &str| {
+            reqs.iter().filter(|r| r.key.as_deref() == Some(key) && String::from_utf8_lossy(&r.body).contains(needle)).count()
+        };
+        assert_eq!(used(KEYS[0], "\"big\""), 0, "{status}: the parked model skips the key");
+        assert_eq!(used(KEYS[1], "\"big\""), 4);
+        assert!(used(KEYS[0], "\"m1\"") >= 1, "{status}: other models still use it");
+        // Visible to operators.
+        let keys: serde_json::Value =
+            proxy.admin(reqwest::Method::GET, "/admin/keys").send().await.unwrap().json().await.unwrap();
+        let parked = keys["keys"].as_array().unwrap().iter().find(|k| k["parked_models"].as_array().is_some_and(|a| !a.is_empty()));
+        assert_eq!(parked.unwrap()["parked_models"][0]["model"], "big");
+        let metrics = client().get(proxy.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+        assert!(metrics.contains(r#"outcome="model_unavailable""#), "counted as its own outcome");
+    }
+}
+
+/// The only key that could serve a model is parked for it: 503 in the route's envelope, naming
+/// the model, with Retry-After until the park ends; other models are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_key_for_a_model_is_a_503_naming_it() {
+    let mock = Mock::start().await;
+    mock.set_for_key_body(KEYS[0], r#""model":"big""#, Behavior::status(403, r#"{"error":"this model requires a subscription"}"#));
+    let proxy = Proxy::start_with(&mock, Setup { keys: vec![KEYS[0]], ..Default::default() }).await;
+    let big = br#"{"model":"big","messages":[]}"#.to_vec();
+    assert_eq!(proxy.post("/api/chat", big.clone()).send().await.unwrap().status(), 403, "the one answer, passed through");
+    let r = proxy.post("/api/chat", big).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().get("retry-after").is_some());
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("\"big\""), "names the model: {body}");
+    assert_eq!(proxy.post("/api/chat", small_body()).send().await.unwrap().status(), 200);
 }

@@ -69,3 +69,32 @@ async fn upstream_cut_mid_stream_breaks_the_client_response() {
         assert_eq!(mock.requests().len(), 1, "no failover once the response has started");
     }
 }
+
+/// Ollama Cloud reports some failures inside a 200 stream, as an NDJSON `{"error": ...}` line.
+/// The client gets the stream as the upstream sent it (never a retry: it has started), and
+/// the key is charged one stream error (key stats, metrics) without being parked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_line_inside_a_200_stream_counts_against_its_key() {
+    for body in bodies() {
+        let mock = Mock::start().await;
+        mock.set(KEYS[0], Behavior::ErrorLineMidStream);
+        let proxy = Proxy::start_with(&mock, Setup { keys: vec![KEYS[0], KEYS[1]], admin: true, ..Default::default() }).await;
+        let resp = proxy.post("/api/chat", body).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let text = resp.text().await.unwrap();
+        assert!(text.ends_with("{\"error\":\"an upstream error occurred mid-stream\"}\n"), "passed through: {text}");
+        assert_eq!(mock.requests().len(), 1, "no retry once the stream has started");
+        let id = proxy.key_id(KEYS[0]);
+        let k = proxy.key(KEYS[0]);
+        assert_eq!((k.stream_errors, k.status), (1, ollama_pool::pool::Status::Active));
+        let metrics = common::client().get(proxy.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+        let line = format!("ollama_pool_key_stream_errors_total{{key_id=\"{id}\"}}");
+        assert!(metrics.lines().any(|l| l.starts_with(&line)), "counted in metrics");
+        // A cut-off stream is a stream error too.
+        mock.set(KEYS[0], Behavior::CutMidStream);
+        mock.set(KEYS[1], Behavior::CutMidStream);
+        let resp = proxy.post("/v1/chat/completions", bodies()[0].clone()).send().await.unwrap();
+        let _ = resp.bytes().await;
+        assert_eq!(proxy.key(KEYS[0]).stream_errors + proxy.key(KEYS[1]).stream_errors, 2);
+    }
+}

@@ -1,6 +1,6 @@
-//! The per-request attempt policy (SPEC §3.2–3.3), shared by the Pingora retry path (proxy/)
-//! and the large-body path (forward.rs): which key serves the next attempt, and whether an
-//! outcome is worth another attempt.
+//! The per-request attempt policy (SPEC §3.2–3.3), used by the forwarding path
+//! (proxy/forward.rs): which key serves the next attempt, and whether an outcome is worth
+//! another attempt.
 
 use super::{Key, NoKey, Outcome, Pool};
 use std::sync::Arc;
@@ -26,18 +26,29 @@ pub struct Attempts {
     /// The decision for the current attempt, once made (hooks may report the same attempt twice).
     settled: Option<Decision>,
     pub last_outcome: Option<Outcome>,
+    /// The model the request asks for: only keys that serve it are picked.
+    model: Option<Arc<str>>,
 }
 
 impl Attempts {
     pub fn new(max: usize) -> Attempts {
-        Attempts { max, tried: Vec::with_capacity(max), next: None, settled: None, last_outcome: None }
+        Attempts { max, tried: Vec::with_capacity(max), next: None, settled: None, last_outcome: None, model: None }
+    }
+
+    /// Sets the model every attempt must serve (before the first `begin`).
+    pub fn for_model(&mut self, model: Option<Arc<str>>) {
+        self.model = model;
+    }
+
+    pub fn model(&self) -> Option<&str> {
+        self.model.as_deref()
     }
 
     /// The key for a new attempt: the one reserved by the last `Retry`, else a fresh pick.
     pub fn begin(&mut self, pool: &Pool) -> Result<Arc<Key>, NoKey> {
         let key = match self.next.take() {
             Some(k) => k,
-            None => pool.pick(&self.tried)?,
+            None => pool.pick_for(&self.tried, self.model.as_deref())?,
         };
         self.tried.push(key.clone());
         self.settled = None;
@@ -63,11 +74,11 @@ impl Attempts {
             return d;
         }
         let Some(key) = self.tried.last() else { return Decision::Deliver };
-        pool.report(key, outcome);
+        pool.report_for(key, outcome, self.model.as_deref());
         crate::metrics::attempt(key, outcome);
         self.last_outcome = Some(outcome);
         let decision = if may_retry && outcome.retryable() && self.tried.len() < self.max {
-            match pool.pick(&self.tried) {
+            match pool.pick_for(&self.tried, self.model.as_deref()) {
                 Ok(next) => {
                     self.next = Some(next);
                     Decision::Retry

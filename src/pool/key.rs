@@ -155,6 +155,12 @@ pub struct Key {
     pub(crate) parked_at_ms: AtomicU64,
     /// The storm-guard run (its start, ms) in which this key last failed: counts each key once.
     pub(crate) storm_run: AtomicU64,
+    /// Models this key may not use for a while (SPEC §3.2 "model unavailable"); replaced whole
+    /// under `transition` (rare). `model_parks_n` lets the request path skip the load when empty.
+    model_parks: arc_swap::ArcSwap<Vec<ModelPark>>,
+    model_parks_n: AtomicU32,
+    /// Whether `meta.models` is non-empty (then only those models are served).
+    has_models: std::sync::atomic::AtomicBool,
     /// Serialises state transitions (rare) so check-then-set sequences are not torn.
     transition: Mutex<()>,
     /// This key's attempt counters, resolved on its first attempt.
@@ -170,6 +176,15 @@ pub struct KeyStats {
     pub last_used_ms: AtomicU64,
     pub last_success_ms: AtomicU64,
     pub last_failure_ms: AtomicU64,
+    /// Streams started with a 200 that then failed (cut off, or an error line inside).
+    pub stream_errors: AtomicU64,
+}
+
+/// One model a key is parked for, and when it may try that model again (ms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelPark {
+    pub model: String,
+    pub until_ms: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -195,9 +210,12 @@ pub struct KeyView {
     pub last_used_ms: u64,
     pub last_success_ms: u64,
     pub last_failure_ms: u64,
+    pub stream_errors: u64,
     pub created_at_ms: u64,
     pub models: Vec<String>,
     pub category: Option<String>,
+    /// Models this key is parked for (still in the future at `now`).
+    pub model_parks: Vec<ModelPark>,
 }
 
 impl fmt::Debug for Key {
@@ -229,6 +247,9 @@ impl Key {
             probe_failures: AtomicU32::new(0),
             parked_at_ms: AtomicU64::new(0),
             storm_run: AtomicU64::new(u64::MAX),
+            model_parks: arc_swap::ArcSwap::from_pointee(Vec::new()),
+            model_parks_n: AtomicU32::new(0),
+            has_models: std::sync::atomic::AtomicBool::new(false),
             transition: Mutex::new(()),
             metrics: std::sync::OnceLock::new(),
         })
@@ -274,6 +295,62 @@ impl Key {
                 until != 0 && now >= until
             }
         }
+    }
+
+    /// Whether this key may serve `model` at `now`: it is not parked for it, and its
+    /// discovered model list (when one is known) names it. Lock-free; with no parks and no
+    /// list it is two relaxed loads.
+    #[inline]
+    pub fn serves(&self, model: &str, now: u64) -> bool {
+        if self.model_parks_n.load(Relaxed) != 0
+            && self.model_parks.load().iter().any(|p| p.until_ms > now && same_model(&p.model, model))
+        {
+            return false;
+        }
+        !self.has_models.load(Relaxed) || self.meta.load().models.iter().any(|m| same_model(m, model))
+    }
+
+    /// When this key may serve `model` again, if it is parked for it.
+    pub fn model_returns_at(&self, model: &str, now: u64) -> Option<u64> {
+        if self.model_parks_n.load(Relaxed) == 0 {
+            return None;
+        }
+        self.model_parks.load().iter().filter(|p| p.until_ms > now && same_model(&p.model, model)).map(|p| p.until_ms).max()
+    }
+
+    /// Parks this key for `model` only, until `until` (it keeps serving other models).
+    /// Returns whether this is a new park (not one already running for that model).
+    pub(crate) fn park_model(&self, model: &str, until: u64, now: u64) -> bool {
+        let _guard = self.transition.lock().unwrap_or_else(|p| p.into_inner());
+        let mut parks: Vec<ModelPark> = self.model_parks.load().iter().filter(|p| p.until_ms > now).cloned().collect();
+        let fresh = match parks.iter_mut().find(|p| same_model(&p.model, model)) {
+            Some(p) => {
+                p.until_ms = p.until_ms.max(until);
+                false
+            }
+            None => {
+                parks.push(ModelPark { model: model.to_string(), until_ms: until });
+                true
+            }
+        };
+        self.model_parks_n.store(parks.len() as u32, Relaxed);
+        self.model_parks.store(std::sync::Arc::new(parks));
+        if fresh {
+            log::info!(
+                "key {} parked for model {model:?} until={} (serves other models)",
+                self.id,
+                super::clock::rfc3339(until)
+            );
+        }
+        fresh
+    }
+
+    /// The models this key is parked for at `now`.
+    pub fn model_parks_at(&self, now: u64) -> Vec<ModelPark> {
+        if self.model_parks_n.load(Relaxed) == 0 {
+            return Vec::new();
+        }
+        self.model_parks.load().iter().filter(|p| p.until_ms > now).cloned().collect()
     }
 
     /// Past its `expires_at`: never usable again.
@@ -387,9 +464,11 @@ impl Key {
             last_used_ms: self.stats.last_used_ms.load(Relaxed),
             last_success_ms: self.stats.last_success_ms.load(Relaxed),
             last_failure_ms: self.stats.last_failure_ms.load(Relaxed),
+            stream_errors: self.stats.stream_errors.load(Relaxed),
             created_at_ms: self.created_at_ms,
             models: self.meta.load().models.clone(),
             category: self.meta.load().category.clone(),
+            model_parks: self.model_parks_at(now),
         }
     }
 
@@ -399,7 +478,9 @@ impl Key {
     }
 
     pub fn set_meta(&self, meta: KeyMeta) {
+        let has = !meta.models.is_empty();
         self.meta.store(std::sync::Arc::new(meta));
+        self.has_models.store(has, Relaxed);
     }
 
     /// The counters, for the store's periodic snapshot.
@@ -454,4 +535,10 @@ impl Key {
         self.reason.store(Reason::Manual as u8, Relaxed);
         self.status.store(Status::Disabled as u8, Release);
     }
+}
+
+/// Whether two model names are the same model: exact, or one is the other with Ollama's
+/// implied `:latest` tag (`qwen3` and `qwen3:latest`).
+pub fn same_model(a: &str, b: &str) -> bool {
+    a == b || a.strip_suffix(":latest") == Some(b) || b.strip_suffix(":latest") == Some(a)
 }

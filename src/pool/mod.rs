@@ -11,7 +11,7 @@ pub mod window;
 
 pub use attempt::{Attempts, Decision, MAX_ATTEMPTS};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use key::{Key, KeyMeta, KeyView, Reason, Status};
+pub use key::{same_model, Key, KeyMeta, KeyView, ModelPark, Reason, Status};
 pub use outcome::{classify, Outcome};
 pub use window::Window;
 
@@ -212,6 +212,12 @@ impl Pool {
     /// and a second add when keys were skipped — the cursor moves past them too, so the key after
     /// a run of parked keys does not also take their turns (every usable key gets an equal share).
     pub fn pick(&self, exclude: &[Arc<Key>]) -> Result<Arc<Key>, NoKey> {
+        self.pick_for(exclude, None)
+    }
+
+    /// `pick`, among the keys that serve `model` (when given): not parked for it, and listing
+    /// it when they have a discovered model list.
+    pub fn pick_for(&self, exclude: &[Arc<Key>], model: Option<&str>) -> Result<Arc<Key>, NoKey> {
         let keys = self.snapshot.load();
         let n = keys.len();
         if n == 0 {
@@ -224,7 +230,10 @@ impl Pool {
         let start = self.cursor.fetch_add(1, Relaxed) % n;
         let (tail, head) = keys.split_at(start);
         for (skipped, key) in head.iter().chain(tail).enumerate() {
-            if key.usable_at(now) && !exclude.iter().any(|e| Arc::ptr_eq(e, key)) {
+            if key.usable_at(now)
+                && model.is_none_or(|m| key.serves(m, now))
+                && !exclude.iter().any(|e| Arc::ptr_eq(e, key))
+            {
                 if skipped > 0 {
                     self.cursor.fetch_add(skipped, Relaxed);
                 }
@@ -232,19 +241,33 @@ impl Pool {
                 return Ok(key.clone());
             }
         }
-        Err(self.no_key(&keys, exclude, now))
+        Err(self.no_key(&keys, exclude, model, now))
     }
 
-    /// Why nothing was picked: the soonest return among keys this request has not used.
+    /// Why nothing was picked: the soonest return among keys this request has not used (for
+    /// `model`: when the key is back and its park for that model is over).
     #[cold]
-    fn no_key(&self, keys: &[Arc<Key>], exclude: &[Arc<Key>], now: u64) -> NoKey {
-        let soonest =
-            keys.iter().filter(|k| !exclude.iter().any(|e| Arc::ptr_eq(e, k))).filter_map(|k| k.returns_at(now)).min();
+    fn no_key(&self, keys: &[Arc<Key>], exclude: &[Arc<Key>], model: Option<&str>, now: u64) -> NoKey {
+        let soonest = keys
+            .iter()
+            .filter(|k| !exclude.iter().any(|e| Arc::ptr_eq(e, k)))
+            .filter(|k| model.is_none_or(|m| k.serves(m, now) || k.model_returns_at(m, now).is_some()))
+            .filter_map(|k| {
+                let back = k.returns_at(now)?;
+                Some(back.max(model.and_then(|m| k.model_returns_at(m, now)).unwrap_or(0)))
+            })
+            .min();
         NoKey { retry_after: soonest.map(|at| Duration::from_millis(at.saturating_sub(now))) }
     }
 
     /// Applies an upstream outcome to `key`: counters, and parking it when the outcome says so.
     pub fn report(&self, key: &Key, outcome: Outcome) {
+        self.report_for(key, outcome, None)
+    }
+
+    /// `report` for a request that asked for `model` (a "model unavailable" answer parks the
+    /// key for that model only).
+    pub fn report_for(&self, key: &Key, outcome: Outcome, model: Option<&str>) {
         let now = self.clock.now_ms();
         let s = &key.stats;
         s.requests.fetch_add(1, Relaxed);
@@ -258,6 +281,15 @@ impl Pool {
                 self.storm_success(now);
             }
             Outcome::CallerFault => {}
+            Outcome::ModelUnavailable => {
+                s.failures.fetch_add(1, Relaxed);
+                s.last_failure_ms.store(now, Relaxed);
+                // Not the key's fault, and not a streak: it serves other models. Without a
+                // model name there is nothing to park it for.
+                if let Some(m) = model {
+                    key.park_model(m, now + ms(self.policy.cooldown), now);
+                }
+            }
             Outcome::Credential => {
                 self.count_failure(key, now);
                 key.transition(Status::Invalid, Reason::Credential, now + ms(self.policy.cooldown), now);
@@ -280,6 +312,15 @@ impl Pool {
                 }
             }
         }
+    }
+
+    /// A stream this key started with a 200 failed inside it (an error line, or a cut). The
+    /// client already has the stream, so nothing is retried and the key is not parked for it;
+    /// it is counted (key stats, metrics) so a key that keeps breaking streams shows.
+    pub fn stream_error(&self, key: &Key) {
+        key.stats.stream_errors.fetch_add(1, Relaxed);
+        key.stats.last_failure_ms.store(self.clock.now_ms(), Relaxed);
+        crate::metrics::stream_error(key);
     }
 
     /// Parks a rate-limited key: until `retry_after`, else the named window's reset, else the

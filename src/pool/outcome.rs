@@ -1,5 +1,5 @@
-//! The one place that decides what an upstream answer means (SPEC §3.2). The proxy path, the
-//! large-body path and health probes all call `classify`; nothing else interprets statuses.
+//! The one place that decides what an upstream answer means (SPEC §3.2). The forwarding path
+//! and health probes call `classify`; nothing else interprets statuses.
 
 use super::Window;
 use http::HeaderMap;
@@ -14,6 +14,9 @@ pub enum Outcome {
     Success,
     /// 401/403: the upstream rejects this key.
     Credential,
+    /// 403 "requires a subscription", 402 "extra usage only" / "balance is empty": this key
+    /// may not use the requested model, but serves others.
+    ModelUnavailable,
     /// 429/402 or a usage/quota-limit error: this key is out of allowance for a while —
     /// until `retry_after`, or the reset of the usage `window` the error body named.
     RateLimited { retry_after: Option<Duration>, window: Option<Window> },
@@ -26,7 +29,10 @@ pub enum Outcome {
 impl Outcome {
     /// Worth trying again on another key.
     pub fn retryable(self) -> bool {
-        matches!(self, Outcome::Credential | Outcome::RateLimited { .. } | Outcome::Transient)
+        matches!(
+            self,
+            Outcome::Credential | Outcome::ModelUnavailable | Outcome::RateLimited { .. } | Outcome::Transient
+        )
     }
 
     /// Low-cardinality name for logs and metrics.
@@ -34,6 +40,7 @@ impl Outcome {
         match self {
             Outcome::Success => "success",
             Outcome::Credential => "credential",
+            Outcome::ModelUnavailable => "model_unavailable",
             Outcome::RateLimited { .. } => "rate_limited",
             Outcome::Transient => "transient",
             Outcome::CallerFault => "caller_fault",
@@ -49,6 +56,9 @@ pub fn classify(status: u16, headers: &HeaderMap, body: Option<&[u8]>) -> Outcom
     }
     let retry_after = retry_after(headers);
     let window = body.and_then(|b| Window::named_in(&String::from_utf8_lossy(&b[..b.len().min(ERROR_PEEK_BYTES)])));
+    if (status == 402 || status == 403) && body.is_some_and(names_a_model_plan) {
+        return Outcome::ModelUnavailable;
+    }
     if status == 429 || status == 402 {
         return Outcome::RateLimited { retry_after, window };
     }
@@ -94,6 +104,15 @@ fn parse_imf_fixdate(v: &str) -> Option<std::time::SystemTime> {
     let month = MONTHS.iter().position(|m| *m == parts[2])? + 1;
     let iso = format!("{}-{:02}-{:02}T{}Z", parts[3], month, parts[1].parse::<u32>().ok()?, parts[4]);
     humantime::parse_rfc3339(&iso).ok()
+}
+
+/// Ollama Cloud's answers for a model the key's plan does not include: 403 "this model
+/// requires a subscription", 402 "this model is available with extra usage only" or "your
+/// balance is empty" (credit plans).
+pub fn names_a_model_plan(body: &[u8]) -> bool {
+    let body = &body[..body.len().min(ERROR_PEEK_BYTES)];
+    let text = String::from_utf8_lossy(body).to_ascii_lowercase();
+    text.contains("requires a subscription") || text.contains("extra usage") || text.contains("balance is empty")
 }
 
 /// Ollama Cloud answers "you've reached your hourly/session/weekly usage limit"; others say
@@ -155,5 +174,16 @@ mod tests {
         assert_eq!(classify(429, &none, Some(body)), weekly);
         assert_eq!(classify(400, &none, Some(b"{\"error\":\"model not found\"}")), Outcome::CallerFault);
         assert_eq!(classify(200, &none, Some(body)), Outcome::Success);
+    }
+
+    #[test]
+    fn model_plan_bodies() {
+        let none = HeaderMap::new();
+        let sub = br#"{"error":"this model requires a subscription, upgrade for access: https://ollama.com/upgrade"}"#;
+        assert_eq!(classify(403, &none, Some(sub)), Outcome::ModelUnavailable);
+        assert_eq!(classify(402, &none, Some(b"{\"error\":\"model is available with extra usage only\"}")), Outcome::ModelUnavailable);
+        assert_eq!(classify(402, &none, Some(b"{\"error\":\"your balance is empty\"}")), Outcome::ModelUnavailable);
+        assert_eq!(classify(403, &none, None), Outcome::Credential, "no body read: the key itself");
+        assert_eq!(classify(400, &none, Some(sub)), Outcome::CallerFault, "only 402/403 say it");
     }
 }

@@ -35,11 +35,23 @@ pub struct ProxyError {
     pub kind: ErrorKind,
     /// Seconds until it makes sense to try again (503 and 429).
     pub retry_after: Option<Duration>,
+    /// The model the request asked for, when the error is about it (named in the message).
+    pub model: Option<std::sync::Arc<str>>,
 }
 
 impl ProxyError {
     pub fn new(kind: ErrorKind) -> ProxyError {
-        ProxyError { kind, retry_after: None }
+        ProxyError { kind, retry_after: None, model: None }
+    }
+
+    pub fn retry_after(mut self, d: Option<Duration>) -> ProxyError {
+        self.retry_after = d;
+        self
+    }
+
+    pub fn about_model(mut self, model: Option<std::sync::Arc<str>>) -> ProxyError {
+        self.model = model;
+        self
     }
 
     pub fn status(&self) -> u16 {
@@ -102,7 +114,11 @@ impl ProxyError {
     }
 
     pub fn body(&self, family: Family) -> Bytes {
-        let message = self.message();
+        let message = match (&self.model, self.kind) {
+            (Some(m), ErrorKind::NoUsableKey) => format!("no upstream key can serve model {m:?} right now; retry later"),
+            (Some(m), ErrorKind::ModelNotAllowed) => format!("this client token may not use model {m:?}"),
+            _ => self.message().to_string(),
+        };
         let (oa_type, oa_code, an_type) = self.types();
         let v = match family {
             Family::OpenAi => serde_json::json!({"error": {"message": message, "type": oa_type, "code": oa_code}}),
@@ -149,7 +165,7 @@ mod tests {
 
     #[test]
     fn retry_after_rounds_up() {
-        let e = ProxyError { kind: ErrorKind::NoUsableKey, retry_after: Some(Duration::from_millis(1500)) };
+        let e = ProxyError::new(ErrorKind::NoUsableKey).retry_after(Some(Duration::from_millis(1500)));
         assert_eq!(e.header(0).headers.get("retry-after").unwrap(), "2");
         assert_eq!(e.status(), 503);
     }

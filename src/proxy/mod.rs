@@ -1,33 +1,39 @@
 //! The client-facing proxy: the pingora `ProxyHttp` hooks, which only delegate — routes and
-//! envelopes (`routes`, `envelope`), client auth (`auth`), the upstream header (`headers`),
-//! key choice and failover (`crate::pool`), bodies over 64 KiB (`crate::forward`).
+//! envelopes (`routes`, `envelope`), client auth (`auth`), reading the body (`body`), answers
+//! the proxy makes (`answer`), the upstream header (`headers`), the attempt loop (`forward`),
+//! key choice and failover policy (`crate::pool`).
 //!
-//! Request flow: `request_filter` answers health/404/401/413 itself and reads the body whole
-//! (so any attempt can replay it); ≤ 64 KiB continues on pingora's proxy path, where
-//! `upstream_peer` takes a key from `Attempts` and `upstream_response_filter` /
-//! `fail_to_connect` / `error_while_proxy` turn outcomes into retries; larger bodies go to
-//! `forward::run`, which applies the same `Attempts` policy on its own connector.
+//! Request flow: `request_filter` answers health/404/401/413/429 itself, reads the body whole
+//! (so any attempt can replay it), then hands the request to `forward::run`, which makes every
+//! attempt and writes the answer. Pingora's own upstream hooks are not used: one path, one
+//! classification, whatever the body size (SPEC §3.2).
 
+pub mod answer;
 pub mod auth;
+pub mod body;
 pub mod cors;
+pub mod ctx;
 pub mod envelope;
+pub mod forward;
 pub mod header_deadline;
 pub mod headers;
 pub mod observe;
 pub mod routes;
 
-use crate::lifecycle::{Drain, InFlight};
-use crate::pool::{classify, outcome::ERROR_PEEK_BYTES, Attempts, Decision, Outcome, Pool, Window};
+pub use ctx::Ctx;
+
+use crate::lifecycle::Drain;
+use crate::pool::Pool;
 use crate::upstream::Upstream;
 use async_trait::async_trait;
-use auth::{Client, Clients};
-use bytes::{Bytes, BytesMut};
+use auth::Clients;
+use bytes::Bytes;
 use envelope::{ErrorKind, ProxyError};
 use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
-use pingora::{Error, ErrorSource, ErrorType};
+use pingora::{Error, ErrorType};
 use routes::{AllowList, Family, Route};
 use std::sync::Arc;
 
@@ -42,7 +48,7 @@ pub struct ProxyState {
     pub forward_client_ip: bool,
     /// Longest wait for the next piece of a request body.
     pub client_body_timeout: std::time::Duration,
-    /// Connection pool of the large-body path (pingora's proxy path has its own).
+    /// Upstream connection pool of the forwarding path.
     pub connector: Connector,
     /// In-flight requests and the draining flag (`crate::lifecycle`).
     pub drain: Arc<Drain>,
@@ -98,137 +104,76 @@ pub struct PoolProxy {
     pub state: Arc<ProxyState>,
 }
 
-/// Per-request state.
-pub struct Ctx {
-    pub(crate) family: Family,
-    pub(crate) client: Option<Arc<Client>>,
-    pub(crate) attempts: Attempts,
-    /// The error to answer with, when the proxy (not the upstream) decided the request fails.
-    pub(crate) failure: Option<ProxyError>,
-    /// The response had started when the upstream broke: the client saw a cut-off response.
-    pub(crate) aborted: bool,
-    /// `Access-Control-Allow-Origin` for this request's origin (CORS on and the origin allowed).
-    pub(crate) cors_allow: Option<http::HeaderValue>,
-    /// `/healthz`, `/readyz` or a CORS preflight: answered locally and not a proxied request in
-    /// the metrics (a load balancer's probes would otherwise fill the request histograms).
-    local_answer: bool,
-    /// The start of a delivered upstream error body, kept to learn which usage window (if
-    /// any) it names. None unless the delivered answer is a 4xx.
-    error_peek: Option<BytesMut>,
-    /// Timings and token usage, for metrics.
-    pub(crate) observed: observe::Observed,
-    /// Keeps the process alive until this request has finished (graceful shutdown).
-    _in_flight: InFlight,
-}
-
-/// After an early 413: how long and how much of the rest of the body is read and thrown away.
-const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
-const LINGER_BYTES: usize = 8 * 1024 * 1024;
-
-/// Reads and discards what is left of a request body we have already answered (bounded by
-/// [`LINGER_TIME`] and [`LINGER_BYTES`]). Closing a socket with unread data sends a reset, and a
-/// client still writing its body then sees "broken pipe" instead of our 413.
-async fn linger(session: &mut Session) {
-    let waiting_for_continue = session.req_header().headers.contains_key(http::header::EXPECT);
-    if waiting_for_continue || session.is_body_done() {
-        return; // nothing more is coming
-    }
-    let drain = async {
-        let mut read = 0;
-        while let Ok(Some(chunk)) = session.read_request_body().await {
-            read += chunk.len();
-            if read > LINGER_BYTES {
-                break;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
-}
-
-/// Bodies up to this size are replayed by pingora's own retry buffer.
-pub const PINGORA_REPLAY_LIMIT: usize = 64 * 1024;
-
 impl PoolProxy {
-    /// Answers the request with a proxy-made error in the route family's envelope.
-    pub(crate) async fn respond(&self, session: &mut Session, ctx: &mut Ctx, err: ProxyError) -> pingora::Result<bool> {
-        let body = err.body(ctx.family);
-        let mut header = err.header(body.len());
-        self.state.finish_header(session, &mut header, ctx);
-        session.set_keepalive(None);
-        session.write_response_header(Box::new(header), false).await?;
-        session.write_response_body(Some(body), true).await?;
-        if err.kind == ErrorKind::BodyTooLarge {
-            linger(session).await;
+    /// Everything before the first upstream attempt: limits, CORS preflight, local routes,
+    /// client auth and limits, the body. Returns the body to forward, or None when the request
+    /// has been answered here.
+    async fn admit(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<Option<Bytes>> {
+        let state = &*self.state;
+        if !state.header_within_limits(session.req_header()) {
+            // Nothing of an oversized header is forwarded, whatever route it asks for; the
+            // answer uses the envelope of the family its path names.
+            if let Some(f) = Family::of(session.req_header().uri.path()) {
+                ctx.family = f;
+            }
+            return self.refuse(session, ctx, ProxyError::new(ErrorKind::HeadersTooLarge)).await;
         }
-        Ok(true)
-    }
-
-    async fn respond_json(&self, session: &mut Session, status: u16, body: &'static str) -> pingora::Result<bool> {
-        self.state.close_if_draining(session);
-        let mut h = ResponseHeader::build(status, Some(3))?;
-        h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-        h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-        h.insert_header(http::header::CACHE_CONTROL, "no-store")?;
-        session.write_response_header(Box::new(h), false).await?;
-        session.write_response_body(Some(Bytes::from_static(body.as_bytes())), true).await?;
-        Ok(true)
-    }
-
-    /// Reads the whole request body (bounded by `max_request_body`) with pingora's retry buffer
-    /// on. Returns the body only when it is too big for that buffer (the large-body path needs it).
-    async fn read_body(&self, session: &mut Session) -> Result<Option<Bytes>, ProxyError> {
-        let max = self.state.max_request_body;
-        let declared = session
-            .req_header()
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > max) {
-            return Err(ProxyError::new(ErrorKind::BodyTooLarge));
+        if !state.drain.draining() {
+            // (pingora has already turned keep-alive off for a request that began after its
+            // shutdown broadcast; that must stay so)
+            session.set_keepalive(Some(state.keepalive_secs));
         }
-        if session.is_body_empty() {
-            return Ok(None);
-        }
-        // We read the body before choosing an upstream, so we answer `Expect: 100-continue`
-        // ourselves (and never forward it: the upstream receives the whole body at once).
-        let expects_continue = session
-            .req_header()
-            .headers
-            .get(http::header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-        if expects_continue {
-            session.req_header_mut().remove_header(&http::header::EXPECT);
-            session.write_continue_response().await.map_err(|_| ProxyError::new(ErrorKind::BadRequest))?;
-        }
-        // A client that stops sending mid-body must not hold the request forever.
-        session.set_read_timeout(Some(self.state.client_body_timeout));
-        session.enable_retry_buffering();
-        let mut chunks: Vec<Bytes> = Vec::new();
-        let mut total: u64 = 0;
-        loop {
-            match session.read_request_body().await {
-                Ok(Some(chunk)) => {
-                    total += chunk.len() as u64;
-                    if total > max {
-                        return Err(ProxyError::new(ErrorKind::BodyTooLarge));
-                    }
-                    chunks.push(chunk);
-                }
-                Ok(None) => break,
-                Err(e) if matches!(e.etype(), ErrorType::ReadTimedout) => {
-                    return Err(ProxyError::new(ErrorKind::RequestTimeout))
-                }
-                Err(_) => return Err(ProxyError::new(ErrorKind::BadRequest)),
+        if let Some(c) = &state.cors {
+            ctx.cors_allow = c.allow(session.req_header());
+            if cors::Cors::is_preflight(session.req_header()) {
+                let h = c.preflight(session.req_header(), ctx.cors_allow.as_ref());
+                ctx.local_answer = true;
+                state.close_if_draining(session);
+                session.write_response_header(Box::new(h), true).await?;
+                return Ok(None);
             }
         }
-        if !session.retry_buffer_truncated() {
-            return Ok(None); // pingora holds it and will replay it on every attempt
+        let route = state.routes.resolve(session.req_header().uri.path());
+        ctx.local_answer = matches!(route, Route::Healthz | Route::Readyz);
+        match route {
+            Route::Healthz => return self.local(session, 200, r#"{"status":"ok"}"#).await,
+            Route::Readyz if state.ready() => return self.local(session, 200, r#"{"status":"ready"}"#).await,
+            Route::Readyz => return self.local(session, 503, r#"{"status":"not ready"}"#).await,
+            Route::Unknown => return self.refuse(session, ctx, ProxyError::new(ErrorKind::NotFound)).await,
+            Route::NotAllowed(f) => {
+                ctx.family = f;
+                return self.refuse(session, ctx, ProxyError::new(ErrorKind::NotFound)).await;
+            }
+            Route::Forward(f) => ctx.family = f,
         }
-        let mut body = BytesMut::with_capacity(total as usize);
-        for c in chunks {
-            body.extend_from_slice(&c);
+        let now = state.pool.now_ms();
+        let Some(client) = state.clients.authenticate(&session.req_header().headers, now) else {
+            return self.refuse(session, ctx, ProxyError::new(ErrorKind::Unauthorized)).await;
+        };
+        ctx.client = Some(client.clone());
+        if let Err(wait) = client.admit(now) {
+            let err = ProxyError::new(ErrorKind::ClientRateLimited).retry_after(Some(wait));
+            return self.refuse(session, ctx, err).await;
         }
-        Ok(Some(body.freeze()))
+        let body = match body::read_whole(session, state.max_request_body, state.client_body_timeout).await {
+            Ok(b) => b,
+            Err(e) => return self.refuse(session, ctx, e).await,
+        };
+        // The model is read once, here; routing, key choice and the client's allow-list use it.
+        let model: Option<Arc<str>> = requested_model(&body).map(Arc::from);
+        if !client.models.is_empty() && !client.allows_model(model.as_deref()) {
+            return self.refuse(session, ctx, ProxyError::new(ErrorKind::ModelNotAllowed).about_model(model)).await;
+        }
+        ctx.attempts.for_model(model);
+        Ok(Some(body))
+    }
+
+    async fn refuse(&self, session: &mut Session, ctx: &Ctx, err: ProxyError) -> pingora::Result<Option<Bytes>> {
+        answer::error(&self.state, session, ctx, err).await.map(|()| None)
+    }
+
+    async fn local(&self, session: &mut Session, status: u16, body: &'static str) -> pingora::Result<Option<Bytes>> {
+        answer::json(&self.state, session, status, body).await.map(|()| None)
     }
 }
 
@@ -237,203 +182,20 @@ impl ProxyHttp for PoolProxy {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx {
-            family: Family::OpenAi,
-            client: None,
-            attempts: Attempts::new(self.state.max_attempts),
-            failure: None,
-            aborted: false,
-            cors_allow: None,
-            local_answer: false,
-            error_peek: None,
-            observed: Default::default(),
-            _in_flight: self.state.drain.enter(),
-        }
+        Ctx::new(self.state.max_attempts, self.state.drain.enter())
     }
 
+    /// Every request is answered here: by the proxy itself, or by `forward::run`.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
-        if !self.state.header_within_limits(session.req_header()) {
-            // Nothing of an oversized header is forwarded, whatever route it asks for; the
-            // answer uses the envelope of the family its path names.
-            if let Some(f) = Family::of(session.req_header().uri.path()) {
-                ctx.family = f;
-            }
-            return self.respond(session, ctx, ProxyError::new(ErrorKind::HeadersTooLarge)).await;
+        if let Some(body) = self.admit(session, ctx).await? {
+            forward::run(self, session, ctx, body).await?;
         }
-        if !self.state.drain.draining() {
-            // (pingora has already turned keep-alive off for a request that began after its
-            // shutdown broadcast; that must stay so)
-            session.set_keepalive(Some(self.state.keepalive_secs));
-        }
-        if let Some(c) = &self.state.cors {
-            ctx.cors_allow = c.allow(session.req_header());
-            if cors::Cors::is_preflight(session.req_header()) {
-                let h = c.preflight(session.req_header(), ctx.cors_allow.as_ref());
-                ctx.local_answer = true;
-                self.state.close_if_draining(session);
-                session.write_response_header(Box::new(h), true).await?;
-                return Ok(true);
-            }
-        }
-        let route = self.state.routes.resolve(session.req_header().uri.path());
-        ctx.local_answer = matches!(route, Route::Healthz | Route::Readyz);
-        match route {
-            Route::Healthz => return self.respond_json(session, 200, r#"{"status":"ok"}"#).await,
-            Route::Readyz if self.state.ready() => {
-                return self.respond_json(session, 200, r#"{"status":"ready"}"#).await
-            }
-            Route::Readyz => return self.respond_json(session, 503, r#"{"status":"not ready"}"#).await,
-            Route::Unknown => return self.respond(session, ctx, ProxyError::new(ErrorKind::NotFound)).await,
-            Route::NotAllowed(f) => {
-                ctx.family = f;
-                return self.respond(session, ctx, ProxyError::new(ErrorKind::NotFound)).await;
-            }
-            Route::Forward(f) => ctx.family = f,
-        }
-        let now = self.state.pool.now_ms();
-        let client = match self.state.clients.authenticate(&session.req_header().headers, now) {
-            Some(c) => c,
-            None => return self.respond(session, ctx, ProxyError::new(ErrorKind::Unauthorized)).await,
-        };
-        ctx.client = Some(client.clone());
-        if let Err(wait) = client.admit(now) {
-            let err = ProxyError { kind: ErrorKind::ClientRateLimited, retry_after: Some(wait) };
-            return self.respond(session, ctx, err).await;
-        }
-        let large = match self.read_body(session).await {
-            Ok(large) => large,
-            Err(e) => return self.respond(session, ctx, e).await,
-        };
-        if !client.models.is_empty() {
-            let body = large.clone().or_else(|| session.get_retry_buffer()).unwrap_or_default();
-            if !client.allows_model(requested_model(&body).as_deref()) {
-                return self.respond(session, ctx, ProxyError::new(ErrorKind::ModelNotAllowed)).await;
-            }
-        }
-        match large {
-            None => Ok(false),
-            Some(large) => {
-                crate::forward::run(self, session, ctx, large).await?;
-                Ok(true)
-            }
-        }
+        Ok(true)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> pingora::Result<Box<HttpPeer>> {
-        if let Err(no_key) = ctx.attempts.begin(&self.state.pool) {
-            ctx.failure = Some(ProxyError { kind: ErrorKind::NoUsableKey, retry_after: no_key.retry_after });
-            return Error::e_explain(ErrorType::HTTPStatus(503), "no usable key");
-        }
-        ctx.observed.attempt_began();
-        match self.state.upstream.peer() {
-            Some(peer) => Ok(Box::new(peer)),
-            None => {
-                ctx.failure = Some(ProxyError::new(ErrorKind::UpstreamUnresolved));
-                Error::e_explain(ErrorType::HTTPStatus(502), "upstream unresolved")
-            }
-        }
-    }
-
-    async fn upstream_request_filter(
-        &self,
-        _session: &mut Session,
-        upstream_request: &mut RequestHeader,
-        ctx: &mut Ctx,
-    ) -> pingora::Result<()> {
-        let key =
-            ctx.attempts.current().ok_or_else(|| Error::explain(ErrorType::InternalError, "no key for attempt"))?;
-        headers::rewrite(upstream_request, key, &self.state.upstream, self.state.forward_client_ip)
-    }
-
-    async fn upstream_response_filter(
-        &self,
-        session: &mut Session,
-        upstream_response: &mut ResponseHeader,
-        ctx: &mut Ctx,
-    ) -> pingora::Result<()> {
-        let status = upstream_response.status.as_u16();
-        let outcome = classify(status, &upstream_response.headers, None);
-        let may_retry = session.response_written().is_none();
-        if ctx.attempts.settle(&self.state.pool, outcome, may_retry) == Decision::Retry {
-            let mut e = Error::explain(ErrorType::HTTPStatus(status), "failing over to another key");
-            e.set_retry(true);
-            return Err(e);
-        }
-        ctx.observed.response_started(upstream_response);
-        // This answer goes to the client. If it is a 4xx, look at its body on the way through:
-        // a usage-limit message names the window the key must wait out (SPEC §3.2).
-        if (400..500).contains(&status) {
-            ctx.error_peek = Some(BytesMut::new());
-        }
-        Ok(())
-    }
-
-    async fn response_filter(
-        &self,
-        session: &mut Session,
-        upstream_response: &mut ResponseHeader,
-        ctx: &mut Ctx,
-    ) -> pingora::Result<()> {
-        self.state.finish_header(session, upstream_response, ctx);
-        Ok(())
-    }
-
-    fn upstream_response_body_filter(
-        &self,
-        _session: &mut Session,
-        body: &mut Option<Bytes>,
-        end_of_stream: bool,
-        ctx: &mut Ctx,
-    ) -> pingora::Result<Option<std::time::Duration>> {
-        if let Some(peek) = ctx.error_peek.as_mut() {
-            if let Some(b) = body {
-                let room = ERROR_PEEK_BYTES.saturating_sub(peek.len());
-                peek.extend_from_slice(&b[..b.len().min(room)]);
-            }
-            if end_of_stream || peek.len() >= ERROR_PEEK_BYTES {
-                let peek = ctx.error_peek.take().unwrap_or_default();
-                if let (Some(w), Some(key)) =
-                    (Window::named_in(&String::from_utf8_lossy(&peek)), ctx.attempts.current())
-                {
-                    let pool = &self.state.pool;
-                    pool.park_rate_limited(key, None, Some(w), pool.now_ms());
-                }
-            }
-        }
-        Ok(None)
-    }
-
-    fn fail_to_connect(
-        &self,
-        _session: &mut Session,
-        _peer: &HttpPeer,
-        ctx: &mut Ctx,
-        mut e: Box<Error>,
-    ) -> Box<Error> {
-        e.set_retry(ctx.attempts.settle(&self.state.pool, Outcome::Transient, true) == Decision::Retry);
-        e
-    }
-
-    fn error_while_proxy(
-        &self,
-        _peer: &HttpPeer,
-        session: &mut Session,
-        mut e: Box<Error>,
-        ctx: &mut Ctx,
-        _client_reused: bool,
-    ) -> Box<Error> {
-        // The client went away (or broke the request): not the key's fault, and nobody is left
-        // to fail over for.
-        let client_gone = matches!(e.esource(), ErrorSource::Downstream);
-        let outcome = if client_gone { Outcome::CallerFault } else { Outcome::Transient };
-        // Never fail over once the client has a response header: it would see two answers.
-        let responded = session.response_written().is_some();
-        let may_retry = !responded && !client_gone;
-        // An attempt already settled (e.g. a status that asked for failover) keeps its decision.
-        let decision = ctx.attempts.settle(&self.state.pool, outcome, may_retry);
-        ctx.aborted |= responded;
-        e.set_retry(may_retry && decision == Decision::Retry);
-        e
+    /// Never reached: `request_filter` answers every request (see the module doc).
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> pingora::Result<Box<HttpPeer>> {
+        Error::e_explain(ErrorType::InternalError, "pingora's upstream path is not used")
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
@@ -442,25 +204,12 @@ impl ProxyHttp for PoolProxy {
             ctx.aborted = true;
             return FailToProxy { error_code: 0, can_reuse_downstream: false };
         }
-        let err = ctx.failure.take().unwrap_or_else(|| error_for(e));
+        let err = ctx.failure.take().unwrap_or_else(|| answer::error_for(e));
         let code = err.status();
-        if self.respond(session, ctx, err).await.is_err() {
+        if answer::error(&self.state, session, ctx, err).await.is_err() {
             return FailToProxy { error_code: 0, can_reuse_downstream: false };
         }
         FailToProxy { error_code: code, can_reuse_downstream: false }
-    }
-
-    fn response_body_filter(
-        &self,
-        _session: &mut Session,
-        body: &mut Option<Bytes>,
-        _end_of_stream: bool,
-        ctx: &mut Ctx,
-    ) -> pingora::Result<Option<std::time::Duration>> {
-        if let Some(b) = body {
-            ctx.observed.body_chunk(b);
-        }
-        Ok(None)
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, _error: &Error) -> bool {
@@ -505,24 +254,4 @@ fn requested_model(body: &[u8]) -> Option<String> {
         model: Option<String>,
     }
     serde_json::from_slice::<Probe>(body).ok()?.model
-}
-
-/// The client-facing error for a pingora error that we did not decide ourselves.
-pub(crate) fn error_for(e: &Error) -> ProxyError {
-    use ErrorType::*;
-    let kind = match e.etype() {
-        ConnectTimedout | ReadTimedout | WriteTimedout => ErrorKind::UpstreamTimeout,
-        _ => match e.esource() {
-            ErrorSource::Upstream => ErrorKind::UpstreamFailed,
-            ErrorSource::Downstream => ErrorKind::BadRequest,
-            _ if matches!(e.etype(), HTTPStatus(_)) => ErrorKind::UpstreamFailed,
-            _ => match e.etype() {
-                ConnectError | ConnectRefused | ConnectNoRoute | TLSHandshakeFailure | ConnectionClosed => {
-                    ErrorKind::UpstreamFailed
-                }
-                _ => ErrorKind::Internal,
-            },
-        },
-    };
-    ProxyError::new(kind)
 }

@@ -1,6 +1,6 @@
 //! What one request is measured by, for `metrics`: its timings (total, time in upstream
 //! attempts, time to first byte) and the token usage read from its response as it passes.
-//! Both forwarding paths feed it through the same three calls.
+//! The forwarding path feeds it through three calls.
 
 use super::auth::Client;
 use super::routes::Family;
@@ -69,6 +69,11 @@ impl Observed {
         if let Some(u) = self.usage.as_mut() {
             u.feed(chunk);
         }
+    }
+
+    /// The upstream reported an error inside a stream it had started with a 200.
+    pub fn stream_error_seen(&self) -> bool {
+        self.usage.as_ref().is_some_and(|u| u.stream_error)
     }
 
     /// The request is over: record it.

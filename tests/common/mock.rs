@@ -21,6 +21,9 @@ pub enum Behavior {
     Reset,
     /// Send a streaming header and two chunks, then drop the connection (no final chunk).
     CutMidStream,
+    /// Ollama Cloud's mid-stream failure: a 200 NDJSON stream with one line, then an
+    /// `{"error": ...}` line, then a clean end.
+    ErrorLineMidStream,
     /// Stream: send the first event, wait for `gate`, then send the rest.
     Gated(Arc<Notify>),
     /// Never answer (the connection stays open).
@@ -70,6 +73,8 @@ struct State {
     default: Mutex<Option<Behavior>>,
     /// (body substring, behaviour), checked before everything else.
     by_body: Mutex<Vec<(String, Behavior)>>,
+    /// (key, body substring, behaviour), checked first: one key's answer for one model.
+    by_key_body: Mutex<Vec<(String, String, Behavior)>>,
     log: Mutex<Vec<Recorded>>,
 }
 
@@ -134,6 +139,12 @@ impl Mock {
         self.state.by_body.lock().unwrap().push((needle.to_string(), b));
     }
 
+    /// How the mock treats requests made with `key` whose body contains `needle` (e.g. one
+    /// model: `"model":"big"`), before every other rule.
+    pub fn set_for_key_body(&self, key: &str, needle: &str, b: Behavior) {
+        self.state.by_key_body.lock().unwrap().push((key.to_string(), needle.to_string(), b));
+    }
+
     /// How the mock treats every key that has no behaviour of its own (None = Normal).
     pub fn set_default(&self, b: Option<Behavior>) {
         *self.state.default.lock().unwrap() = b;
@@ -171,7 +182,15 @@ async fn serve(mut stream: TcpStream, state: Arc<State>) -> std::io::Result<()> 
             let rules = state.by_body.lock().unwrap();
             rules.iter().find(|(needle, _)| find(&req.body, needle.as_bytes()).is_some()).map(|(_, b)| b.clone())
         };
-        let behavior = by_body
+        let by_key_body = {
+            let rules = state.by_key_body.lock().unwrap();
+            rules
+                .iter()
+                .find(|(k, needle, _)| req.key.as_deref() == Some(k) && find(&req.body, needle.as_bytes()).is_some())
+                .map(|(_, _, b)| b.clone())
+        };
+        let behavior = by_key_body
+            .or(by_body)
             .or_else(|| {
                 req.key.as_ref().and_then(|k| {
                     let by_path = state.by_key_path.lock().unwrap().get(&(k.clone(), path.clone())).cloned();
@@ -207,6 +226,12 @@ async fn serve(mut stream: TcpStream, state: Arc<State>) -> std::io::Result<()> 
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 stream.set_linger(Some(std::time::Duration::ZERO))?;
                 return Ok(());
+            }
+            Behavior::ErrorLineMidStream => {
+                stream.write_all(stream_head("application/x-ndjson").as_bytes()).await?;
+                stream.write_all(&chunk(b"{\"model\":\"m1\",\"message\":{\"content\":\"a\"},\"done\":false}\n")).await?;
+                stream.write_all(&chunk(b"{\"error\":\"an upstream error occurred mid-stream\"}\n")).await?;
+                stream.write_all(b"0\r\n\r\n").await?;
             }
             Behavior::Gated(gate) => {
                 stream.write_all(stream_head("text/event-stream").as_bytes()).await?;

@@ -1,0 +1,44 @@
+//! Per-request state: what the hooks learn about one request as it passes through them.
+
+use super::auth::Client;
+use super::envelope::ProxyError;
+use super::observe::Observed;
+use super::routes::Family;
+use crate::lifecycle::InFlight;
+use crate::pool::Attempts;
+use std::sync::Arc;
+
+pub struct Ctx {
+    pub(crate) family: Family,
+    pub(crate) client: Option<Arc<Client>>,
+    pub(crate) attempts: Attempts,
+    /// The error to answer with, when the proxy (not the upstream) decided the request fails.
+    pub(crate) failure: Option<ProxyError>,
+    /// The response had started when the upstream broke: the client saw a cut-off response.
+    pub(crate) aborted: bool,
+    /// `Access-Control-Allow-Origin` for this request's origin (CORS on and the origin allowed).
+    pub(crate) cors_allow: Option<http::HeaderValue>,
+    /// `/healthz`, `/readyz` or a CORS preflight: answered locally and not a proxied request in
+    /// the metrics (a load balancer's probes would otherwise fill the request histograms).
+    pub(crate) local_answer: bool,
+    /// Timings and token usage, for metrics.
+    pub(crate) observed: Observed,
+    /// Keeps the process alive until this request has finished (graceful shutdown).
+    _in_flight: InFlight,
+}
+
+impl Ctx {
+    pub(crate) fn new(max_attempts: usize, in_flight: InFlight) -> Ctx {
+        Ctx {
+            family: Family::OpenAi,
+            client: None,
+            attempts: Attempts::new(max_attempts),
+            failure: None,
+            aborted: false,
+            cors_allow: None,
+            local_answer: false,
+            observed: Observed::default(),
+            _in_flight: in_flight,
+        }
+    }
+}
