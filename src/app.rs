@@ -4,16 +4,16 @@
 use crate::admin::ops::{self, Control};
 use crate::admin::AdminApp;
 use crate::config::Loaded;
-use crate::health::HealthChecker;
+use crate::health::HealthService;
 use crate::import;
 use crate::lifecycle::{self, Drain, Signals};
-use crate::pool::{Clock, Policy, Pool, StormPolicy};
+use crate::pool::Clock;
 use crate::proxy::auth::Clients;
 use crate::proxy::header_deadline::HeaderDeadline;
-use crate::proxy::routes::AllowList;
 use crate::proxy::{PoolProxy, ProxyState};
+use crate::runtime::Runtime;
 use crate::store::{CounterFlusher, SqliteStore, Store, StoredKey};
-use crate::upstream::Upstream;
+use arc_swap::ArcSwap;
 use pingora::apps::http_app::HttpServer;
 use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
@@ -25,8 +25,8 @@ use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    #[error("keys.files[{index}]: cannot read {path}: {source}")]
-    KeyFile { index: usize, path: String, source: std::io::Error },
+    #[error("{yaml}[{index}]: cannot read {path}: {source}")]
+    KeyFile { index: usize, yaml: String, path: String, source: std::io::Error },
     #[error("upstream: {0}")]
     Upstream(String),
     #[error("listen {address}: {message}")]
@@ -49,7 +49,9 @@ pub struct RunMode {
 pub struct App {
     pub server: Server,
     pub state: Arc<ProxyState>,
-    pub health: Arc<HealthChecker>,
+    /// Re-reads the config file (None when the config did not come from a file).
+    pub reloader: Option<Arc<crate::reload::Reloader>>,
+    pub health: Arc<HealthService>,
     pub store: Arc<dyn Store>,
     pub flusher: Arc<CounterFlusher>,
     mode: RunMode,
@@ -64,38 +66,17 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
     }
     crate::metrics::init(cfg.metrics.max_models, cfg.metrics.max_clients);
 
-    let pool = Arc::new(Pool::new(
-        Policy {
-            failure_threshold: cfg.pool.failure_threshold,
-            cooldown: cfg.pool.cooldown.0,
-            rate_limit_backoff: cfg.pool.rate_limit_backoff.0,
-            storm: StormPolicy {
-                window: cfg.pool.storm_window.0,
-                fraction: cfg.pool.storm_fraction,
-                min_keys: cfg.pool.storm_min_keys,
-                // Clients are told to come back when the next probe may have ended it.
-                retry_after: cfg.health_check.interval.0,
-            },
-        },
-        clock.clone(),
-    ));
+    let runtime = Runtime::build(cfg, &|p| loaded.resolve(p), None, clock.clone()).map_err(|problems| {
+        AppError::Server(problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))
+    })?;
     let store: Arc<dyn Store> = Arc::new(open_store(loaded)?);
-    load_key_files(loaded, &*store, clock.now_ms())?;
-    crate::metrics::PoolCollector::register(&pool);
-    let stored = store.keys()?;
-    let now = clock.now_ms();
-    let (added, _) = pool.add_all(stored.iter().filter_map(|k| ops::to_pool_key(k, now)));
-    log::info!("keys: {added} in the pool ({} usable)", pool.usable_count());
-    if pool.is_empty() {
-        log::warn!("keys: the pool is empty; every proxied request will be answered 503");
-    }
+    load_key_files(loaded, &runtime, &*store, clock.now_ms())?;
+    fill_pools(&runtime, &*store.keys()?, clock.now_ms());
     let clients = Arc::new(Clients::from_static(&cfg.clients.tokens));
     for t in store.tokens()? {
         clients.insert(t.hash, ops::to_client(&t));
     }
-    let mut upstream_cfg = cfg.upstream.clone();
-    upstream_cfg.ca_file = upstream_cfg.ca_file.map(|p| loaded.resolve(&p));
-    let upstream = Arc::new(Upstream::new(&upstream_cfg).map_err(AppError::Upstream)?);
+    let runtime = Arc::new(ArcSwap::from_pointee(runtime));
 
     let conf = ServerConf {
         threads: cfg.threads,
@@ -106,7 +87,7 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
         // Only blocking threads wait on this; async tasks are dropped at once.
         graceful_shutdown_timeout_seconds: Some(1),
         // Our own Attempts policy bounds retries; this only stops pingora from looping further.
-        max_retries: cfg.pool.max_attempts,
+        max_retries: cfg.pool.max_attempts.max(1),
         pid_file: cfg.server.pid_file.display().to_string(),
         upgrade_sock: cfg.server.upgrade_sock.display().to_string(),
         ..ServerConf::default()
@@ -122,22 +103,16 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
     server.bootstrap();
 
     let state = Arc::new(ProxyState {
-        pool,
+        runtime: runtime.clone(),
         clients: clients.clone(),
-        upstream: upstream.clone(),
-        routes: AllowList::new(&cfg.routes.allow),
-        max_attempts: cfg.pool.max_attempts,
-        max_request_body: cfg.pool.max_request_body.0,
-        forward_client_ip: cfg.upstream.forward_client_ip_headers,
+        clock: clock.clone(),
         client_body_timeout: cfg.server.client_body_timeout.0,
         connector: Connector::new(Some(ConnectorOptions::from_server_conf(&server.configuration))),
         drain: Arc::new(Drain::default()),
-        cors: crate::proxy::cors::Cors::new(&cfg.cors.allow_origins, cfg.cors.max_age.0),
         max_header_bytes: cfg.server.max_header_bytes.0 as usize,
         max_headers: cfg.server.max_headers,
         keepalive_secs: cfg.server.keepalive_timeout.0.as_secs().max(1),
     });
-
     let proxy_app = pingora::proxy::http_proxy(&server.configuration, PoolProxy { state: state.clone() });
     let mut proxy = Service::new(
         "ollama-pool proxy".to_string(),
@@ -152,21 +127,39 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
         }
     }
     server.add_service(proxy);
-    server.add_service(GenBackgroundService::new("upstream addresses".into(), upstream.load_balancer()));
-    let health = Arc::new(HealthChecker::new(
-        state.pool.clone(),
-        upstream.clone(),
-        Connector::new(Some(ConnectorOptions::from_server_conf(&server.configuration))),
-        cfg.health_check.clone(),
+    server.add_service(GenBackgroundService::new(
+        "upstream addresses".into(),
+        Arc::new(crate::upstream::AddressService { runtime: state.runtime_cell() }),
+    ));
+    let health = Arc::new(HealthService::new(
+        state.runtime_cell(),
+        ConnectorOptions::from_server_conf(&server.configuration),
     ));
     server.add_service(GenBackgroundService::new("health checks".into(), health.clone()));
+    let pools_of = state.clone();
     let flusher = Arc::new(CounterFlusher {
         store: store.clone(),
-        pool: state.pool.clone(),
+        pools: Box::new(move || pools_of.runtime.load().providers.iter().map(|p| p.pool.clone()).collect()),
         interval: cfg.store.flush_interval.0,
     });
     server.add_service(GenBackgroundService::new("counter snapshots".into(), flusher.clone()));
+    let weak = Arc::downgrade(&state);
+    crate::metrics::PoolCollector::register(Arc::new(move || {
+        let Some(state) = weak.upgrade() else { return Vec::new() };
+        let rt = state.runtime.load();
+        rt.providers.iter().map(|p| (p.name.clone(), p.pool.clone())).collect()
+    }));
 
+    crate::metrics::config_generation(1);
+    let reloader = loaded.source.clone().map(|path| {
+        Arc::new(crate::reload::Reloader::new(path, state.clone(), store.clone(), clock.clone()))
+    });
+    if let Some(r) = &reloader {
+        server.add_service(GenBackgroundService::new(
+            "config reload on SIGHUP".into(),
+            Arc::new(crate::reload::SighupService { reloader: r.clone() }),
+        ));
+    }
     if let Some(m) = &cfg.metrics.listen {
         let mut metrics = pingora_prometheus::prometheus_http_service();
         metrics.add_tcp(m);
@@ -176,12 +169,13 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
         let token = admin.token.as_ref().ok_or_else(|| AppError::Server("admin.token is required".into()))?;
         let control = Control {
             store: store.clone(),
-            pool: Some(state.pool.clone()),
+            runtime: Some(state.runtime_cell()),
+            providers: cfg.provider_entries().into_iter().map(|(_, p)| p.name).collect(),
             clients: Some(clients),
             clock,
             max_key_bytes: cfg.keys.max_key_bytes,
         };
-        let app = AdminApp::new(control, health.clone(), state.clone(), token);
+        let app = AdminApp::new(control, health.clone(), state.clone(), reloader.clone(), token);
         let mut service = Service::new("ollama-pool admin".to_string(), HttpServer::new_app(app));
         service.add_tcp(&admin.listen);
         server.add_service(service);
@@ -189,6 +183,7 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
     Ok(App {
         server,
         state,
+        reloader,
         health,
         store,
         flusher,
@@ -231,24 +226,50 @@ pub fn open_store(loaded: &Loaded) -> Result<SqliteStore, AppError> {
     Ok(SqliteStore::open(&loaded.resolve(&cfg.path), cfg.encryption_key.as_ref())?)
 }
 
-/// Imports `keys.files` into the store (idempotent: keys already stored are left as they are).
-/// Problem lines are reported by number, never by content.
-fn load_key_files(loaded: &Loaded, store: &dyn Store, now: u64) -> Result<(), AppError> {
-    for (index, file) in loaded.config.keys.files.iter().enumerate() {
-        let path = loaded.resolve(file);
-        let text = std::fs::read_to_string(&path).map_err(|source| AppError::KeyFile {
-            index,
-            path: path.display().to_string(),
-            source,
-        })?;
-        let parsed = import::parse(&text, loaded.config.keys.max_key_bytes);
-        for bad in &parsed.invalid {
-            log::warn!("keys: {} line {}: {}", path.display(), bad.line, bad.reason);
+/// Puts every stored key into its provider's pool (keys of a provider the config no longer
+/// names stay in the store, out of traffic, and are reported).
+pub fn fill_pools(runtime: &Runtime, stored: &[StoredKey], now: u64) {
+    let mut orphans = 0;
+    for p in &runtime.providers {
+        let mine = stored.iter().filter(|k| runtime.provider_for_stored(&k.provider).is_some_and(|q| Arc::ptr_eq(q, p)));
+        let (added, _) = p.pool.add_all(mine.filter_map(|k| ops::to_pool_key(k, &p.auth, now)));
+        if added > 0 || runtime.providers.len() == 1 {
+            log::info!("keys: provider {}: {} in the pool ({} usable)", p.name, p.pool.len(), p.pool.usable_count());
         }
-        let keys: Vec<StoredKey> = parsed
-            .keys
-            .into_iter()
-            .map(|k| StoredKey {
+        if p.pool.is_empty() {
+            log::warn!("keys: provider {}: the pool is empty; requests routed to it are answered 503", p.name);
+        }
+    }
+    for k in stored {
+        if runtime.provider_for_stored(&k.provider).is_none() {
+            orphans += 1;
+        }
+    }
+    if orphans > 0 {
+        log::warn!("keys: {orphans} stored keys belong to providers the config no longer names; they serve no traffic");
+    }
+}
+
+/// The keys every provider's `keys.files` list, as stored keys of that provider (problem
+/// lines are reported by number, never by content).
+pub fn read_key_files(loaded: &Loaded, runtime: &Runtime, now: u64) -> Result<Vec<StoredKey>, AppError> {
+    let mut out = Vec::new();
+    for (path, p) in loaded.config.provider_entries() {
+        let provider = if runtime.providers.len() == 1 { String::new() } else { p.name.clone() };
+        let files_path = if path == "upstream" { "keys.files".to_string() } else { format!("{path}.keys.files") };
+        for (index, file) in p.keys.iter().flat_map(|k| &k.files).enumerate() {
+            let full = loaded.resolve(file);
+            let text = std::fs::read_to_string(&full).map_err(|source| AppError::KeyFile {
+                index,
+                yaml: files_path.clone(),
+                path: full.display().to_string(),
+                source,
+            })?;
+            let parsed = import::parse(&text, loaded.config.keys.max_key_bytes);
+            for bad in &parsed.invalid {
+                log::warn!("keys: {} line {}: {}", full.display(), bad.line, bad.reason);
+            }
+            out.extend(parsed.keys.into_iter().map(|k| StoredKey {
                 id: k.key.id(),
                 secret: k.key,
                 label: k.label,
@@ -258,15 +279,21 @@ fn load_key_files(loaded: &Loaded, store: &dyn Store, now: u64) -> Result<(), Ap
                 models: vec![],
                 category: None,
                 counters: Default::default(),
-            })
-            .collect();
-        let added = store.insert_keys(&keys, true)?.len();
-        log::info!(
-            "keys: {}: {added} new, {} already stored, repeated or removed by an operator, {} invalid lines",
-            path.display(),
-            keys.len() - added + parsed.duplicates,
-            parsed.invalid.len()
-        );
+                provider: provider.clone(),
+                from_file: true,
+            }));
+        }
+    }
+    Ok(out)
+}
+
+/// Imports every provider's key files into the store (idempotent: keys already stored are
+/// left as they are, and keys an operator removed stay removed).
+fn load_key_files(loaded: &Loaded, runtime: &Runtime, store: &dyn Store, now: u64) -> Result<(), AppError> {
+    let keys = read_key_files(loaded, runtime, now)?;
+    let added = store.insert_keys(&keys, true)?.len();
+    if !keys.is_empty() {
+        log::info!("keys: key files: {added} new, {} already stored or removed by an operator", keys.len() - added);
     }
     Ok(())
 }

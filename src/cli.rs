@@ -46,6 +46,12 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Ask the running server to re-read its config file (through its admin API): prints what
+    /// applied and what needs a restart, or the problems (exit 2; nothing changed).
+    Reload {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Manage upstream keys in the store.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -79,6 +85,9 @@ pub enum KeysCommand {
         /// Report what would happen; write nothing.
         #[arg(long)]
         dry_run: bool,
+        /// The provider the keys belong to (default: the first / `default`).
+        #[arg(long)]
+        provider: Option<String>,
         path: PathBuf,
     },
     /// List stored keys (masked).
@@ -189,7 +198,8 @@ fn control(loaded: &Loaded) -> Result<Control, ExitCode> {
     let store = crate::app::open_store(loaded).map_err(fail)?;
     Ok(Control {
         store: Arc::new(store),
-        pool: None,
+        runtime: None,
+        providers: loaded.config.provider_entries().into_iter().map(|(_, p)| p.name).collect(),
         clients: None,
         clock: Arc::new(SystemClock),
         max_key_bytes: loaded.config.keys.max_key_bytes,
@@ -227,7 +237,9 @@ pub fn run_keys(cmd: KeysCommand) -> ExitCode {
         Err(e) => op(e),
     };
     match cmd {
-        KeysCommand::Import { validate, dry_run, path, .. } => import(&loaded, &c, &path, validate, dry_run),
+        KeysCommand::Import { validate, dry_run, path, provider, .. } => {
+            import(&loaded, &c, &path, validate, dry_run, provider.as_deref())
+        }
         KeysCommand::List { .. } => list_keys(&c),
         KeysCommand::Disable { id, for_, .. } => match duration(&for_, "for") {
             Ok(d) => found(c.disable_key(&id, d), &id, "disabled"),
@@ -238,7 +250,14 @@ pub fn run_keys(cmd: KeysCommand) -> ExitCode {
     }
 }
 
-fn import(loaded: &Loaded, c: &Control, path: &std::path::Path, validate: bool, dry_run: bool) -> ExitCode {
+fn import(
+    loaded: &Loaded,
+    c: &Control,
+    path: &std::path::Path,
+    validate: bool,
+    dry_run: bool,
+    provider: Option<&str>,
+) -> ExitCode {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) => return fail(format!("cannot read {}: {e}", path.display())),
@@ -248,11 +267,18 @@ fn import(loaded: &Loaded, c: &Control, path: &std::path::Path, validate: bool, 
         Err(e) => return fail(e),
     };
     let result = rt.block_on(async {
+        let stored_as = c.provider_name(provider)?;
         let prober = if validate {
-            let up = crate::upstream::Upstream::new(&loaded.config.upstream).map_err(OpError::Invalid)?;
-            up.resolve_now().await.map_err(|e| OpError::Invalid(format!("upstream: {e}")))?;
+            let entries = loaded.config.provider_entries();
+            let (path, entry) = if stored_as.is_empty() { entries.first() } else { entries.iter().find(|(_, p)| p.name == stored_as) }
+                .cloned()
+                .ok_or_else(|| OpError::UnknownProvider(stored_as.clone()))?;
+            let pool = Arc::new(crate::pool::Pool::new(Default::default(), Arc::new(SystemClock)));
+            let p = crate::provider::Provider::build(&path, &entry, &loaded.config.health_check.probe, pool, None)
+                .map_err(|e| OpError::Invalid(e.to_string()))?;
+            p.upstream.resolve_now().await.map_err(|e| OpError::Invalid(format!("{path}: {e}")))?;
             let connector = pingora::connectors::http::Connector::new(None);
-            Some(crate::health::Prober::new(Arc::new(up), connector, loaded.config.health_check.timeout.0))
+            Some(crate::health::Prober::for_provider(&p, connector, loaded.config.health_check.timeout.0))
         } else {
             None
         };
@@ -268,7 +294,7 @@ fn import(loaded: &Loaded, c: &Control, path: &std::path::Path, validate: bool, 
             bar.set_length(total as u64);
             bar.set_position(done as u64);
         };
-        let r = c.import(&text, prober.as_ref(), dry_run, &progress).await;
+        let r = c.import(&text, prober.as_ref(), dry_run, provider, &progress).await;
         bar.finish_and_clear();
         r
     });
@@ -376,4 +402,72 @@ pub fn run_tokens(cmd: TokensCommand) -> ExitCode {
             Err(e) => op(e),
         },
     }
+}
+
+/// `ollama-pool reload -c FILE`: `POST /admin/reload` on the running server's admin listener
+/// (from the same config), and its answer in words.
+pub fn run_reload(loaded: &Loaded) -> ExitCode {
+    let Some(admin) = &loaded.config.admin else {
+        return usage("reload needs the admin API (admin.listen, admin.token); or send the server SIGHUP");
+    };
+    let Some(token) = &admin.token else { return usage("admin.token: required") };
+    let answer = match admin_post(&admin.listen, "/admin/reload", token) {
+        Ok(a) => a,
+        Err(e) => return fail(format!("cannot reach the admin API at {}: {e}", admin.listen)),
+    };
+    let (status, body) = answer;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    match status {
+        200 => {
+            println!("generation        {}", v["generation"]);
+            let list = |k: &str| v[k].as_array().map(|a| a.iter().filter_map(|s| s.as_str()).collect::<Vec<_>>().join(", ")).unwrap_or_default();
+            println!("applied           {}", list("applied"));
+            println!("restart required  {}", list("restart_required"));
+            println!("keys joined       {}", v["keys_added"]);
+            println!("keys left         {}", v["keys_removed"]);
+            ExitCode::SUCCESS
+        }
+        400 => {
+            for p in v["problems"].as_array().into_iter().flatten() {
+                eprintln!("{}: {}", p["path"].as_str().unwrap_or(""), p["message"].as_str().unwrap_or(""));
+            }
+            eprintln!("ollama-pool: the config has problems; nothing changed");
+            ExitCode::from(2)
+        }
+        s => fail(format!("the admin API answered {s}: {}", v["error"].as_str().unwrap_or(&body))),
+    }
+}
+
+/// One `POST` with an empty body over plain HTTP/1.1 (the admin listener is loopback HTTP).
+fn admin_post(addr: &str, path: &str, token: &crate::secret::Secret) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        token.expose()
+    );
+    s.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    // A chunked body: join the chunks (the admin API answers small JSON documents).
+    let body = if text.to_ascii_lowercase().contains("transfer-encoding: chunked") { unchunk(&body) } else { body };
+    Ok((status, body))
+}
+
+fn unchunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        if n == 0 || tail.len() < n {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = tail[n..].trim_start_matches("\r\n");
+    }
+    out
 }

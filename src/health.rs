@@ -11,8 +11,11 @@
 
 use crate::config::HealthCheckConfig;
 use crate::metrics;
-use crate::pool::{classify, Key, Outcome, Pool, Reason, Status, Window};
+use crate::pool::{classify, AuthForm, Key, Outcome, Pool, Reason, Status, Window};
+use crate::provider::Provider;
+use crate::runtime::Runtime;
 use crate::upstream::Upstream;
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -84,6 +87,11 @@ pub struct Prober {
     upstream: Arc<Upstream>,
     connector: Connector,
     timeout: Duration,
+    /// How the provider wants keys sent, and headers every request of it carries.
+    auth: AuthForm,
+    extra_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Where a key's model list is read.
+    models_path: String,
 }
 
 pub struct HealthChecker {
@@ -97,14 +105,18 @@ pub struct HealthChecker {
 }
 
 impl HealthChecker {
-    pub fn new(
-        pool: Arc<Pool>,
-        upstream: Arc<Upstream>,
-        connector: Connector,
-        cfg: HealthCheckConfig,
-    ) -> HealthChecker {
-        let prober = Prober::new(upstream, connector, cfg.timeout.0);
-        HealthChecker { pool, prober, cfg, storm_cursor: AtomicUsize::new(0), ticks: AtomicU64::new(0) }
+    /// The checker of one provider: its pool, its probe (`health_check.probe` stands in for
+    /// the provider's own), its auth form.
+    pub fn for_provider(provider: &Provider, connector: Connector, mut cfg: HealthCheckConfig) -> HealthChecker {
+        cfg.probe = provider.probe.clone();
+        let prober = Prober::for_provider(provider, connector, cfg.timeout.0);
+        HealthChecker {
+            pool: provider.pool.clone(),
+            prober,
+            cfg,
+            storm_cursor: AtomicUsize::new(0),
+            ticks: AtomicU64::new(0),
+        }
     }
 
     pub fn prober(&self) -> &Prober {
@@ -324,7 +336,30 @@ impl HealthChecker {
 
 impl Prober {
     pub fn new(upstream: Arc<Upstream>, connector: Connector, timeout: Duration) -> Prober {
-        Prober { upstream, connector, timeout }
+        Prober {
+            upstream,
+            connector,
+            timeout,
+            auth: AuthForm::default(),
+            extra_headers: vec![],
+            models_path: "/api/tags".into(),
+        }
+    }
+
+    /// A prober that talks to `provider` its way (auth form, default headers, model listing).
+    pub fn for_provider(provider: &Provider, connector: Connector, timeout: Duration) -> Prober {
+        Prober {
+            upstream: provider.upstream.clone(),
+            connector,
+            timeout,
+            auth: provider.auth.clone(),
+            extra_headers: provider.default_headers.clone(),
+            models_path: provider.models_path.clone(),
+        }
+    }
+
+    pub fn auth(&self) -> &AuthForm {
+        &self.auth
     }
 
     /// One request as `key`, bounded by the probe timeout. Errors carry no secret.
@@ -355,7 +390,11 @@ impl Prober {
         let full_path = format!("{}{}", self.upstream.url.base_path, path);
         let mut req = RequestHeader::build(method, full_path.as_bytes(), None)?;
         req.insert_header(http::header::HOST, self.upstream.host_header.clone())?;
-        req.insert_header(http::header::AUTHORIZATION, key.auth_header().clone())?;
+        let (name, value) = key.auth();
+        req.insert_header(name.clone(), value.clone())?;
+        for (h, v) in &self.extra_headers {
+            req.insert_header(h.clone(), v.clone())?;
+        }
         req.insert_header(http::header::USER_AGENT, concat!("ollama-pool-health/", env!("CARGO_PKG_VERSION")))?;
         req.insert_header(http::header::ACCEPT, "application/json")?;
         if !body.is_empty() || method != "GET" {
@@ -419,7 +458,7 @@ impl Prober {
             category: "general".into(),
             reason: Some(reason),
         };
-        match self.send(key, "GET", "/api/tags", b"").await {
+        match self.send(key, "GET", &self.models_path, b"").await {
             Ok((status, headers, body)) => match classify(status, &headers, Some(&body)) {
                 Outcome::Success => {
                     let models = model_names(&body);
@@ -437,18 +476,84 @@ fn probeable(key: &Key, now: u64) -> bool {
     !matches!(key.status(), Status::Disabled | Status::Expired) && !key.is_expired(now)
 }
 
+/// The health checks of every provider of the current runtime: one pingora
+/// `BackgroundService`, whatever a reload does to the providers.
+pub struct HealthService {
+    runtime: Arc<ArcSwap<Runtime>>,
+    /// Each checker gets a connector (a connection pool) of its own, built with these.
+    connector: pingora::connectors::ConnectorOptions,
+    /// Checkers of the runtime generation they were built for (rebuilt after a reload).
+    checkers: ArcSwap<(u64, Vec<(String, Arc<HealthChecker>)>)>,
+    cfg: ArcSwap<HealthCheckConfig>,
+}
+
+impl HealthService {
+    pub fn new(runtime: Arc<ArcSwap<Runtime>>, connector: pingora::connectors::ConnectorOptions) -> HealthService {
+        HealthService {
+            runtime,
+            connector,
+            checkers: ArcSwap::from_pointee((0, Vec::new())),
+            cfg: ArcSwap::from_pointee(HealthCheckConfig::default()),
+        }
+    }
+
+    /// The checkers of the current runtime's providers, in provider order.
+    pub fn checkers(&self) -> Arc<(u64, Vec<(String, Arc<HealthChecker>)>)> {
+        let rt = self.runtime.load();
+        let current = self.checkers.load_full();
+        if current.0 == rt.generation {
+            return current;
+        }
+        let cfg = rt.config.health_check.clone();
+        let built: Vec<(String, Arc<HealthChecker>)> = rt
+            .providers
+            .iter()
+            .map(|p| (p.name.clone(), Arc::new(HealthChecker::for_provider(p, Connector::new(Some(self.connector.clone())), cfg.clone()))))
+            .collect();
+        self.cfg.store(Arc::new(cfg));
+        let fresh = Arc::new((rt.generation, built));
+        self.checkers.store(fresh.clone());
+        fresh
+    }
+
+    /// One round on every provider.
+    pub async fn tick(&self, sweep: bool) -> Vec<ProbeReport> {
+        let checkers = self.checkers();
+        let rounds = checkers.1.iter().map(|(_, c)| c.tick(sweep));
+        futures_util::future::join_all(rounds).await.into_iter().flatten().collect()
+    }
+
+    /// Probes the listed keys (all when None) of every provider now.
+    pub async fn check_now(&self, ids: Option<&[String]>) -> Vec<ProbeReport> {
+        let checkers = self.checkers();
+        let rounds = checkers.1.iter().map(|(_, c)| c.check_now(ids));
+        futures_util::future::join_all(rounds).await.into_iter().flatten().collect()
+    }
+
+    /// The prober of a provider (None = the home provider), for validated imports.
+    pub fn prober(&self, provider: Option<&str>) -> Option<Arc<HealthChecker>> {
+        let checkers = self.checkers();
+        let rt = self.runtime.load();
+        let name = provider.filter(|p| !p.is_empty()).unwrap_or(rt.home_provider().name.as_str()).to_string();
+        checkers.1.iter().find(|(n, _)| *n == name).map(|(_, c)| c.clone())
+    }
+}
+
 #[async_trait]
-impl BackgroundService for HealthChecker {
+impl BackgroundService for HealthService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut next_sweep = tokio::time::Instant::now() + self.cfg.sweep_interval.0;
+        self.checkers();
+        let cfg = self.cfg.load_full();
+        let mut next_sweep = tokio::time::Instant::now() + cfg.sweep_interval.0;
         loop {
+            let cfg = self.cfg.load_full();
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = tokio::time::sleep(self.cfg.interval.0) => {}
+                _ = tokio::time::sleep(cfg.interval.0) => {}
             }
             let sweep = tokio::time::Instant::now() >= next_sweep;
             if sweep {
-                next_sweep += self.cfg.sweep_interval.0;
+                next_sweep += cfg.sweep_interval.0;
             }
             // Racing the round against shutdown drops in-flight probes: stopping is prompt even
             // in the middle of a 10k-key sweep.

@@ -33,6 +33,10 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Reload { config } => match cli::load(&config.config) {
+            Some(loaded) => cli::run_reload(&loaded),
+            None => ExitCode::from(2),
+        },
         Command::Keys(cmd) => cli::run_keys(cmd),
         Command::Tokens(cmd) => cli::run_tokens(cmd),
         Command::Demo { port, admin_port, exit_after_script } => {

@@ -14,7 +14,7 @@ use prometheus::{
     register_gauge_vec, register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
     Histogram, IntCounter, IntCounterVec, IntGauge, Opts,
 };
-use std::sync::{Arc, LazyLock, Mutex, OnceLock, Weak};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::Duration;
 
 const FAMILIES: [&str; 3] = ["openai", "anthropic", "ollama"];
@@ -60,6 +60,8 @@ struct Metrics {
     probes: IntCounterVec,
     usage: prometheus::GaugeVec,
     storm: IntGauge,
+    reloads: IntCounterVec,
+    generation: IntGauge,
     /// Model and client label values seen so far (for the caps).
     models: DashMap<String, ()>,
     clients: DashMap<String, ()>,
@@ -143,6 +145,17 @@ static M: LazyLock<Metrics> = LazyLock::new(|| {
             &["key_id", "window"]
         )
         .expect("register key_usage_ratio"),
+        reloads: register_int_counter_vec!(
+            "ollama_pool_config_reloads_total",
+            "Config reloads, by result (ok: applied; error: the file had problems, nothing changed).",
+            &["result"]
+        )
+        .expect("register config_reloads_total"),
+        generation: register_int_gauge!(
+            "ollama_pool_config_generation",
+            "The config generation in use: 1 at start, +1 per applied reload."
+        )
+        .expect("register config_generation"),
         storm: register_int_gauge!(
             "ollama_pool_storm_active",
             "1 while the pool treats failures as an upstream-wide outage or throttle."
@@ -305,6 +318,15 @@ pub fn key_transition(from: Status, to: Status, reason: crate::pool::Reason) {
     M.transitions.with_label_values(&[from.as_str(), to.as_str(), reason]).inc();
 }
 
+pub fn config_reload(ok: bool, generation: u64) {
+    M.reloads.with_label_values(&[if ok { "ok" } else { "error" }]).inc();
+    M.generation.set(generation as i64);
+}
+
+pub fn config_generation(generation: u64) {
+    M.generation.set(generation as i64);
+}
+
 pub fn storm(active: bool) {
     M.storm.set(i64::from(active));
 }
@@ -318,37 +340,43 @@ pub fn key_usage(key_id: &str, window: &str, fraction: Option<f64>) {
 }
 
 /// Reads the pool at scrape time: keys by status, usable keys, and when each parked key returns.
+/// Where the collector finds the pools to report: (provider name, pool) of the current
+/// runtime. A function, so this module names nothing above the pool.
+pub type PoolSource = Arc<dyn Fn() -> Vec<(String, Arc<Pool>)> + Send + Sync>;
+
 pub struct PoolCollector {
-    /// The pool of the server built last (tests build several in one process; the default
-    /// registry takes one collector per metric name, so it follows the newest pool).
-    slot: Arc<Mutex<Weak<Pool>>>,
+    /// The pools of the server built last (tests build several in one process; the default
+    /// registry takes one collector per metric name, so it follows the newest server).
+    slot: Arc<Mutex<Option<PoolSource>>>,
     descs: Vec<Desc>,
 }
 
 impl PoolCollector {
-    pub fn register(pool: &Arc<Pool>) {
-        static SLOT: OnceLock<Arc<Mutex<Weak<Pool>>>> = OnceLock::new();
+    pub fn register(source: PoolSource) {
+        static SLOT: OnceLock<Arc<Mutex<Option<PoolSource>>>> = OnceLock::new();
         let slot = SLOT.get_or_init(|| {
-            let slot = Arc::new(Mutex::new(Weak::new()));
+            let slot = Arc::new(Mutex::new(None));
             let d = |name: &str, help: &str, labels: &[&str]| {
                 Desc::new(name.into(), help.into(), labels.iter().map(|s| s.to_string()).collect(), Default::default())
                     .expect("valid desc")
             };
             let descs = vec![
-                d("ollama_pool_keys", KEYS_HELP, &["status"]),
-                d("ollama_pool_keys_usable", USABLE_HELP, &[]),
-                d("ollama_pool_key_return_seconds", RETURN_HELP, &["key_id", "status", "reason", "until"]),
+                d("ollama_pool_keys", KEYS_HELP, &["provider", "status"]),
+                d("ollama_pool_keys_usable", USABLE_HELP, &["provider"]),
+                d("ollama_pool_key_return_seconds", RETURN_HELP, &["provider", "key_id", "status", "reason", "until"]),
+                d("ollama_pool_key_model_parked", MODEL_PARKED_HELP, &["provider", "model"]),
             ];
             let _ = prometheus::register(Box::new(PoolCollector { slot: slot.clone(), descs }));
             slot
         });
-        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Arc::downgrade(pool);
+        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(source);
     }
 }
 
-const KEYS_HELP: &str = "Keys in the pool, by status.";
-const USABLE_HELP: &str = "Keys that can serve a request right now.";
+const KEYS_HELP: &str = "Keys in the pool, by provider and status.";
+const USABLE_HELP: &str = "Keys that can serve a request right now, by provider.";
 const RETURN_HELP: &str = "Seconds until a parked key returns to rotation, by key id, status, reason and return time.";
+const MODEL_PARKED_HELP: &str = "Keys parked for one model only (model unavailable on their plan), by provider and model.";
 
 impl Collector for PoolCollector {
     fn desc(&self) -> Vec<&Desc> {
@@ -356,32 +384,43 @@ impl Collector for PoolCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        use prometheus::{Gauge, GaugeVec};
-        let Some(pool) = self.slot.lock().unwrap_or_else(|p| p.into_inner()).upgrade() else { return Vec::new() };
-        let now = pool.now_ms();
-        let by_status = GaugeVec::new(Opts::new("ollama_pool_keys", KEYS_HELP), &["status"]).expect("opts");
-        for st in ["active", "cooling", "disabled", "invalid", "expired"] {
-            by_status.with_label_values(&[st]).set(0.0);
-        }
+        use prometheus::GaugeVec;
+        let Some(source) = self.slot.lock().unwrap_or_else(|p| p.into_inner()).clone() else { return Vec::new() };
+        let by_status = GaugeVec::new(Opts::new("ollama_pool_keys", KEYS_HELP), &["provider", "status"]).expect("opts");
+        let usable = GaugeVec::new(Opts::new("ollama_pool_keys_usable", USABLE_HELP), &["provider"]).expect("opts");
         let returns = GaugeVec::new(
             Opts::new("ollama_pool_key_return_seconds", RETURN_HELP),
-            &["key_id", "status", "reason", "until"],
+            &["provider", "key_id", "status", "reason", "until"],
         )
         .expect("opts");
-        for v in pool.views() {
-            by_status.with_label_values(&[v.status.as_str()]).inc();
-            if let (Some(until), Status::Cooling | Status::Invalid | Status::Disabled) = (v.until_ms, v.status) {
-                let reason = if v.reason.as_str().is_empty() { "none" } else { v.reason.as_str() };
-                returns
-                    .with_label_values(&[&v.id, v.status.as_str(), reason, &crate::pool::clock::rfc3339(until)])
-                    .set(until.saturating_sub(now) as f64 / 1000.0);
+        let model_parked =
+            GaugeVec::new(Opts::new("ollama_pool_key_model_parked", MODEL_PARKED_HELP), &["provider", "model"])
+                .expect("opts");
+        let cap = CAPS.get().map_or(50, |c| c.0);
+        for (provider, pool) in source() {
+            let now = pool.now_ms();
+            for st in ["active", "cooling", "disabled", "invalid", "expired"] {
+                by_status.with_label_values(&[provider.as_str(), st]).set(0.0);
             }
+            for v in pool.views() {
+                by_status.with_label_values(&[provider.as_str(), v.status.as_str()]).inc();
+                if let (Some(until), Status::Cooling | Status::Invalid | Status::Disabled) = (v.until_ms, v.status) {
+                    let reason = if v.reason.as_str().is_empty() { "none" } else { v.reason.as_str() };
+                    returns
+                        .with_label_values(&[&provider, &v.id, v.status.as_str(), reason, &crate::pool::clock::rfc3339(until)])
+                        .set(until.saturating_sub(now) as f64 / 1000.0);
+                }
+                for p in &v.model_parks {
+                    let model = capped(&M.models, &p.model, cap);
+                    model_parked.with_label_values(&[provider.as_str(), &*model]).inc();
+                }
+            }
+            usable.with_label_values(&[provider.as_str()]).set(pool.usable_count() as f64);
         }
-        let usable = Gauge::new("ollama_pool_keys_usable", USABLE_HELP).expect("opts");
-        usable.set(pool.usable_count() as f64);
         let mut out = by_status.collect();
         out.extend(usable.collect());
         out.extend(returns.collect());
+        out.extend(model_parked.collect());
         out
     }
 }

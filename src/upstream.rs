@@ -47,6 +47,11 @@ impl UpstreamUrl {
         })
     }
 
+    /// `scheme://host[:port]/base`, for reports.
+    pub fn display(&self) -> String {
+        format!("{}://{}{}", if self.tls { "https" } else { "http" }, self.authority(), self.base_path)
+    }
+
     /// `Host` header value: the host, plus the port when it is not the scheme's default.
     pub fn authority(&self) -> String {
         let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
@@ -106,6 +111,11 @@ pub struct Upstream {
     verify_tls: bool,
     /// CA certificates from `upstream.ca_file`, shared by every peer.
     ca: Option<Arc<pingora::protocols::tls::CaType>>,
+    /// When the addresses were last resolved / health-checked (`AddressService`).
+    last_update: std::sync::Mutex<Option<tokio::time::Instant>>,
+    last_check: std::sync::Mutex<Option<tokio::time::Instant>>,
+    dns_refresh: Duration,
+    health_check_interval: Duration,
 }
 
 impl Upstream {
@@ -121,16 +131,14 @@ impl Upstream {
         let discovery = Discovery { host: url.host.clone(), port: url.port, pinned };
         let known_now = discovery.immediate().is_some();
         let mut lb = LoadBalancer::<RoundRobin>::from_backends(pingora::lb::Backends::new(Box::new(discovery)));
-        lb.update_frequency = Some(cfg.dns_refresh.0);
         if !cfg.health_check_interval.0.is_zero() {
             lb.set_health_check(TcpHealthCheck::new());
-            lb.health_check_frequency = Some(cfg.health_check_interval.0);
-            lb.parallel_health_check = true;
         }
         if known_now {
             // Static discovery completes on first poll: no runtime needed, no request ever races it.
-            use futures_lite_now::now_or_never;
-            now_or_never(lb.update())
+            use futures_util::FutureExt;
+            lb.update()
+                .now_or_never()
                 .ok_or("upstream: static discovery did not complete")?
                 .map_err(|e| e.to_string())?;
         }
@@ -156,12 +164,32 @@ impl Upstream {
             write_timeout: cfg.write_timeout.0,
             idle_timeout: cfg.idle_timeout.0,
             verify_tls: cfg.verify_tls,
+            last_update: std::sync::Mutex::new(None),
+            last_check: std::sync::Mutex::new(None),
+            dns_refresh: cfg.dns_refresh.0,
+            health_check_interval: cfg.health_check_interval.0,
         })
     }
 
-    /// The load balancer, to run as a pingora background service (DNS refresh + health checks).
-    pub fn load_balancer(&self) -> Arc<LoadBalancer<RoundRobin>> {
-        self.lb.clone()
+    /// Resolves the host again and health-checks the addresses when their time has come.
+    pub async fn refresh_if_due(&self) {
+        let now = tokio::time::Instant::now();
+        let due = |slot: &std::sync::Mutex<Option<tokio::time::Instant>>, every: Duration| {
+            let mut last = slot.lock().unwrap_or_else(|p| p.into_inner());
+            let due = !every.is_zero() && last.is_none_or(|t| now.duration_since(t) >= every);
+            if due {
+                *last = Some(now);
+            }
+            due
+        };
+        if due(&self.last_update, self.dns_refresh) {
+            if let Err(e) = self.lb.update().await {
+                log::debug!("upstream {}: address update failed: {e}", self.url.host);
+            }
+        }
+        if due(&self.last_check, self.health_check_interval) {
+            self.lb.backends().run_health_check(true).await;
+        }
     }
 
     /// Resolves the upstream now (for one-shot tools that run no background service).
@@ -234,23 +262,25 @@ pub async fn read_up_to(
     Ok(buf.freeze())
 }
 
-/// A tiny `now_or_never` so we do not pull in a futures crate for one call.
-mod futures_lite_now {
-    use std::future::Future;
-    use std::pin::pin;
-    use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
+/// Keeps every provider's upstream addresses fresh (DNS refresh and TCP health checks, each
+/// at its upstream's own cadence), whatever a reload does to the providers: one pingora
+/// background service instead of one per upstream, which a reload could not add.
+pub struct AddressService {
+    pub runtime: Arc<arc_swap::ArcSwap<crate::runtime::Runtime>>,
+}
 
-    pub fn now_or_never<F: Future>(f: F) -> Option<F::Output> {
-        fn noop(_: *const ()) {}
-        fn clone(p: *const ()) -> RawWaker {
-            RawWaker::new(p, &VTABLE)
-        }
-        static VTABLE: RawWakerVTable = RawWakerVTable::new(clone, noop, noop, noop);
-        // SAFETY: the vtable functions do nothing with the (null) data pointer.
-        let waker = unsafe { Waker::from_raw(RawWaker::new(std::ptr::null(), &VTABLE)) };
-        match pin!(f).poll(&mut Context::from_waker(&waker)) {
-            Poll::Ready(v) => Some(v),
-            Poll::Pending => None,
+#[async_trait]
+impl pingora::services::background::BackgroundService for AddressService {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        loop {
+            let rt = self.runtime.load_full();
+            for p in &rt.providers {
+                p.upstream.refresh_if_due().await;
+            }
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
         }
     }
 }

@@ -389,7 +389,7 @@ async fn oversized_and_unprintable_keys_are_refused_everywhere_naming_the_rule()
     // the harness scans the logs for it).
     let mock = Mock::start().await;
     let proxy = Proxy::start_with(&mock, Setup { keys: vec![KEYS[0], long], admin: true, ..Default::default() }).await;
-    assert_eq!(proxy.state.pool.len(), 1);
+    assert_eq!(proxy.state.pool().len(), 1);
     assert!(common::captured_logs().contains("line 3: key is longer than 512 bytes (keys.max_key_bytes)"));
 
     let add = |body: Value| proxy.admin(Method::POST, "/admin/keys").json(&body).send();

@@ -125,7 +125,7 @@ async fn a_fault_mix_then_an_outage_during_traffic() {
     mock.set(slow, down);
     let during = load.await.unwrap();
     assert!(during.contains(&503), "clients got 503 during the outage: {during:?}");
-    let pool = &proxy.state.pool;
+    let pool = proxy.state.pool();
     assert!(pool.storm_since().is_some(), "the outage is treated as one");
     let parked_good = good.iter().filter(|k| proxy.key(k).status != ollama_pool::pool::Status::Active).count();
     assert!(parked_good < good.len(), "not every good key was blamed for it one by one");

@@ -27,7 +27,7 @@ async fn two_keys(b: Behavior) -> (Mock, Proxy) {
 }
 
 fn key_state(proxy: &Proxy, key: &str) -> ollama_pool::pool::KeyView {
-    proxy.state.pool.get(&proxy.key_id(key)).unwrap().view_at(proxy.clock_now())
+    proxy.state.pool().get(&proxy.key_id(key)).unwrap().view_at(proxy.clock_now())
 }
 
 trait ClockNow {
@@ -107,7 +107,7 @@ async fn connect_refused_fails_over_to_another_attempt() {
         let reqs = mock.requests();
         assert_eq!(reqs.len(), 4, "every request reached the live address exactly once");
         assert!(reqs.iter().all(|r| r.body == body));
-        let failures: u64 = proxy.state.pool.views().iter().map(|v| v.failures).sum();
+        let failures: u64 = proxy.state.pool().views().iter().map(|v| v.failures).sum();
         assert!(failures >= 1, "at least one attempt hit the refusing address and was retried");
     }
 }
@@ -219,11 +219,11 @@ async fn every_attempt_failing_to_connect_is_502_then_the_storm_guard_answers_50
         assert_eq!(v["error"]["code"], "upstream_failed");
         // Three of four keys failed at once with nothing succeeding: an upstream condition.
         // The keys are not blamed, and clients are told to come back after the next probe.
-        assert!(proxy.state.pool.storm_since().is_some());
+        assert!(proxy.state.pool().storm_since().is_some());
         let resp = proxy.post("/v1/chat/completions", body).send().await.unwrap();
         assert_eq!(resp.status(), 503);
         assert_eq!(resp.headers()["retry-after"], "60", "health_check.interval");
-        let parked = proxy.state.pool.views().iter().filter(|v| v.status != Status::Active).count();
+        let parked = proxy.state.pool().views().iter().filter(|v| v.status != Status::Active).count();
         assert_eq!(parked, 0, "no key was parked for an upstream outage");
     }
 }
@@ -282,7 +282,7 @@ async fn a_client_that_hangs_up_early_is_not_the_keys_fault() {
             let v = key_state(&proxy, k);
             assert_eq!((v.status, v.failures, v.consecutive_failures), (Status::Active, 0, 0), "{k}: {v:?}");
         }
-        assert!(proxy.state.pool.storm_since().is_none(), "hang-ups are not a storm");
+        assert!(proxy.state.pool().storm_since().is_none(), "hang-ups are not a storm");
         assert_eq!(proxy.post("/v1/chat/completions", small_body()).send().await.unwrap().status(), 200);
     }
 }

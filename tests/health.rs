@@ -59,7 +59,7 @@ async fn a_revoked_key_stays_out_and_is_probed_on_a_backoff() {
     let (mock, proxy) = setup(&[KEYS[0], KEYS[1]], HEALTH).await;
     mock.set(KEYS[0], Behavior::status(401, "{}"));
     assert_eq!(proxy.post("/v1/chat/completions", CHAT).send().await.unwrap().status(), 200);
-    let key = proxy.state.pool.get(&proxy.key_id(KEYS[0])).unwrap();
+    let key = proxy.state.pool().get(&proxy.key_id(KEYS[0])).unwrap();
     // Three hours of one-minute ticks: well past the 1 h cooldown the 401 gave it.
     for minute in 0..180 {
         proxy.health.tick(false).await;
@@ -114,7 +114,7 @@ async fn an_exhausted_usage_window_parks_the_key_until_it_resets() {
     }
     assert!(mock.requests().iter().all(|r| r.key.as_deref() == Some(KEYS[1])));
     proxy.clock.advance(Duration::from_millis(Window::Weekly.next_reset(now) - now));
-    assert!(proxy.state.pool.get(&k0_id).unwrap().usable_at(proxy.now()));
+    assert!(proxy.state.pool().get(&k0_id).unwrap().usable_at(proxy.now()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,7 +123,7 @@ async fn a_429_storm_parks_nobody_for_long_and_heals_within_one_probe() {
     mock.set_default(Some(Behavior::status(429, r#"{"error":"too many requests"}"#)));
     let first = proxy.post("/v1/chat/completions", CHAT).send().await.unwrap();
     assert_eq!(first.status(), 429, "the last upstream answer of the first request");
-    assert!(proxy.state.pool.storm_since().is_some(), "three of four keys throttled at once is a storm");
+    assert!(proxy.state.pool().storm_since().is_some(), "three of four keys throttled at once is a storm");
 
     mock.clear();
     for _ in 0..5 {
@@ -134,18 +134,18 @@ async fn a_429_storm_parks_nobody_for_long_and_heals_within_one_probe() {
     assert!(mock.requests().is_empty(), "no traffic is thrown at a throttled upstream");
     let ready = common::client().get(proxy.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503, "not ready while the upstream throttles us");
-    let parked = proxy.state.pool.views().iter().filter(|v| v.status != Status::Active).count();
+    let parked = proxy.state.pool().views().iter().filter(|v| v.status != Status::Active).count();
     assert!(parked <= 2, "only keys that failed before the storm was recognised are parked ({parked})");
 
     // Still throttled: a probe round keeps the storm on and parks nobody else.
     proxy.health.tick(false).await;
-    assert!(proxy.state.pool.storm_since().is_some());
+    assert!(proxy.state.pool().storm_since().is_some());
 
     mock.set_default(None); // the upstream lets us through again
     proxy.clock.advance(Duration::from_secs(60));
     proxy.health.tick(false).await;
-    assert!(proxy.state.pool.storm_since().is_none());
-    assert_eq!(proxy.state.pool.usable_count(), 4, "the whole pool is back after one probe round");
+    assert!(proxy.state.pool().storm_since().is_none());
+    assert_eq!(proxy.state.pool().usable_count(), 4, "the whole pool is back after one probe round");
     assert_eq!(proxy.post("/v1/chat/completions", CHAT).send().await.unwrap().status(), 200);
     assert_probes_cost_no_tokens(&mock);
 }
@@ -157,13 +157,13 @@ async fn an_outage_with_refused_connections_heals_within_one_probe() {
     assert_eq!(proxy.post("/api/chat", CHAT).send().await.unwrap().status(), 502);
     assert_eq!(proxy.post("/api/chat", CHAT).send().await.unwrap().status(), 503);
     proxy.health.tick(false).await;
-    assert!(proxy.state.pool.storm_since().is_some(), "probes cannot connect either: still out");
+    assert!(proxy.state.pool().storm_since().is_some(), "probes cannot connect either: still out");
 
     mock.resume().await;
     proxy.clock.advance(Duration::from_secs(60));
     proxy.health.tick(false).await;
-    assert!(proxy.state.pool.storm_since().is_none());
-    assert_eq!(proxy.state.pool.usable_count(), 4);
+    assert!(proxy.state.pool().storm_since().is_none());
+    assert_eq!(proxy.state.pool().usable_count(), 4);
     assert_eq!(proxy.post("/api/chat", CHAT).send().await.unwrap().status(), 200);
 }
 
@@ -171,7 +171,7 @@ async fn an_outage_with_refused_connections_heals_within_one_probe() {
 async fn manual_disables_survive_probes() {
     let (mock, proxy) = setup(&[KEYS[0], KEYS[1]], HEALTH).await;
     let id = proxy.key_id(KEYS[0]);
-    assert!(proxy.state.pool.disable(&id, None));
+    assert!(proxy.state.pool().disable(&id, None));
     proxy.health.tick(true).await;
     let reports = proxy.health.check_now(None).await;
     let r0 = reports.iter().find(|r| r.id == id).unwrap();

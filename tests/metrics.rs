@@ -72,8 +72,8 @@ async fn metrics_follow_a_scripted_sequence() {
     assert_eq!(delta(&before, &after, r#"ollama_pool_tokens_total{client="app",kind="completion",model="m1"}"#), 1.0);
     assert_eq!(delta(&before, &after, r#"ollama_pool_request_duration_seconds_count{family="openai"}"#), 1.0);
     assert_eq!(delta(&before, &after, r#"ollama_pool_proxy_overhead_seconds_count{family="openai"}"#), 1.0);
-    assert_eq!(value(&after, r#"ollama_pool_keys{status="invalid"}"#), 1.0);
-    assert_eq!(value(&after, "ollama_pool_keys_usable"), 1.0);
+    assert_eq!(value(&after, r#"ollama_pool_keys{provider="default",status="invalid"}"#), 1.0);
+    assert_eq!(value(&after, r#"ollama_pool_keys_usable{provider="default"}"#), 1.0);
     let parked = after
         .lines()
         .find(|l| l.starts_with("ollama_pool_key_return_seconds{"))

@@ -12,7 +12,7 @@
 pub mod ops;
 
 use crate::config::units::parse_duration;
-use crate::health::HealthChecker;
+use crate::health::HealthService;
 use crate::pool::clock::rfc3339;
 use crate::pool::{KeyView, Status};
 use crate::proxy::ProxyState;
@@ -32,8 +32,10 @@ const MAX_BODY: usize = 16 << 20;
 
 pub struct AdminApp {
     pub control: Control,
-    pub health: Arc<HealthChecker>,
+    pub health: Arc<HealthService>,
     pub proxy: Arc<ProxyState>,
+    /// `POST /admin/reload` (None: nothing to reload from).
+    pub reloader: Option<Arc<crate::reload::Reloader>>,
     /// SHA-256 of the admin token: compared in constant time, the token itself is not kept.
     token_hash: [u8; 32],
 }
@@ -78,6 +80,7 @@ fn op_error(e: OpError) -> Answer {
     match e {
         OpError::Invalid(m) => error(400, m),
         OpError::Duplicate(id) => answer(409, json!({ "error": "key already present", "id": id })),
+        e @ OpError::UnknownProvider(_) => error(400, format!("provider: {e}")),
         OpError::Store(e) => {
             log::error!("admin: {e}");
             error(500, "the store failed; nothing was changed")
@@ -109,6 +112,13 @@ fn key_json(v: &KeyView) -> Value {
             "last_failure": time(Some(v.last_failure_ms)),
         }
     })
+}
+
+fn with_provider(mut v: Value, provider: &str) -> Value {
+    if let Value::Object(m) = &mut v {
+        m.insert("provider".into(), Value::String(provider.to_string()));
+    }
+    v
 }
 
 fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Answer> {
@@ -158,11 +168,12 @@ fn flag(q: &[(String, String)], name: &str) -> bool {
 impl AdminApp {
     pub fn new(
         control: Control,
-        health: Arc<HealthChecker>,
+        health: Arc<HealthService>,
         proxy: Arc<ProxyState>,
+        reloader: Option<Arc<crate::reload::Reloader>>,
         token: &crate::secret::Secret,
     ) -> Self {
-        AdminApp { control, health, proxy, token_hash: token.sha256() }
+        AdminApp { control, health, proxy, reloader, token_hash: token.sha256() }
     }
 
     fn authorized(&self, s: &ServerSession) -> bool {
@@ -234,14 +245,59 @@ impl AdminApp {
             (Method::POST, ["tokens"]) => self.create_token(&body),
             (Method::DELETE, ["tokens", id]) => self.revoke_token(id),
             (Method::GET, ["stats"]) => Ok(self.stats()),
+            (Method::GET, ["providers"]) => Ok(self.providers()),
+            (Method::POST, ["reload"]) => self.reload().await,
             (_, ["keys" | "tokens" | "stats" | "health-check", ..]) => Err(error(405, "method not allowed here")),
             _ => Err(error(404, "no such admin route")),
         };
         result.unwrap_or_else(|a| a)
     }
 
-    fn pool(&self) -> &crate::pool::Pool {
-        &self.proxy.pool
+    /// (provider, key view) of every key of the current runtime, in provider order.
+    fn views(&self) -> Vec<(String, KeyView)> {
+        let rt = self.proxy.runtime.load();
+        rt.providers.iter().flat_map(|p| p.pool.views().into_iter().map(|v| (p.name.clone(), v))).collect()
+    }
+
+    fn providers(&self) -> Answer {
+        let rt = self.proxy.runtime.load();
+        let list: Vec<Value> = rt
+            .providers
+            .iter()
+            .map(|p| {
+                let mut by_status = serde_json::Map::new();
+                for st in ["active", "cooling", "disabled", "invalid", "expired"] {
+                    by_status.insert(st.into(), 0.into());
+                }
+                for v in p.pool.views() {
+                    let n = by_status.get(v.status.as_str()).and_then(Value::as_u64).unwrap_or(0);
+                    by_status.insert(v.status.as_str().into(), (n + 1).into());
+                }
+                json!({
+                    "name": p.name,
+                    "kind": p.kind.as_str(),
+                    "url": p.upstream.url.display(),
+                    "prefix": p.prefix,
+                    "keys": { "total": p.pool.len(), "usable": p.pool.usable_count(), "by_status": by_status },
+                    "models": p.known_models(),
+                    "max_concurrency_per_key": p.max_concurrency_per_key,
+                    "storm_since": time(p.pool.storm_since()),
+                })
+            })
+            .collect();
+        answer(200, json!({ "providers": list, "default": rt.home_provider().name, "generation": rt.generation }))
+    }
+
+    async fn reload(&self) -> Result<Answer, Answer> {
+        let Some(r) = &self.reloader else { return Err(error(404, "this server was not started from a config file")) };
+        match r.reload().await {
+            Ok(done) => Ok(answer(200, serde_json::to_value(done).unwrap_or_default())),
+            Err(crate::reload::ReloadError::Invalid(problems)) => {
+                let list: Vec<Value> = problems.iter().map(|p| json!({"path": p.path, "message": p.message})).collect();
+                Err(answer(400, json!({ "problems": list })))
+            }
+            Err(e) => Err(error(500, e.to_string())),
+        }
     }
 
     fn list_keys(&self, q: &[(String, String)]) -> Result<Answer, Answer> {
@@ -268,12 +324,18 @@ impl AdminApp {
         let page = number("page", 1, usize::MAX)?;
         let page_size = number("page_size", 50, 1000)?;
         let search = get("search").map(str::to_ascii_lowercase);
-        let matching: Vec<KeyView> = self
-            .pool()
+        let provider = get("provider");
+        if let Some(p) = provider {
+            if self.proxy.runtime.load().provider(p).is_none() {
+                return Err(error(400, format!("provider: no provider is named {p:?}")));
+            }
+        }
+        let matching: Vec<(String, KeyView)> = self
             .views()
             .into_iter()
-            .filter(|v| status.is_none_or(|s| v.status == s))
-            .filter(|v| {
+            .filter(|(p, _)| provider.is_none_or(|want| p == want))
+            .filter(|(_, v)| status.is_none_or(|s| v.status == s))
+            .filter(|(_, v)| {
                 search.as_deref().is_none_or(|s| {
                     v.id.contains(s)
                         || v.label.as_deref().is_some_and(|l| l.to_ascii_lowercase().contains(s))
@@ -282,8 +344,12 @@ impl AdminApp {
             })
             .collect();
         let total = matching.len();
-        let keys: Vec<Value> =
-            matching.iter().skip((page - 1).saturating_mul(page_size)).take(page_size).map(key_json).collect();
+        let keys: Vec<Value> = matching
+            .iter()
+            .skip((page - 1).saturating_mul(page_size))
+            .take(page_size)
+            .map(|(p, v)| with_provider(key_json(v), p))
+            .collect();
         Ok(answer(200, json!({ "keys": keys, "total": total, "page": page, "page_size": page_size })))
     }
 
@@ -294,10 +360,11 @@ impl AdminApp {
             key: String,
             label: Option<String>,
             ttl: Option<Value>,
+            provider: Option<String>,
         }
         let r: Req = parse_json(body)?;
         let ttl = duration(&r.ttl, "ttl")?;
-        let id = self.control.add_key(&r.key, r.label, ttl).map_err(op_error)?;
+        let id = self.control.add_key(&r.key, r.label, ttl, r.provider.as_deref()).map_err(op_error)?;
         Ok(answer(201, json!({ "id": id })))
     }
 
@@ -311,8 +378,12 @@ impl AdminApp {
         if is_json && serde_json::from_str::<Value>(text).is_err() {
             return Err(error(400, "invalid JSON body: want {\"keys\": [...]} or a JSON array"));
         }
-        let prober = flag(q, "validate").then(|| self.health.prober());
-        let report = self.control.import(text, prober, flag(q, "dry_run"), &|_, _| {}).await.map_err(op_error)?;
+        let provider = q.iter().find(|(k, _)| k == "provider").map(|(_, v)| v.as_str()).filter(|v| !v.is_empty());
+        self.control.provider_name(provider).map_err(op_error)?;
+        let checker = if flag(q, "validate") { self.health.prober(provider) } else { None };
+        let prober = checker.as_ref().map(|c| c.prober());
+        let report =
+            self.control.import(text, prober, flag(q, "dry_run"), provider, &|_, _| {}).await.map_err(op_error)?;
         Ok(answer(200, serde_json::to_value(report).unwrap_or_default()))
     }
 
@@ -346,8 +417,10 @@ impl AdminApp {
     }
 
     fn key_answer(&self, id: &str) -> Result<Answer, Answer> {
-        let key = self.pool().get(id).ok_or_else(|| error(404, "no such key"))?;
-        Ok(answer(200, key_json(&key.view_at(self.pool().now_ms()))))
+        let rt = self.proxy.runtime.load();
+        let p = rt.provider_of_key(id).ok_or_else(|| error(404, "no such key"))?;
+        let key = p.pool.get(id).ok_or_else(|| error(404, "no such key"))?;
+        Ok(answer(200, with_provider(key_json(&key.view_at(p.pool.now_ms())), &p.name)))
     }
 
     async fn health_check(&self, body: &[u8]) -> Result<Answer, Answer> {
@@ -358,7 +431,8 @@ impl AdminApp {
         }
         let r: Req = parse_json(body)?;
         if let Some(ids) = &r.ids {
-            if let Some(bad) = ids.iter().find(|id| self.pool().get(id).is_none()) {
+            let rt = self.proxy.runtime.load();
+            if let Some(bad) = ids.iter().find(|id| rt.provider_of_key(id).is_none()) {
                 return Err(error(404, format!("no such key: {bad}")));
             }
         }
@@ -411,7 +485,10 @@ impl AdminApp {
     }
 
     fn stats(&self) -> Answer {
-        let views = self.pool().views();
+        let rt = self.proxy.runtime.load();
+        let views: Vec<KeyView> = self.views().into_iter().map(|(_, v)| v).collect();
+        let usable: usize = rt.providers.iter().map(|p| p.pool.usable_count()).sum();
+        let storm = rt.providers.iter().filter_map(|p| p.pool.storm_since()).min();
         let (mut requests, mut successes, mut failures) = (0u64, 0u64, 0u64);
         let mut by_status = serde_json::Map::new();
         for st in ["active", "cooling", "disabled", "invalid", "expired"] {
@@ -432,13 +509,14 @@ impl AdminApp {
         answer(
             200,
             json!({
-                "keys": { "total": views.len(), "usable": self.pool().usable_count(), "by_status": by_status },
+                "keys": { "total": views.len(), "usable": usable, "by_status": by_status },
                 "requests": requests,
                 "successes": successes,
                 "failures": failures,
                 "success_rate": rate,
                 "tokens": self.proxy.clients.len(),
-                "storm_since": time(self.pool().storm_since()),
+                "storm_since": time(storm),
+                "generation": rt.generation,
             }),
         )
     }

@@ -5,6 +5,8 @@
 use crate::health::Prober;
 use crate::import::{self, InvalidLine};
 use crate::pool::{Clock, Key, KeyMeta, Pool};
+use crate::runtime::Runtime;
+use arc_swap::ArcSwap;
 use crate::proxy::auth::{new_token, Client, Clients};
 use crate::secret::Secret;
 use crate::store::{Counters, Store, StoreError, StoredKey, StoredToken};
@@ -23,6 +25,8 @@ pub enum OpError {
     Invalid(String),
     #[error("key {0} is already present")]
     Duplicate(String),
+    #[error("no provider is named {0:?}")]
+    UnknownProvider(String),
     #[error("{0}")]
     Store(#[from] StoreError),
 }
@@ -61,8 +65,10 @@ pub struct Validated {
 #[derive(Clone)]
 pub struct Control {
     pub store: Arc<dyn Store>,
-    /// The running pool and client table (None in the offline CLI).
-    pub pool: Option<Arc<Pool>>,
+    /// The running runtime (its providers' pools) and client table (None in the offline CLI).
+    pub runtime: Option<Arc<ArcSwap<Runtime>>>,
+    /// Provider names the config defines (for the offline CLI; the first is the home one).
+    pub providers: Vec<String>,
     pub clients: Option<Arc<Clients>>,
     pub clock: Arc<dyn Clock>,
     /// `keys.max_key_bytes`: the longest key an add or import accepts.
@@ -74,9 +80,31 @@ impl Control {
         self.clock.now_ms()
     }
 
+    /// The stored form of `provider` (empty for the home provider), or UnknownProvider.
+    pub fn provider_name(&self, provider: Option<&str>) -> Result<String, OpError> {
+        let names: Vec<String> = match &self.runtime {
+            Some(rt) => rt.load().providers.iter().map(|p| p.name.clone()).collect(),
+            None => self.providers.clone(),
+        };
+        match provider.map(str::trim).filter(|p| !p.is_empty()) {
+            None => Ok(String::new()),
+            Some(p) if names.first().is_some_and(|home| home == p) && names.len() == 1 => Ok(String::new()),
+            Some(p) if names.iter().any(|n| n == p) => Ok(p.to_string()),
+            Some(p) => Err(OpError::UnknownProvider(p.to_string())),
+        }
+    }
+
+    /// The running pool that holds key `id`, if any.
+    fn pool_of(&self, id: &str) -> Option<Arc<Pool>> {
+        let rt = self.runtime.as_ref()?.load();
+        rt.provider_of_key(id).map(|p| p.pool.clone())
+    }
+
     fn stored(&self, secret: Secret, label: Option<String>, ttl: Option<Duration>) -> StoredKey {
         let now = self.now();
         StoredKey {
+            provider: String::new(),
+            from_file: false,
             id: secret.id(),
             secret,
             label,
@@ -89,11 +117,18 @@ impl Control {
         }
     }
 
-    /// Adds one key. Duplicate → `OpError::Duplicate`.
-    pub fn add_key(&self, key: &str, label: Option<String>, ttl: Option<Duration>) -> Result<String, OpError> {
+    /// Adds one key to `provider` (None = the home provider). Duplicate → `OpError::Duplicate`.
+    pub fn add_key(
+        &self,
+        key: &str,
+        label: Option<String>,
+        ttl: Option<Duration>,
+        provider: Option<&str>,
+    ) -> Result<String, OpError> {
         let key = key.trim();
         import::check_key(key, self.max_key_bytes).map_err(|r| OpError::Invalid(r.to_string()))?;
-        let stored = self.stored(Secret::new(key), label, ttl);
+        let mut stored = self.stored(Secret::new(key), label, ttl);
+        stored.provider = self.provider_name(provider)?;
         let id = stored.id.clone();
         if self.store.insert_keys(std::slice::from_ref(&stored), false)?.is_empty() {
             return Err(OpError::Duplicate(id));
@@ -102,11 +137,13 @@ impl Control {
         Ok(id)
     }
 
-    /// Puts a stored key into the running pool, if one is attached.
+    /// Puts a stored key into its provider's running pool, if a runtime is attached.
     fn attach(&self, k: &StoredKey) {
-        let Some(pool) = &self.pool else { return };
-        if let Some(key) = to_pool_key(k, self.clock.now_ms()) {
-            let _ = pool.add(key);
+        let Some(rt) = &self.runtime else { return };
+        let rt = rt.load();
+        let Some(p) = rt.provider_for_stored(&k.provider) else { return };
+        if let Some(key) = to_pool_key(k, &p.auth, self.clock.now_ms()) {
+            let _ = p.pool.add(key);
         }
     }
 
@@ -118,8 +155,10 @@ impl Control {
         text: &str,
         prober: Option<&Prober>,
         dry_run: bool,
+        provider: Option<&str>,
         progress: &(dyn Fn(usize, usize) + Sync),
     ) -> Result<ImportReport, OpError> {
+        let provider = self.provider_name(provider)?;
         let parsed = import::parse(text, self.max_key_bytes);
         let existing: HashSet<String> = self.store.keys()?.into_iter().map(|k| k.id).collect();
         let (fresh, known): (Vec<_>, Vec<_>) = parsed.keys.into_iter().partition(|k| !existing.contains(&k.key.id()));
@@ -137,13 +176,13 @@ impl Control {
                 let done = std::sync::atomic::AtomicUsize::new(0);
                 let checked: Vec<(import::ParsedKey, crate::health::Validation)> = futures_util::stream::iter(fresh)
                     .map(|k| async move {
-                        let v = match Key::new(k.key.clone(), None, None) {
+                        let v = match Key::with_auth(k.key.clone(), None, None, prober.auth()) {
                             Ok(key) => prober.validate(&key).await,
                             Err(e) => crate::health::Validation {
                                 valid: false,
                                 models: vec![],
                                 category: "general".into(),
-                                reason: Some(e),
+                                reason: Some(e.to_string()),
                             },
                         };
                         (k, v)
@@ -173,6 +212,9 @@ impl Control {
                 report.validated = Some(summary);
             }
         }
+        for k in &mut to_add {
+            k.provider = provider.clone();
+        }
         if dry_run {
             report.added = to_add.len();
             return Ok(report);
@@ -188,7 +230,7 @@ impl Control {
 
     pub fn remove_key(&self, id: &str) -> Result<bool, OpError> {
         let found = self.store.delete_key(id)?;
-        if let Some(pool) = &self.pool {
+        if let Some(pool) = self.pool_of(id) {
             pool.remove(id);
         }
         Ok(found)
@@ -200,7 +242,7 @@ impl Control {
         if !self.store.set_disabled(id, Some(until))? {
             return Ok(false);
         }
-        if let Some(pool) = &self.pool {
+        if let Some(pool) = self.pool_of(id) {
             pool.disable(id, for_);
         }
         Ok(true)
@@ -210,7 +252,7 @@ impl Control {
         if !self.store.set_disabled(id, None)? {
             return Ok(false);
         }
-        if let Some(pool) = &self.pool {
+        if let Some(pool) = self.pool_of(id) {
             pool.enable(id);
         }
         Ok(true)
@@ -261,8 +303,8 @@ impl Control {
 }
 
 /// A stored key as the pool holds it at `now` (state, counters, park and metadata restored).
-pub fn to_pool_key(k: &StoredKey, now: u64) -> Option<Key> {
-    let key = match Key::new(k.secret.clone(), k.label.clone(), k.expires_at_ms) {
+pub fn to_pool_key(k: &StoredKey, auth: &crate::pool::AuthForm, now: u64) -> Option<Key> {
+    let key = match Key::with_auth(k.secret.clone(), k.label.clone(), k.expires_at_ms, auth) {
         Ok(key) => key.with_created_at(k.created_at_ms),
         Err(reason) => {
             log::warn!("store: key {}: {reason}; skipped", k.id);

@@ -32,6 +32,8 @@ impl fmt::Display for ConfigError {
 pub struct Loaded {
     pub config: Config,
     pub base_dir: PathBuf,
+    /// The file it was read from (a reload reads it again); None for a config built in code.
+    pub source: Option<PathBuf>,
 }
 
 impl Loaded {
@@ -58,11 +60,14 @@ impl Loaded {
                 });
             }
         };
-        for (i, f) in self.config.keys.files.iter().enumerate() {
-            readable(f, format!("keys.files[{i}]"));
-        }
-        if let Some(ca) = &self.config.upstream.ca_file {
-            readable(ca, "upstream.ca_file".into());
+        for (path, p) in self.config.provider_entries() {
+            let files_path = if path == "upstream" { "keys.files".to_string() } else { format!("{path}.keys.files") };
+            for (i, f) in p.keys.iter().flat_map(|k| &k.files).enumerate() {
+                readable(f, format!("{files_path}[{i}]"));
+            }
+            if let Some(ca) = &p.ca_file {
+                readable(ca, format!("{path}.ca_file"));
+            }
         }
         errors
     }
@@ -75,7 +80,7 @@ pub fn load(path: &Path) -> Result<Loaded, Vec<ConfigError>> {
     })?;
     let config = parse(&text, &|name| std::env::var(name).ok())?;
     let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    Ok(Loaded { config, base_dir })
+    Ok(Loaded { config, base_dir, source: Some(path.to_path_buf()) })
 }
 
 /// Parses config text; `env` answers `${NAME}` look-ups (a parameter so tests need no globals).
@@ -308,7 +313,7 @@ mod tests {
     #[test]
     fn minimal_config_gets_defaults() {
         let c = parse("upstream: {url: 'https://${HOST}'}", &env).unwrap();
-        assert_eq!(c.upstream.url, "https://ollama.com");
+        assert_eq!(c.upstream.unwrap().url, "https://ollama.com");
         assert_eq!(c.pool.max_attempts, 3);
         assert_eq!(c.pool.cooldown, units::Dur::secs(3600));
         assert_eq!(c.pool.max_request_body.0, 32 << 20);

@@ -14,7 +14,11 @@ pub struct Config {
     pub listen: Vec<Listener>,
     /// Worker threads of the proxy service.
     pub threads: usize,
-    pub upstream: UpstreamConfig,
+    /// The one upstream of a single-provider config (provider `default`, kind `ollama`).
+    pub upstream: Option<UpstreamConfig>,
+    /// Several upstreams, each with its own key pool (SPEC §2.2.1); excludes `upstream`.
+    pub providers: Vec<UpstreamConfig>,
+    pub routing: RoutingConfig,
     pub admin: Option<AdminConfig>,
     pub store: StoreConfig,
     pub keys: KeysConfig,
@@ -32,7 +36,9 @@ impl Default for Config {
         Config {
             listen: vec![Listener::Plain("0.0.0.0:8080".into())],
             threads: 2,
-            upstream: UpstreamConfig::default(),
+            upstream: None,
+            providers: Vec::new(),
+            routing: RoutingConfig::default(),
             admin: None,
             store: StoreConfig::default(),
             keys: KeysConfig::default(),
@@ -85,11 +91,33 @@ impl Listener {
     }
 }
 
+/// One upstream API and how to talk to it: `upstream:` (the provider `default`) or an entry
+/// of `providers:`. The provider-only fields (`name`, `keys`, `prefix`) are refused under
+/// `upstream:`, where `keys:` at the top level holds the key files.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UpstreamConfig {
+    /// `[a-z0-9_-]+`, unique; shown in logs, metrics and the admin API.
+    pub name: String,
+    pub kind: ProviderKind,
     /// Base URL (required), e.g. `https://ollama.com`. Request paths are appended.
     pub url: String,
+    /// This provider's key files (`providers[]` only).
+    pub keys: Option<ProviderKeys>,
+    /// The header that carries the key; default per kind (`authorization: Bearer`, anthropic
+    /// `x-api-key` without a scheme).
+    pub auth: Option<AuthConfig>,
+    /// The token-free validity probe; default per kind (ollama: `health_check.probe`).
+    pub probe: Option<ProbeConfig>,
+    /// Where a key's model list is read (token-free); default per kind.
+    pub models_path: Option<String>,
+    /// Models this provider serves (`prefix*` globs); empty = what its keys report, else any.
+    pub models: Vec<String>,
+    /// A path prefix that selects this provider outright (`/openrouter`: `/openrouter/v1/...`),
+    /// stripped before forwarding (`providers[]` only).
+    pub prefix: Option<String>,
+    /// In-flight requests per key; a key at its cap is skipped. 0 = unlimited.
+    pub max_concurrency_per_key: u32,
     /// Pin the upstream to these `ip:port` addresses instead of resolving the URL's host.
     pub addresses: Vec<String>,
     pub connect_timeout: Dur,
@@ -113,7 +141,16 @@ pub struct UpstreamConfig {
 impl Default for UpstreamConfig {
     fn default() -> Self {
         UpstreamConfig {
+            name: String::new(),
+            kind: ProviderKind::Ollama,
             url: String::new(),
+            keys: None,
+            auth: None,
+            probe: None,
+            models_path: None,
+            models: Vec::new(),
+            prefix: None,
+            max_concurrency_per_key: 0,
             addresses: Vec::new(),
             connect_timeout: Dur::secs(5),
             read_timeout: Dur::secs(600),
@@ -126,6 +163,53 @@ impl Default for UpstreamConfig {
             forward_client_ip_headers: false,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Ollama,
+    /// Any OpenAI-compatible API.
+    Openai,
+    Openrouter,
+    Anthropic,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Ollama => "ollama",
+            ProviderKind::Openai => "openai",
+            ProviderKind::Openrouter => "openrouter",
+            ProviderKind::Anthropic => "anthropic",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProviderKeys {
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub header: String,
+    /// `Bearer` → `authorization: Bearer <key>`; absent → the key alone.
+    #[serde(default)]
+    pub scheme: Option<String>,
+}
+
+/// `routing:` (SPEC §3.7): the provider for a model nobody claims, and model aliases.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// A provider name; default: the first provider.
+    pub default: Option<String>,
+    /// `alias: "provider:model"`: the request's `model` is rewritten to `model` and goes to
+    /// `provider`.
+    pub aliases: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -422,7 +506,7 @@ impl Config {
         if self.threads == 0 {
             err(&mut e, "threads", "must be at least 1");
         }
-        self.upstream.validate(&mut e);
+        self.validate_providers(&mut e);
         if let Some(a) = &self.admin {
             a.validate(&mut e);
         }
@@ -478,12 +562,14 @@ impl Config {
                 format!("not set: upstream keys are stored in clear in {}", self.store.path.display()),
             );
         }
-        if !self.upstream.verify_tls {
-            err(
-                &mut w,
-                "upstream.verify_tls",
-                "false: the upstream's certificate is not checked, so anyone on the path can read the keys",
-            );
+        for (path, p) in self.provider_entries() {
+            if !p.verify_tls {
+                err(
+                    &mut w,
+                    format!("{path}.verify_tls"),
+                    "false: the upstream's certificate is not checked, so anyone on the path can read the keys",
+                );
+            }
         }
         for (i, t) in self.clients.tokens.iter().enumerate() {
             if t.token.len() < 20 {
@@ -498,26 +584,117 @@ impl Config {
     }
 }
 
+/// The name of the provider `upstream:` + `keys:` define.
+pub const DEFAULT_PROVIDER: &str = "default";
+
+impl Config {
+    /// Every provider with its YAML path: `providers[i]`, or `upstream` as the provider
+    /// `default` (with the top-level `keys.files`).
+    pub fn provider_entries(&self) -> Vec<(String, UpstreamConfig)> {
+        if !self.providers.is_empty() {
+            return self.providers.iter().enumerate().map(|(i, p)| (format!("providers[{i}]"), p.clone())).collect();
+        }
+        let mut p = self.upstream.clone().unwrap_or_default();
+        p.name = DEFAULT_PROVIDER.into();
+        p.keys = Some(ProviderKeys { files: self.keys.files.clone() });
+        vec![("upstream".into(), p)]
+    }
+
+    fn validate_providers(&self, e: &mut Errors) {
+        if self.upstream.is_some() && !self.providers.is_empty() {
+            err(e, "upstream", "cannot be used together with providers: (list it as one of the providers)");
+            err(e, "providers", "cannot be used together with upstream:");
+        }
+        if let Some(u) = &self.upstream {
+            for (field, set) in [("name", !u.name.is_empty()), ("keys", u.keys.is_some()), ("prefix", u.prefix.is_some())] {
+                if set {
+                    err(e, format!("upstream.{field}"), "only under providers[] (upstream: is the provider \"default\")");
+                }
+            }
+        }
+        if !self.providers.is_empty() && !self.keys.files.is_empty() {
+            err(e, "keys.files", "with providers:, list key files under each provider (providers[].keys.files)");
+        }
+        let entries = self.provider_entries();
+        let mut names = std::collections::HashSet::new();
+        let mut prefixes = std::collections::HashSet::new();
+        for (path, p) in &entries {
+            p.validate(path, e);
+            if !self.providers.is_empty() {
+                if p.name.is_empty() {
+                    err(e, format!("{path}.name"), "required");
+                } else if !p.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-') {
+                    err(e, format!("{path}.name"), format!("{:?}: use [a-z0-9_-]+", p.name));
+                } else if !names.insert(p.name.clone()) {
+                    err(e, format!("{path}.name"), format!("{:?} is the name of an earlier provider", p.name));
+                }
+            }
+            if let Some(pre) = &p.prefix {
+                let ok = pre.starts_with('/') && pre.len() > 1 && !pre.ends_with('/') && !pre.contains(['?', '#', ' ']);
+                if !ok {
+                    err(e, format!("{path}.prefix"), format!("{pre:?}: a path such as /openrouter (no trailing slash)"));
+                } else if pre == "/v1" || pre == "/api" || pre.starts_with("/v1/") || pre.starts_with("/api/") {
+                    err(e, format!("{path}.prefix"), format!("{pre:?} would hide the client routes under it"));
+                } else if !prefixes.insert(pre.clone()) {
+                    err(e, format!("{path}.prefix"), format!("{pre:?} is already another provider's prefix"));
+                }
+            }
+        }
+        let known = |n: &str| entries.iter().any(|(_, p)| p.name == n);
+        if let Some(d) = &self.routing.default {
+            if !known(d) {
+                err(e, "routing.default", format!("no provider is named {d:?}"));
+            }
+        }
+        for (alias, target) in &self.routing.aliases {
+            let path = format!("routing.aliases.{alias}");
+            match target.split_once(':') {
+                Some((prov, model)) if !prov.is_empty() && !model.is_empty() => {
+                    if !known(prov) {
+                        err(e, path, format!("{target:?}: no provider is named {prov:?}"));
+                    }
+                }
+                _ => err(e, path, format!("{target:?}: write provider:model (e.g. ollama:gpt-oss:20b)")),
+            }
+        }
+    }
+}
+
 impl UpstreamConfig {
-    fn validate(&self, e: &mut Errors) {
+    fn validate(&self, base: &str, e: &mut Errors) {
         if self.url.is_empty() {
-            err(e, "upstream.url", "required (e.g. https://ollama.com)");
+            err(e, format!("{base}.url"), "required (e.g. https://ollama.com)");
         } else if let Err(m) = crate::upstream::UpstreamUrl::parse(&self.url) {
-            err(e, "upstream.url", m);
+            err(e, format!("{base}.url"), m);
         }
         for (i, a) in self.addresses.iter().enumerate() {
             if a.parse::<std::net::SocketAddr>().is_err() {
-                err(e, format!("upstream.addresses[{i}]"), format!("{a:?} is not an ip:port address"));
+                err(e, format!("{base}.addresses[{i}]"), format!("{a:?} is not an ip:port address"));
             }
         }
         if self.connect_timeout.0.is_zero() {
-            err(e, "upstream.connect_timeout", "must be greater than 0s");
+            err(e, format!("{base}.connect_timeout"), "must be greater than 0s");
         }
         if self.read_timeout.0.is_zero() {
-            err(e, "upstream.read_timeout", "must be greater than 0s");
+            err(e, format!("{base}.read_timeout"), "must be greater than 0s");
         }
         if self.dns_refresh.0.is_zero() {
-            err(e, "upstream.dns_refresh", "must be greater than 0s");
+            err(e, format!("{base}.dns_refresh"), "must be greater than 0s");
+        }
+        if let Some(a) = &self.auth {
+            if http::HeaderName::from_bytes(a.header.as_bytes()).is_err() {
+                err(e, format!("{base}.auth.header"), format!("{:?} is not a header name", a.header));
+            }
+        }
+        for (i, m) in self.models.iter().enumerate() {
+            if m.is_empty() || m[..m.len() - 1].contains('*') {
+                err(e, format!("{base}.models[{i}]"), format!("{m:?}: a model name, or a prefix ending in *"));
+            }
+        }
+        for (field, path) in [("models_path", &self.models_path), ("probe.path", &self.probe.as_ref().map(|p| p.path.clone()))] {
+            if path.as_ref().is_some_and(|p| !p.starts_with('/')) {
+                err(e, format!("{base}.{field}"), "must start with /");
+            }
         }
     }
 }

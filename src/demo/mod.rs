@@ -99,7 +99,7 @@ fn try_run(opts: DemoOptions) -> Result<(), DemoError> {
     built.server.add_service(upstream_service);
 
     let (done_tx, done_rx) = tokio::sync::watch::channel(false);
-    let pool = built.state.pool.clone();
+    let pool = built.state.pool();
     let script = std::thread::spawn(move || {
         let ok = Script { setup: &setup, sim: &sim, pool: &pool, seen: RefCell::new(HashMap::new()) }.run();
         if ok {

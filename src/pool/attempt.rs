@@ -28,11 +28,33 @@ pub struct Attempts {
     pub last_outcome: Option<Outcome>,
     /// The model the request asks for: only keys that serve it are picked.
     model: Option<Arc<str>>,
+    /// `max_concurrency_per_key` of the provider (0 = none): picked keys hold a slot until
+    /// their attempt is over (the next attempt begins, or the request ends).
+    cap: u32,
+    /// Keys whose slot this request still holds.
+    leases: Vec<Arc<Key>>,
+}
+
+impl Drop for Attempts {
+    fn drop(&mut self) {
+        for k in self.leases.drain(..) {
+            k.release_lease();
+        }
+    }
 }
 
 impl Attempts {
     pub fn new(max: usize) -> Attempts {
-        Attempts { max, tried: Vec::with_capacity(max), next: None, settled: None, last_outcome: None, model: None }
+        Attempts {
+            max,
+            tried: Vec::with_capacity(max),
+            next: None,
+            settled: None,
+            last_outcome: None,
+            model: None,
+            cap: 0,
+            leases: Vec::new(),
+        }
     }
 
     /// Sets the model every attempt must serve (before the first `begin`).
@@ -44,11 +66,25 @@ impl Attempts {
         self.model.as_deref()
     }
 
-    /// The key for a new attempt: the one reserved by the last `Retry`, else a fresh pick.
-    pub fn begin(&mut self, pool: &Pool) -> Result<Arc<Key>, NoKey> {
+    /// The key for a new attempt: the one reserved by the last `Retry`, else a fresh pick
+    /// (among keys under `cap` attempts in flight, when `cap` > 0).
+    pub fn begin(&mut self, pool: &Pool, cap: u32) -> Result<Arc<Key>, NoKey> {
+        self.cap = cap;
+        // The previous attempt is over: its key's slot is free again.
+        if let Some(prev) = self.tried.last() {
+            if let Some(i) = self.leases.iter().position(|k| Arc::ptr_eq(k, prev)) {
+                self.leases.swap_remove(i).release_lease();
+            }
+        }
         let key = match self.next.take() {
             Some(k) => k,
-            None => pool.pick_for(&self.tried, self.model.as_deref())?,
+            None => {
+                let k = pool.pick_for(&self.tried, self.model.as_deref(), cap)?;
+                if cap > 0 {
+                    self.leases.push(k.clone());
+                }
+                k
+            }
         };
         self.tried.push(key.clone());
         self.settled = None;
@@ -78,8 +114,11 @@ impl Attempts {
         crate::metrics::attempt(key, outcome);
         self.last_outcome = Some(outcome);
         let decision = if may_retry && outcome.retryable() && self.tried.len() < self.max {
-            match pool.pick_for(&self.tried, self.model.as_deref()) {
+            match pool.pick_for(&self.tried, self.model.as_deref(), self.cap) {
                 Ok(next) => {
+                    if self.cap > 0 {
+                        self.leases.push(next.clone());
+                    }
                     self.next = Some(next);
                     Decision::Retry
                 }
@@ -114,12 +153,12 @@ mod tests {
     fn retries_on_distinct_keys_up_to_max() {
         let p = pool(5);
         let mut a = Attempts::new(3);
-        let k1 = a.begin(&p).unwrap();
+        let k1 = a.begin(&p, 0).unwrap();
         assert_eq!(a.settle(&p, Outcome::Credential, true), Decision::Retry);
         assert_eq!(a.settle(&p, Outcome::Transient, true), Decision::Retry, "settling twice is a no-op");
-        let k2 = a.begin(&p).unwrap();
+        let k2 = a.begin(&p, 0).unwrap();
         assert_eq!(a.settle(&p, Outcome::Transient, true), Decision::Retry);
-        let k3 = a.begin(&p).unwrap();
+        let k3 = a.begin(&p, 0).unwrap();
         assert_eq!(a.settle(&p, Outcome::Transient, true), Decision::Deliver, "max reached");
         assert!(!Arc::ptr_eq(&k1, &k2) && !Arc::ptr_eq(&k2, &k3) && !Arc::ptr_eq(&k1, &k3));
     }
@@ -128,14 +167,14 @@ mod tests {
     fn delivers_when_no_other_key_or_not_retryable() {
         let p = pool(1);
         let mut a = Attempts::new(3);
-        a.begin(&p).unwrap();
+        a.begin(&p, 0).unwrap();
         assert_eq!(a.settle(&p, Outcome::Transient, true), Decision::Deliver);
         let p = pool(2);
         let mut a = Attempts::new(3);
-        a.begin(&p).unwrap();
+        a.begin(&p, 0).unwrap();
         assert_eq!(a.settle(&p, Outcome::CallerFault, true), Decision::Deliver);
         let mut a = Attempts::new(3);
-        a.begin(&p).unwrap();
+        a.begin(&p, 0).unwrap();
         assert_eq!(a.settle(&p, Outcome::Transient, false), Decision::Deliver);
     }
 }

@@ -135,7 +135,9 @@ pub struct Key {
     /// Replaced whole (rare); read by reports.
     meta: arc_swap::ArcSwap<KeyMeta>,
     secret: Secret,
-    /// `Bearer <key>`, built once so the request path does not format or allocate it.
+    /// The header that carries the key upstream (its provider's auth form) and its value
+    /// (`Bearer <key>`, or the key alone), built once so the request path does not format it.
+    auth_name: http::HeaderName,
     auth_header: HeaderValue,
     status: AtomicU8,
     reason: AtomicU8,
@@ -159,6 +161,8 @@ pub struct Key {
     /// under `transition` (rare). `model_parks_n` lets the request path skip the load when empty.
     model_parks: arc_swap::ArcSwap<Vec<ModelPark>>,
     model_parks_n: AtomicU32,
+    /// Attempts in flight on this key (kept only when its provider caps them).
+    pub(crate) in_flight: AtomicU32,
     /// Whether `meta.models` is non-empty (then only those models are served).
     has_models: std::sync::atomic::AtomicBool,
     /// Serialises state transitions (rare) so check-then-set sequences are not torn.
@@ -224,12 +228,47 @@ impl fmt::Debug for Key {
     }
 }
 
+/// How a provider wants its key sent: a header, and an optional scheme before the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthForm {
+    pub header: http::HeaderName,
+    pub scheme: Option<String>,
+}
+
+impl Default for AuthForm {
+    /// `Authorization: Bearer <key>`.
+    fn default() -> Self {
+        AuthForm { header: http::header::AUTHORIZATION, scheme: Some("Bearer".into()) }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("key contains characters that cannot go in an HTTP header")]
+    NotAHeaderValue,
+}
+
 impl Key {
-    pub fn new(secret: Secret, label: Option<String>, expires_at_ms: Option<u64>) -> Result<Key, String> {
-        let mut auth_header = HeaderValue::from_str(&format!("Bearer {}", secret.expose()))
-            .map_err(|_| "key contains characters that cannot go in an HTTP header".to_string())?;
+    /// A key sent as `Authorization: Bearer <key>`.
+    pub fn new(secret: Secret, label: Option<String>, expires_at_ms: Option<u64>) -> Result<Key, KeyError> {
+        Key::with_auth(secret, label, expires_at_ms, &AuthForm::default())
+    }
+
+    /// A key sent the way `auth` says (its provider's form).
+    pub fn with_auth(
+        secret: Secret,
+        label: Option<String>,
+        expires_at_ms: Option<u64>,
+        auth: &AuthForm,
+    ) -> Result<Key, KeyError> {
+        let value = match &auth.scheme {
+            Some(s) => format!("{s} {}", secret.expose()),
+            None => secret.expose().to_string(),
+        };
+        let mut auth_header = HeaderValue::from_str(&value).map_err(|_| KeyError::NotAHeaderValue)?;
         auth_header.set_sensitive(true);
         Ok(Key {
+            auth_name: auth.header.clone(),
             id: secret.id(),
             label,
             created_at_ms: 0,
@@ -249,6 +288,7 @@ impl Key {
             storm_run: AtomicU64::new(u64::MAX),
             model_parks: arc_swap::ArcSwap::from_pointee(Vec::new()),
             model_parks_n: AtomicU32::new(0),
+            in_flight: AtomicU32::new(0),
             has_models: std::sync::atomic::AtomicBool::new(false),
             transition: Mutex::new(()),
             metrics: std::sync::OnceLock::new(),
@@ -263,8 +303,9 @@ impl Key {
         &self.secret
     }
 
-    pub fn auth_header(&self) -> &HeaderValue {
-        &self.auth_header
+    /// The header (name, value) that carries this key upstream.
+    pub fn auth(&self) -> (&http::HeaderName, &HeaderValue) {
+        (&self.auth_name, &self.auth_header)
     }
 
     pub fn status(&self) -> Status {
@@ -308,6 +349,27 @@ impl Key {
             return false;
         }
         !self.has_models.load(Relaxed) || self.meta.load().models.iter().any(|m| same_model(m, model))
+    }
+
+    /// Takes one of `cap` in-flight slots (0 = no cap: always). A key at its cap is skipped,
+    /// not waited for.
+    #[inline]
+    pub(crate) fn try_lease(&self, cap: u32) -> bool {
+        if cap == 0 {
+            return true;
+        }
+        self.in_flight
+            .fetch_update(AcqRel, Relaxed, |n| (n < cap).then_some(n + 1))
+            .is_ok()
+    }
+
+    pub(crate) fn release_lease(&self) {
+        let _ = self.in_flight.fetch_update(AcqRel, Relaxed, |n| n.checked_sub(1));
+    }
+
+    /// Attempts in flight on this key (counted when its provider caps them).
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Relaxed)
     }
 
     /// When this key may serve `model` again, if it is parked for it.

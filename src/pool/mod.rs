@@ -11,7 +11,7 @@ pub mod window;
 
 pub use attempt::{Attempts, Decision, MAX_ATTEMPTS};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use key::{same_model, Key, KeyMeta, KeyView, ModelPark, Reason, Status};
+pub use key::{same_model, AuthForm, Key, KeyError, KeyMeta, KeyView, ModelPark, Reason, Status};
 pub use outcome::{classify, Outcome};
 pub use window::Window;
 
@@ -100,7 +100,8 @@ pub struct Pool {
     by_id: DashMap<String, Arc<Key>>,
     /// Serialises snapshot writers (admin path only) so two adds cannot lose each other.
     writer: Mutex<()>,
-    policy: Policy,
+    /// Replaced whole by a config reload.
+    policy: ArcSwap<Policy>,
     clock: Arc<dyn Clock>,
     storm: Storm,
 }
@@ -117,14 +118,19 @@ impl Pool {
             cursor: AtomicUsize::new(0),
             by_id: DashMap::new(),
             writer: Mutex::new(()),
-            policy,
+            policy: ArcSwap::from_pointee(policy),
             clock,
             storm: Storm::default(),
         }
     }
 
-    pub fn policy(&self) -> &Policy {
-        &self.policy
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.load_full()
+    }
+
+    /// A reload's new `pool.*` policy: applies to the next outcome.
+    pub fn set_policy(&self, policy: Policy) {
+        self.policy.store(Arc::new(policy));
     }
 
     /// Every key, for background work (probes, reports). Not for the request path.
@@ -212,12 +218,14 @@ impl Pool {
     /// and a second add when keys were skipped — the cursor moves past them too, so the key after
     /// a run of parked keys does not also take their turns (every usable key gets an equal share).
     pub fn pick(&self, exclude: &[Arc<Key>]) -> Result<Arc<Key>, NoKey> {
-        self.pick_for(exclude, None)
+        self.pick_for(exclude, None, 0)
     }
 
     /// `pick`, among the keys that serve `model` (when given): not parked for it, and listing
-    /// it when they have a discovered model list.
-    pub fn pick_for(&self, exclude: &[Arc<Key>], model: Option<&str>) -> Result<Arc<Key>, NoKey> {
+    /// it when they have a discovered model list. With `cap` > 0 only keys with fewer than
+    /// `cap` attempts in flight are picked, and the picked key's slot is taken (the caller
+    /// gives it back with `Key::release_lease`).
+    pub fn pick_for(&self, exclude: &[Arc<Key>], model: Option<&str>, cap: u32) -> Result<Arc<Key>, NoKey> {
         let keys = self.snapshot.load();
         let n = keys.len();
         if n == 0 {
@@ -225,7 +233,7 @@ impl Pool {
         }
         let now = self.clock.now_ms();
         if self.storm.since_ms.load(Relaxed) != 0 {
-            return Err(NoKey { retry_after: Some(self.policy.storm.retry_after) });
+            return Err(NoKey { retry_after: Some(self.policy.load().storm.retry_after) });
         }
         let start = self.cursor.fetch_add(1, Relaxed) % n;
         let (tail, head) = keys.split_at(start);
@@ -233,6 +241,7 @@ impl Pool {
             if key.usable_at(now)
                 && model.is_none_or(|m| key.serves(m, now))
                 && !exclude.iter().any(|e| Arc::ptr_eq(e, key))
+                && key.try_lease(cap)
             {
                 if skipped > 0 {
                     self.cursor.fetch_add(skipped, Relaxed);
@@ -287,12 +296,12 @@ impl Pool {
                 // Not the key's fault, and not a streak: it serves other models. Without a
                 // model name there is nothing to park it for.
                 if let Some(m) = model {
-                    key.park_model(m, now + ms(self.policy.cooldown), now);
+                    key.park_model(m, now + ms(self.policy.load().cooldown), now);
                 }
             }
             Outcome::Credential => {
                 self.count_failure(key, now);
-                key.transition(Status::Invalid, Reason::Credential, now + ms(self.policy.cooldown), now);
+                key.transition(Status::Invalid, Reason::Credential, now + ms(self.policy.load().cooldown), now);
             }
             Outcome::RateLimited { retry_after, window } => {
                 self.count_failure(key, now);
@@ -307,8 +316,8 @@ impl Pool {
                 if self.storm_failure(key, now) {
                     return;
                 }
-                if streak >= self.policy.failure_threshold {
-                    key.transition(Status::Cooling, Reason::AutoDisabled, now + ms(self.policy.cooldown), now);
+                if streak >= self.policy.load().failure_threshold {
+                    key.transition(Status::Cooling, Reason::AutoDisabled, now + ms(self.policy.load().cooldown), now);
                 }
             }
         }
@@ -343,7 +352,7 @@ impl Pool {
         if start == 0 {
             return;
         }
-        let quiet = now.saturating_sub(self.storm.last_failure_ms.load(Relaxed)) > ms(self.policy.storm.window);
+        let quiet = now.saturating_sub(self.storm.last_failure_ms.load(Relaxed)) > ms(self.policy.load().storm.window);
         let successes = self.storm.successes.fetch_add(1, Relaxed) + 1;
         if quiet || successes > self.storm.failures.load(Relaxed) {
             let _ = self.storm.run_start_ms.compare_exchange(start, 0, Relaxed, Relaxed);
@@ -359,7 +368,8 @@ impl Pool {
         if self.storm.since_ms.load(Relaxed) != 0 {
             return true;
         }
-        let p = &self.policy.storm;
+        let policy = self.policy.load();
+        let p = &policy.storm;
         let last = self.storm.last_failure_ms.swap(now, Relaxed);
         let mut run = self.storm.run_start_ms.load(Relaxed);
         if run == 0 || now.saturating_sub(last) > ms(p.window) {
@@ -410,7 +420,7 @@ impl Pool {
         let now = self.now_ms();
         // Every key the run parked comes back, from the run's first failure on.
         let run = self.storm.run_start_ms.swap(0, Relaxed);
-        let from = if run != 0 { run.min(since) } else { since.saturating_sub(ms(self.policy.storm.window)) };
+        let from = if run != 0 { run.min(since) } else { since.saturating_sub(ms(self.policy.load().storm.window)) };
         let mut back = 0;
         for key in self.keys().iter() {
             let parked_by_storm = matches!(key.reason(), Reason::RateLimited | Reason::AutoDisabled)
@@ -437,7 +447,8 @@ impl Pool {
     /// `rate_limit_backoff`, doubling with each rate limit since the last success, capped at `cooldown`.
     fn backoff(&self, key: &Key) -> Duration {
         let level = key.backoff_level.fetch_add(1, Relaxed).min(20);
-        (self.policy.rate_limit_backoff * 2u32.pow(level)).min(self.policy.cooldown)
+        let p = self.policy.load();
+        (p.rate_limit_backoff * 2u32.pow(level)).min(p.cooldown)
     }
 
     /// Number of keys usable right now (a scan: for readiness and reports, not the request path).

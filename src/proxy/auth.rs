@@ -125,6 +125,28 @@ impl Clients {
         });
     }
 
+    /// A reload changed `clients.tokens`: tokens no longer listed stop working, new ones start;
+    /// a token listed in both keeps its client (and its rpm window).
+    pub fn replace_static(&self, old: &[StaticToken], new: &[StaticToken]) {
+        let keep: std::collections::HashSet<[u8; 32]> = new.iter().map(|t| t.token.sha256()).collect();
+        self.by_hash.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            for t in old {
+                let h = t.token.sha256();
+                if !keep.contains(&h) {
+                    m.remove(&h);
+                }
+            }
+            for t in new {
+                let h = t.token.sha256();
+                if m.get(&h).is_none_or(|c| c.name != t.name) {
+                    m.insert(h, Arc::new(Client::new(t.name.clone(), None, vec![], None)));
+                }
+            }
+            m
+        });
+    }
+
     pub fn len(&self) -> usize {
         self.by_hash.load().len()
     }

@@ -6,9 +6,15 @@ use super::observe::Observed;
 use super::routes::Family;
 use crate::lifecycle::InFlight;
 use crate::pool::Attempts;
+use crate::provider::Provider;
+use crate::runtime::Runtime;
 use std::sync::Arc;
 
 pub struct Ctx {
+    /// The runtime this request started on: it finishes on it even if a reload swaps another in.
+    pub(crate) runtime: Arc<Runtime>,
+    /// The provider routing chose (None until it has).
+    pub(crate) provider: Option<Arc<Provider>>,
     pub(crate) family: Family,
     pub(crate) client: Option<Arc<Client>>,
     pub(crate) attempts: Attempts,
@@ -28,11 +34,13 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    pub(crate) fn new(max_attempts: usize, in_flight: InFlight) -> Ctx {
+    pub(crate) fn new(runtime: Arc<Runtime>, in_flight: InFlight) -> Ctx {
         Ctx {
+            attempts: Attempts::new(runtime.max_attempts),
+            runtime,
+            provider: None,
             family: Family::OpenAi,
             client: None,
-            attempts: Attempts::new(max_attempts),
             failure: None,
             aborted: false,
             cors_allow: None,

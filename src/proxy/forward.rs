@@ -13,6 +13,7 @@ use super::ctx::Ctx;
 use super::envelope::{ErrorKind, ProxyError};
 use super::{headers, PoolProxy};
 use crate::pool::{classify, outcome::ERROR_PEEK_BYTES, Decision, Key, Outcome};
+use crate::provider::Provider;
 use crate::upstream;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
@@ -26,8 +27,11 @@ const HOP_BY_HOP: &[&str] = &["connection", "keep-alive", "proxy-connection", "t
 /// Runs every attempt of one request and writes the answer (or an error) downstream.
 pub(crate) async fn run(proxy: &PoolProxy, session: &mut Session, ctx: &mut Ctx, body: Bytes) -> pingora::Result<()> {
     let state = &proxy.state;
+    let Some(provider) = ctx.provider.clone() else {
+        return answer::error(state, session, ctx, ProxyError::new(ErrorKind::Internal)).await;
+    };
     loop {
-        let key = match ctx.attempts.begin(&state.pool) {
+        let key = match ctx.attempts.begin(&provider.pool, provider.max_concurrency_per_key) {
             Ok(k) => k,
             Err(no_key) => {
                 let model = ctx.attempts.model().map(std::sync::Arc::from);
@@ -36,19 +40,19 @@ pub(crate) async fn run(proxy: &PoolProxy, session: &mut Session, ctx: &mut Ctx,
             }
         };
         ctx.observed.attempt_began();
-        let Some(peer) = state.upstream.peer() else {
+        let Some(peer) = provider.upstream.peer() else {
             return answer::error(state, session, ctx, ProxyError::new(ErrorKind::UpstreamUnresolved)).await;
         };
-        match attempt(proxy, session, &peer, &key, &body).await {
+        match attempt(proxy, &provider, session, &peer, &key, &body).await {
             Ok((up, header, peek)) => {
                 let outcome = classify(header.status.as_u16(), &header.headers, peek.as_deref());
-                if ctx.attempts.settle(&state.pool, outcome, true) == Decision::Retry {
+                if ctx.attempts.settle(&provider.pool, outcome, true) == Decision::Retry {
                     continue; // dropping `up` closes that connection: its body was not drained
                 }
-                return deliver(proxy, session, ctx, &peer, &key, up, header, peek).await;
+                return deliver(proxy, &provider, session, ctx, &peer, &key, up, header, peek).await;
             }
             Err(e) => {
-                if ctx.attempts.settle(&state.pool, Outcome::Transient, true) == Decision::Retry {
+                if ctx.attempts.settle(&provider.pool, Outcome::Transient, true) == Decision::Retry {
                     continue;
                 }
                 return answer::error(state, session, ctx, answer::upstream_error_for(&e)).await;
@@ -60,6 +64,7 @@ pub(crate) async fn run(proxy: &PoolProxy, session: &mut Session, ctx: &mut Ctx,
 /// One attempt up to the response header (plus a bounded peek at an error body).
 async fn attempt(
     proxy: &PoolProxy,
+    provider: &Provider,
     session: &Session,
     peer: &HttpPeer,
     key: &Key,
@@ -67,7 +72,7 @@ async fn attempt(
 ) -> pingora::Result<(HttpSession, ResponseHeader, Option<Bytes>)> {
     let state = &proxy.state;
     let mut req = session.req_header().clone();
-    headers::rewrite(&mut req, key, &state.upstream, state.forward_client_ip)?;
+    headers::rewrite(&mut req, key, provider)?;
     req.remove_header(&http::header::TRANSFER_ENCODING);
     req.remove_header(&http::header::EXPECT);
     if !body.is_empty() || req.headers.contains_key(http::header::CONTENT_LENGTH) {
@@ -83,6 +88,7 @@ async fn attempt(
 #[allow(clippy::too_many_arguments)]
 async fn deliver(
     proxy: &PoolProxy,
+    provider: &Provider,
     session: &mut Session,
     ctx: &mut Ctx,
     peer: &HttpPeer,
@@ -112,18 +118,18 @@ async fn deliver(
             Err(e) => {
                 // Headers are out: the only honest signal left is an incomplete response.
                 ctx.aborted = true;
-                state.pool.stream_error(key);
+                provider.pool.stream_error(key);
                 return Err(e);
             }
         }
     }
     if ctx.observed.stream_error_seen() {
         // Passed through as the upstream sent it (never a retry: the client has the stream).
-        state.pool.stream_error(key);
+        provider.pool.stream_error(key);
     }
     session.write_response_body(None, true).await?;
     if up.response_done() {
-        state.connector.release_http_session(up, peer, Some(state.upstream.idle_timeout())).await;
+        state.connector.release_http_session(up, peer, Some(provider.upstream.idle_timeout())).await;
     }
     Ok(())
 }

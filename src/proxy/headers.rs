@@ -1,8 +1,9 @@
 //! The upstream request header, shared by both forwarding paths: the client's credentials and
-//! identifying headers removed, the key's `Authorization` and the upstream `Host` set.
+//! identifying headers removed, the key's auth header (its provider's form), the upstream
+//! `Host` and the provider's default headers (anthropic: `anthropic-version`) set.
 
 use crate::pool::Key;
-use crate::upstream::Upstream;
+use crate::provider::Provider;
 use pingora::http::RequestHeader;
 
 /// Dropped always: client credentials and cookies.
@@ -11,23 +12,25 @@ const CREDENTIALS: &[&str] = &["authorization", "x-api-key", "proxy-authorizatio
 const CLIENT_IDENTITY: &[&str] =
     &["forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-port", "x-real-ip"];
 
-pub fn rewrite(
-    req: &mut RequestHeader,
-    key: &Key,
-    upstream: &Upstream,
-    forward_client_ip: bool,
-) -> pingora::Result<()> {
+pub fn rewrite(req: &mut RequestHeader, key: &Key, provider: &Provider) -> pingora::Result<()> {
+    let upstream = &provider.upstream;
     for h in CREDENTIALS {
         req.remove_header(*h);
     }
-    if !forward_client_ip {
+    if !provider.forward_client_ip {
         for h in CLIENT_IDENTITY {
             req.remove_header(*h);
         }
     }
     // Cloning a HeaderValue bumps a refcount; the `Bearer …` bytes were built once per key.
-    req.insert_header(http::header::AUTHORIZATION, key.auth_header().clone())?;
+    let (name, value) = key.auth();
+    req.insert_header(name.clone(), value.clone())?;
     req.insert_header(http::header::HOST, upstream.host_header.clone())?;
+    for (name, value) in &provider.default_headers {
+        if !req.headers.contains_key(name) {
+            req.insert_header(name.clone(), value.clone())?;
+        }
+    }
     if !upstream.url.base_path.is_empty() {
         let pq = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let uri: http::Uri = format!("{}{}", upstream.url.base_path, pq)

@@ -17,6 +17,7 @@ pub mod envelope;
 pub mod forward;
 pub mod header_deadline;
 pub mod headers;
+pub mod listing;
 pub mod observe;
 pub mod routes;
 
@@ -24,7 +25,8 @@ pub use ctx::Ctx;
 
 use crate::lifecycle::Drain;
 use crate::pool::Pool;
-use crate::upstream::Upstream;
+use crate::runtime::Runtime;
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use auth::Clients;
 use bytes::Bytes;
@@ -34,26 +36,23 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::{Error, ErrorType};
-use routes::{AllowList, Family, Route};
+use routes::{Family, Route};
 use std::sync::Arc;
 
 /// Everything the request path reads. Built once by `app.rs`; shared by all worker threads.
+/// What a reload may change lives in `runtime` (one `ArcSwap` load per request); the rest
+/// needs a restart.
 pub struct ProxyState {
-    pub pool: Arc<Pool>,
+    /// Shared with the admin API, the health checks and reload (they read or swap it too).
+    pub runtime: Arc<ArcSwap<Runtime>>,
     pub clients: Arc<Clients>,
-    pub upstream: Arc<Upstream>,
-    pub routes: AllowList,
-    pub max_attempts: usize,
-    pub max_request_body: u64,
-    pub forward_client_ip: bool,
+    pub clock: Arc<dyn crate::pool::Clock>,
     /// Longest wait for the next piece of a request body.
     pub client_body_timeout: std::time::Duration,
     /// Upstream connection pool of the forwarding path.
     pub connector: Connector,
     /// In-flight requests and the draining flag (`crate::lifecycle`).
     pub drain: Arc<Drain>,
-    /// None = CORS off (`cors.allow_origins` empty).
-    pub cors: Option<cors::Cors>,
     /// `server.max_header_bytes` / `server.max_headers`: larger request headers get 431.
     pub max_header_bytes: usize,
     pub max_headers: usize,
@@ -62,13 +61,19 @@ pub struct ProxyState {
 }
 
 impl ProxyState {
-    /// Ready = not stopping, the upstream has an address, no storm is on, and at least one key
-    /// can serve.
+    /// Ready = not stopping, and some provider has an address, no storm and a usable key.
     pub fn ready(&self) -> bool {
-        !self.drain.stopping()
-            && self.upstream.resolved()
-            && self.pool.storm_since().is_none()
-            && self.pool.usable_count() > 0
+        !self.drain.stopping() && self.runtime.load().ready()
+    }
+
+    pub fn runtime_cell(&self) -> Arc<ArcSwap<Runtime>> {
+        self.runtime.clone()
+    }
+
+    /// The pool of the home provider (`default`, else the first): for single-provider tools
+    /// and tests.
+    pub fn pool(&self) -> Arc<Pool> {
+        self.runtime.load().home_provider().pool.clone()
     }
 
     /// Whether the request header is within `max_header_bytes` and `max_headers` (counted as
@@ -94,7 +99,7 @@ impl ProxyState {
     /// draining, and the CORS headers when CORS is on.
     pub(crate) fn finish_header(&self, session: &mut Session, header: &mut ResponseHeader, ctx: &Ctx) {
         self.close_if_draining(session);
-        if self.cors.is_some() {
+        if ctx.runtime.cors.is_some() {
             cors::decorate(header, ctx.cors_allow.as_ref());
         }
     }
@@ -123,7 +128,8 @@ impl PoolProxy {
             // shutdown broadcast; that must stay so)
             session.set_keepalive(Some(state.keepalive_secs));
         }
-        if let Some(c) = &state.cors {
+        let rt = ctx.runtime.clone();
+        if let Some(c) = &rt.cors {
             ctx.cors_allow = c.allow(session.req_header());
             if cors::Cors::is_preflight(session.req_header()) {
                 let h = c.preflight(session.req_header(), ctx.cors_allow.as_ref());
@@ -133,7 +139,22 @@ impl PoolProxy {
                 return Ok(None);
             }
         }
-        let route = state.routes.resolve(session.req_header().uri.path());
+        // A provider's path prefix (`/openrouter/v1/...`) selects it; the rest is the route.
+        let prefixed = match rt.routing.by_prefix(session.req_header().uri.path()) {
+            Some((i, rest)) => {
+                let rest = match session.req_header().uri.query() {
+                    Some(q) => format!("{rest}?{q}"),
+                    None => rest.to_string(),
+                };
+                match rest.parse::<http::Uri>() {
+                    Ok(uri) => session.req_header_mut().set_uri(uri),
+                    Err(_) => return self.refuse(session, ctx, ProxyError::new(ErrorKind::NotFound)).await,
+                }
+                Some(i)
+            }
+            None => None,
+        };
+        let route = rt.routes.resolve(session.req_header().uri.path());
         ctx.local_answer = matches!(route, Route::Healthz | Route::Readyz);
         match route {
             Route::Healthz => return self.local(session, 200, r#"{"status":"ok"}"#).await,
@@ -146,7 +167,7 @@ impl PoolProxy {
             }
             Route::Forward(f) => ctx.family = f,
         }
-        let now = state.pool.now_ms();
+        let now = crate::pool::Clock::now_ms(&*state.clock);
         let Some(client) = state.clients.authenticate(&session.req_header().headers, now) else {
             return self.refuse(session, ctx, ProxyError::new(ErrorKind::Unauthorized)).await;
         };
@@ -155,7 +176,7 @@ impl PoolProxy {
             let err = ProxyError::new(ErrorKind::ClientRateLimited).retry_after(Some(wait));
             return self.refuse(session, ctx, err).await;
         }
-        let body = match body::read_whole(session, state.max_request_body, state.client_body_timeout).await {
+        let mut body = match body::read_whole(session, rt.max_request_body, state.client_body_timeout).await {
             Ok(b) => b,
             Err(e) => return self.refuse(session, ctx, e).await,
         };
@@ -164,7 +185,17 @@ impl PoolProxy {
         if !client.models.is_empty() && !client.allows_model(model.as_deref()) {
             return self.refuse(session, ctx, ProxyError::new(ErrorKind::ModelNotAllowed).about_model(model)).await;
         }
-        ctx.attempts.for_model(model);
+        let routed = rt.routing.route(&rt.providers, prefixed, model);
+        if routed.rewrite {
+            if let Some(m) = &routed.model {
+                body = crate::routing::rewrite_model(&body, m).unwrap_or(body);
+            }
+        }
+        if prefixed.is_none() && rt.providers.len() > 1 && listing::is_listing(session.req_header()) {
+            return listing::answer(&self.state, session, ctx).await.map(|()| None);
+        }
+        ctx.provider = Some(rt.providers[routed.provider].clone());
+        ctx.attempts.for_model(routed.model);
         Ok(Some(body))
     }
 
@@ -182,7 +213,7 @@ impl ProxyHttp for PoolProxy {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx::new(self.state.max_attempts, self.state.drain.enter())
+        Ctx::new(self.state.runtime.load_full(), self.state.drain.enter())
     }
 
     /// Every request is answered here: by the proxy itself, or by `forward::run`.

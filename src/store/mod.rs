@@ -36,6 +36,12 @@ pub struct StoredKey {
     pub models: Vec<String>,
     pub category: Option<String>,
     pub counters: Counters,
+    /// The provider whose pool the key is in; empty = the home provider (`default` or the
+    /// first), which is where keys stored before providers existed belong.
+    pub provider: String,
+    /// Read from a key file (a reload removes it once no file lists it); false = added by an
+    /// operator (admin API, CLI), which only an operator removes.
+    pub from_file: bool,
 }
 
 /// A key's park (cooling or invalid with a return time), saved so that a restart does not send
@@ -81,6 +87,9 @@ pub trait Store: Send + Sync + 'static {
     fn insert_keys(&self, keys: &[StoredKey], skip_removed: bool) -> Result<Vec<String>>;
     /// Removes a key and remembers that it was removed.
     fn delete_key(&self, id: &str) -> Result<bool>;
+    /// Removes a key that left every key file (a reload), without remembering it: listed in a
+    /// file again, it comes back.
+    fn forget_key(&self, id: &str) -> Result<bool>;
     /// `None` enables; `Some(0)` disables until enabled; `Some(t)` until `t`.
     fn set_disabled(&self, id: &str, until_ms: Option<u64>) -> Result<bool>;
     fn set_models(&self, id: &str, models: &[String], category: &str) -> Result<bool>;
@@ -94,13 +103,15 @@ pub trait Store: Send + Sync + 'static {
 /// statistics survive restarts without any store write on the request path.
 pub struct CounterFlusher {
     pub store: std::sync::Arc<dyn Store>,
-    pub pool: std::sync::Arc<crate::pool::Pool>,
+    /// Every pool whose counters are saved (those of the current runtime's providers).
+    pub pools: Box<dyn Fn() -> Vec<std::sync::Arc<crate::pool::Pool>> + Send + Sync>,
     pub interval: std::time::Duration,
 }
 
 impl CounterFlusher {
     pub fn flush(&self) {
-        let counters: Vec<(String, Counters)> = self.pool.keys().iter().map(|k| (k.id.clone(), k.counters())).collect();
+        let counters: Vec<(String, Counters)> =
+            (self.pools)().iter().flat_map(|p| p.keys().iter().map(|k| (k.id.clone(), k.counters())).collect::<Vec<_>>()).collect();
         if let Err(e) = self.store.save_counters(&counters) {
             log::warn!("store: saving key counters failed: {e}");
         }

@@ -44,6 +44,10 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE keys ADD COLUMN park_status INTEGER;
      ALTER TABLE keys ADD COLUMN park_reason INTEGER;
      ALTER TABLE keys ADD COLUMN park_until INTEGER;",
+    // 3 -> 4: providers (SPEC §2.2.1) and where a key came from (a reload drops file keys that
+    // left every file). Keys stored before are the home provider's and count as operator-added.
+    "ALTER TABLE keys ADD COLUMN provider TEXT NOT NULL DEFAULT '';
+     ALTER TABLE keys ADD COLUMN from_file INTEGER NOT NULL DEFAULT 0;",
 ];
 
 pub struct SqliteStore {
@@ -120,7 +124,7 @@ impl Store for SqliteStore {
         let mut stmt = conn.prepare(
             "SELECT id, secret, encrypted, label, created_at, expires_at, disabled_until, models, category,
                     requests, successes, failures, consecutive_failures, last_used, last_success, last_failure,
-                    park_status, park_reason, park_until
+                    park_status, park_reason, park_until, provider, from_file
              FROM keys ORDER BY created_at, rowid",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -155,11 +159,14 @@ impl Store for SqliteStore {
                         _ => None,
                     },
                 },
+                r.get::<_, String>(19)?,
+                r.get::<_, bool>(20)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, blob, encrypted, label, created, expires, disabled, models, category, counters) = row?;
+            let (id, blob, encrypted, label, created, expires, disabled, models, category, counters, provider, from_file) =
+                row?;
             out.push(StoredKey {
                 secret: self.unseal(blob, encrypted)?,
                 id,
@@ -170,6 +177,8 @@ impl Store for SqliteStore {
                 models: json_list(models),
                 category,
                 counters,
+                provider,
+                from_file,
             });
         }
         Ok(out)
@@ -183,8 +192,8 @@ impl Store for SqliteStore {
             let mut removed = tx.prepare("SELECT 1 FROM removed_keys WHERE id = ?1")?;
             let mut unremove = tx.prepare("DELETE FROM removed_keys WHERE id = ?1")?;
             let mut stmt = tx.prepare(
-                "INSERT OR IGNORE INTO keys (id, secret, encrypted, label, created_at, expires_at, disabled_until, models, category)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT OR IGNORE INTO keys (id, secret, encrypted, label, created_at, expires_at, disabled_until, models, category, provider, from_file)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?;
             for k in keys {
                 if skip_removed {
@@ -205,6 +214,8 @@ impl Store for SqliteStore {
                     k.disabled_until_ms.map(|v| v as i64),
                     serde_json::to_string(&k.models).unwrap_or_else(|_| "[]".into()),
                     k.category,
+                    k.provider,
+                    k.from_file,
                 ])?;
                 if n == 1 {
                     added.push(k.id.clone());
@@ -225,6 +236,10 @@ impl Store for SqliteStore {
         }
         tx.commit()?;
         Ok(found)
+    }
+
+    fn forget_key(&self, id: &str) -> Result<bool> {
+        Ok(self.lock().execute("DELETE FROM keys WHERE id = ?1", [id])? == 1)
     }
 
     fn set_disabled(&self, id: &str, until_ms: Option<u64>) -> Result<bool> {
@@ -328,6 +343,8 @@ mod tests {
             models: vec![],
             category: None,
             counters: Counters::default(),
+            provider: String::new(),
+            from_file: false,
         }
     }
 

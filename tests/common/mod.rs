@@ -76,7 +76,7 @@ pub struct Proxy {
     pub admin: Option<SocketAddr>,
     pub dir: std::path::PathBuf,
     pub state: Arc<ProxyState>,
-    pub health: Arc<ollama_pool::health::HealthChecker>,
+    pub health: Arc<ollama_pool::health::HealthService>,
     pub clock: ManualClock,
     secrets: Vec<String>,
     stop: tokio::sync::watch::Sender<u8>,
@@ -255,7 +255,7 @@ impl Proxy {
     }
 
     pub fn key(&self, key: &str) -> ollama_pool::pool::KeyView {
-        self.state.pool.get(&self.key_id(key)).expect("key in pool").view_at(self.now())
+        self.state.pool().get(&self.key_id(key)).expect("key in pool").view_at(self.now())
     }
 
     /// Stops the server as SIGTERM would (graceful) and returns how long that took.
