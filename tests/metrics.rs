@@ -141,14 +141,14 @@ async fn metrics_follow_a_scripted_sequence() {
         .json(&serde_json::json!({"for": "2h"}));
     assert_eq!(disable.send().await.unwrap().status(), 200);
     let parked = scrape(&proxy).await;
-    assert_eq!(value(&parked, r#"ollama_pool_keys{status="disabled"}"#), 1.0);
+    assert_eq!(value(&parked, r#"ollama_pool_keys{provider="default",status="disabled"}"#), 1.0);
     assert!(parked.lines().any(|l| l.starts_with("ollama_pool_key_return_seconds{") && l.contains(&k1)));
     proxy.clock.advance(std::time::Duration::from_secs(2 * 3600 + 1));
     let later = scrape(&proxy).await;
-    assert_eq!(value(&later, r#"ollama_pool_keys{status="disabled"}"#), 0.0);
-    assert_eq!(value(&later, r#"ollama_pool_keys{status="invalid"}"#), 0.0);
-    assert_eq!(value(&later, r#"ollama_pool_keys{status="active"}"#), 2.0);
-    assert_eq!(value(&later, "ollama_pool_keys_usable"), 2.0);
+    assert_eq!(value(&later, r#"ollama_pool_keys{provider="default",status="disabled"}"#), 0.0);
+    assert_eq!(value(&later, r#"ollama_pool_keys{provider="default",status="invalid"}"#), 0.0);
+    assert_eq!(value(&later, r#"ollama_pool_keys{provider="default",status="active"}"#), 2.0);
+    assert_eq!(value(&later, r#"ollama_pool_keys_usable{provider="default"}"#), 2.0);
     assert!(!later.lines().any(|l| l.starts_with("ollama_pool_key_return_seconds{")), "{later}");
 
     for secret in KEYS.iter().chain([&TOKEN, &common::ADMIN_TOKEN]) {
