@@ -118,6 +118,13 @@ pub struct Setup {
     pub admin: bool,
     /// Listen with TLS (certificate and key PEM files) instead of plain HTTP.
     pub tls_listener: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// YAML that replaces the generated `upstream:` and `keys:` lines (e.g. `providers:`);
+    /// key files it names are written by `files` into the config's folder.
+    pub providers: Option<String>,
+    /// (file name, contents) written next to the config before it loads.
+    pub files: Vec<(String, String)>,
+    /// More secrets the log scan looks for (keys that are not in `keys`).
+    pub secrets: Vec<String>,
 }
 
 impl Default for Setup {
@@ -131,6 +138,9 @@ impl Default for Setup {
             server_extra: String::new(),
             admin: false,
             tls_listener: None,
+            providers: None,
+            files: vec![],
+            secrets: vec![],
         }
     }
 }
@@ -180,13 +190,22 @@ impl Proxy {
                 key.display()
             ),
         };
+        for (name, text) in &setup.files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let upstream = match &setup.providers {
+            Some(p) => format!("{}\n", p.trim_end()),
+            None => format!(
+                "upstream: {{url: \"{}\", health_check_interval: 0s, connect_timeout: 2s, read_timeout: 10s{addresses}{upstream_extra}}}\n\
+                 keys: {{files: [keys.txt]}}\n",
+                setup.url.clone().unwrap_or_else(|| mock.url())
+            ),
+        };
         let yaml = format!(
             "listen: [{listen}]\nthreads: 1\n\
-             upstream: {{url: \"{}\", health_check_interval: 0s, connect_timeout: 2s, read_timeout: 10s{addresses}{upstream_extra}}}\n\
-             keys: {{files: [keys.txt]}}\n\
+             {upstream}\
              clients: {{tokens: [{{name: app, token: \"{TOKEN}\"}}]}}\n\
              server: {{grace_period: 0s, upgrade_sock: {}{}}}\n{}",
-            setup.url.clone().unwrap_or_else(|| mock.url()),
             dir.path().join("upgrade.sock").display(),
             server_extra,
             setup.extra
@@ -209,6 +228,7 @@ impl Proxy {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         wait_listening(addr, setup.tls_listener.is_some()).await;
         let mut secrets: Vec<String> = setup.keys.iter().map(|s| s.to_string()).collect();
+        secrets.extend(setup.secrets.iter().cloned());
         secrets.push(TOKEN.to_string());
         secrets.push(ADMIN_TOKEN.to_string());
         if let Some(a) = admin {
