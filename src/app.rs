@@ -66,12 +66,11 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
     }
     crate::metrics::init(cfg.metrics.max_models, cfg.metrics.max_clients);
 
-    let runtime = Runtime::build(cfg, &|p| loaded.resolve(p), None, clock.clone()).map_err(|problems| {
-        AppError::Server(problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))
-    })?;
+    let runtime = Runtime::build(cfg, &|p| loaded.resolve(p), None, clock.clone())
+        .map_err(|problems| AppError::Server(problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; ")))?;
     let store: Arc<dyn Store> = Arc::new(open_store(loaded)?);
     load_key_files(loaded, &runtime, &*store, clock.now_ms())?;
-    fill_pools(&runtime, &*store.keys()?, clock.now_ms());
+    fill_pools(&runtime, &store.keys()?, clock.now_ms());
     let clients = Arc::new(Clients::from_static(&cfg.clients.tokens));
     for t in store.tokens()? {
         clients.insert(t.hash, ops::to_client(&t));
@@ -131,10 +130,8 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
         "upstream addresses".into(),
         Arc::new(crate::upstream::AddressService { runtime: state.runtime_cell() }),
     ));
-    let health = Arc::new(HealthService::new(
-        state.runtime_cell(),
-        ConnectorOptions::from_server_conf(&server.configuration),
-    ));
+    let health =
+        Arc::new(HealthService::new(state.runtime_cell(), ConnectorOptions::from_server_conf(&server.configuration)));
     server.add_service(GenBackgroundService::new("health checks".into(), health.clone()));
     let pools_of = state.clone();
     let flusher = Arc::new(CounterFlusher {
@@ -151,9 +148,10 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
     }));
 
     crate::metrics::config_generation(1);
-    let reloader = loaded.source.clone().map(|path| {
-        Arc::new(crate::reload::Reloader::new(path, state.clone(), store.clone(), clock.clone()))
-    });
+    let reloader = loaded
+        .source
+        .clone()
+        .map(|path| Arc::new(crate::reload::Reloader::new(path, state.clone(), store.clone(), clock.clone())));
     if let Some(r) = &reloader {
         server.add_service(GenBackgroundService::new(
             "config reload on SIGHUP".into(),
@@ -231,7 +229,8 @@ pub fn open_store(loaded: &Loaded) -> Result<SqliteStore, AppError> {
 pub fn fill_pools(runtime: &Runtime, stored: &[StoredKey], now: u64) {
     let mut orphans = 0;
     for p in &runtime.providers {
-        let mine = stored.iter().filter(|k| runtime.provider_for_stored(&k.provider).is_some_and(|q| Arc::ptr_eq(q, p)));
+        let mine =
+            stored.iter().filter(|k| runtime.provider_for_stored(&k.provider).is_some_and(|q| Arc::ptr_eq(q, p)));
         let (added, _) = p.pool.add_all(mine.filter_map(|k| ops::to_pool_key(k, &p.auth, now)));
         if added > 0 || runtime.providers.len() == 1 {
             log::info!("keys: provider {}: {} in the pool ({} usable)", p.name, p.pool.len(), p.pool.usable_count());

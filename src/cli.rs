@@ -270,9 +270,10 @@ fn import(
         let stored_as = c.provider_name(provider)?;
         let prober = if validate {
             let entries = loaded.config.provider_entries();
-            let (path, entry) = if stored_as.is_empty() { entries.first() } else { entries.iter().find(|(_, p)| p.name == stored_as) }
-                .cloned()
-                .ok_or_else(|| OpError::UnknownProvider(stored_as.clone()))?;
+            let (path, entry) =
+                if stored_as.is_empty() { entries.first() } else { entries.iter().find(|(_, p)| p.name == stored_as) }
+                    .cloned()
+                    .ok_or_else(|| OpError::UnknownProvider(stored_as.clone()))?;
             let pool = Arc::new(crate::pool::Pool::new(Default::default(), Arc::new(SystemClock)));
             let p = crate::provider::Provider::build(&path, &entry, &loaded.config.health_check.probe, pool, None)
                 .map_err(|e| OpError::Invalid(e.to_string()))?;
@@ -420,7 +421,11 @@ pub fn run_reload(loaded: &Loaded) -> ExitCode {
     match status {
         200 => {
             println!("generation        {}", v["generation"]);
-            let list = |k: &str| v[k].as_array().map(|a| a.iter().filter_map(|s| s.as_str()).collect::<Vec<_>>().join(", ")).unwrap_or_default();
+            let list = |k: &str| {
+                v[k].as_array()
+                    .map(|a| a.iter().filter_map(|s| s.as_str()).collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default()
+            };
             println!("applied           {}", list("applied"));
             println!("restart required  {}", list("restart_required"));
             println!("keys joined       {}", v["keys_added"]);

@@ -476,6 +476,9 @@ fn probeable(key: &Key, now: u64) -> bool {
     !matches!(key.status(), Status::Disabled | Status::Expired) && !key.is_expired(now)
 }
 
+/// (runtime generation, [(provider name, its checker)]).
+pub type Checkers = (u64, Vec<(String, Arc<HealthChecker>)>);
+
 /// The health checks of every provider of the current runtime: one pingora
 /// `BackgroundService`, whatever a reload does to the providers.
 pub struct HealthService {
@@ -483,7 +486,7 @@ pub struct HealthService {
     /// Each checker gets a connector (a connection pool) of its own, built with these.
     connector: pingora::connectors::ConnectorOptions,
     /// Checkers of the runtime generation they were built for (rebuilt after a reload).
-    checkers: ArcSwap<(u64, Vec<(String, Arc<HealthChecker>)>)>,
+    checkers: ArcSwap<Checkers>,
     cfg: ArcSwap<HealthCheckConfig>,
 }
 
@@ -498,7 +501,7 @@ impl HealthService {
     }
 
     /// The checkers of the current runtime's providers, in provider order.
-    pub fn checkers(&self) -> Arc<(u64, Vec<(String, Arc<HealthChecker>)>)> {
+    pub fn checkers(&self) -> Arc<Checkers> {
         let rt = self.runtime.load();
         let current = self.checkers.load_full();
         if current.0 == rt.generation {
@@ -508,7 +511,12 @@ impl HealthService {
         let built: Vec<(String, Arc<HealthChecker>)> = rt
             .providers
             .iter()
-            .map(|p| (p.name.clone(), Arc::new(HealthChecker::for_provider(p, Connector::new(Some(self.connector.clone())), cfg.clone()))))
+            .map(|p| {
+                (
+                    p.name.clone(),
+                    Arc::new(HealthChecker::for_provider(p, Connector::new(Some(self.connector.clone())), cfg.clone())),
+                )
+            })
             .collect();
         self.cfg.store(Arc::new(cfg));
         let fresh = Arc::new((rt.generation, built));

@@ -7,6 +7,11 @@
 //!   shares with the CLI.
 //! - `demo` — `ollama-pool demo`: the proxy in front of a simulated upstream, narrated.
 //! - `app` — builds the pingora `Server`: listeners, the proxy service, background services.
+//! - `runtime` — what a reload may change, built from the config as a whole and swapped with
+//!   `ArcSwap`: providers, routing, routes, CORS, attempt limits.
+//! - `provider` — one upstream API: its upstream, key pool, auth form, probe, model rules.
+//! - `routing` — prefix → alias → provider models → `routing.default`; the alias body rewrite.
+//! - `reload` — SIGHUP / `POST /admin/reload`: validate, rebuild the runtime, swap, sync key files.
 //! - `proxy` — the `ProxyHttp` hooks; `proxy::forward` (the one attempt loop: every body size,
 //!   one classification), `proxy::body` (reading the request body), `proxy::answer` (answers
 //!   the proxy writes), `proxy::ctx` (per-request state), `proxy::routes` (allow-list, route family),
@@ -16,7 +21,7 @@
 //!   `server.client_header_timeout`).
 //! - `pool` — keys, their state machine, round-robin selection, outcome classification,
 //!   the per-request attempt policy, usage windows, the storm guard, the clock.
-//! - `health` — background probes: parked keys back, bad/exhausted keys out, storm recovery.
+//! - `health` — background probes per provider: parked keys back, bad/exhausted keys out, storm recovery.
 //! - `upstream` — upstream URL, address discovery + TCP health check, `HttpPeer`s, and the
 //!   one-request exchange (`send`) used by the forwarding path and the prober.
 //! - `lifecycle` — SIGTERM drains in-flight requests and streams, then exits; `serve --upgrade`

@@ -376,7 +376,8 @@ impl PoolCollector {
 const KEYS_HELP: &str = "Keys in the pool, by provider and status.";
 const USABLE_HELP: &str = "Keys that can serve a request right now, by provider.";
 const RETURN_HELP: &str = "Seconds until a parked key returns to rotation, by key id, status, reason and return time.";
-const MODEL_PARKED_HELP: &str = "Keys parked for one model only (model unavailable on their plan), by provider and model.";
+const MODEL_PARKED_HELP: &str =
+    "Keys parked for one model only (model unavailable on their plan), by provider and model.";
 
 impl Collector for PoolCollector {
     fn desc(&self) -> Vec<&Desc> {
@@ -407,12 +408,18 @@ impl Collector for PoolCollector {
                 if let (Some(until), Status::Cooling | Status::Invalid | Status::Disabled) = (v.until_ms, v.status) {
                     let reason = if v.reason.as_str().is_empty() { "none" } else { v.reason.as_str() };
                     returns
-                        .with_label_values(&[&provider, &v.id, v.status.as_str(), reason, &crate::pool::clock::rfc3339(until)])
+                        .with_label_values(&[
+                            &provider,
+                            &v.id,
+                            v.status.as_str(),
+                            reason,
+                            &crate::pool::clock::rfc3339(until),
+                        ])
                         .set(until.saturating_sub(now) as f64 / 1000.0);
                 }
                 for p in &v.model_parks {
                     let model = capped(&M.models, &p.model, cap);
-                    model_parked.with_label_values(&[provider.as_str(), &*model]).inc();
+                    model_parked.with_label_values(&[provider.as_str(), model]).inc();
                 }
             }
             usable.with_label_values(&[provider.as_str()]).set(pool.usable_count() as f64);

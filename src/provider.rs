@@ -57,9 +57,9 @@ impl Provider {
     ) -> Result<Provider, ProviderError> {
         let upstream = match upstream {
             Some(u) => u,
-            None => Arc::new(
-                Upstream::new(cfg).map_err(|message| ProviderError::Upstream { path: path.into(), message })?,
-            ),
+            None => {
+                Arc::new(Upstream::new(cfg).map_err(|message| ProviderError::Upstream { path: path.into(), message })?)
+            }
         };
         let auth = match &cfg.auth {
             Some(a) => AuthForm {
@@ -75,7 +75,10 @@ impl Provider {
         });
         let default_headers = match cfg.kind {
             ProviderKind::Anthropic => {
-                vec![(http::HeaderName::from_static("anthropic-version"), http::HeaderValue::from_static(ANTHROPIC_VERSION))]
+                vec![(
+                    http::HeaderName::from_static("anthropic-version"),
+                    http::HeaderValue::from_static(ANTHROPIC_VERSION),
+                )]
             }
             _ => vec![],
         };

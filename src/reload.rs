@@ -98,9 +98,8 @@ impl Reloader {
         let now = self.clock.now_ms();
         let next = Runtime::build(&loaded.config, &|p| loaded.resolve(p), Some(&old), self.clock.clone())
             .map_err(ReloadError::Invalid)?;
-        let from_files = read_key_files(&loaded, &next, now).map_err(|e| {
-            ReloadError::Invalid(vec![ConfigError { path: String::new(), message: e.to_string() }])
-        })?;
+        let from_files = read_key_files(&loaded, &next, now)
+            .map_err(|e| ReloadError::Invalid(vec![ConfigError { path: String::new(), message: e.to_string() }]))?;
         // Durable first: the store has the new keys and has dropped the departed ones before
         // traffic sees either.
         let keys_added = self.store.insert_keys(&from_files, true)?.len();
@@ -137,15 +136,14 @@ fn changes(old: &Config, new: &Config) -> (Vec<String>, Vec<String>) {
             "keys" => format!("{:?}", c.keys),
             "pool" => format!("{:?}", c.pool),
             "health_check" => format!("{:?}", c.health_check),
-            "clients" => format!("{:?}", c.clients.tokens.iter().map(|t| (&t.name, t.token.sha256())).collect::<Vec<_>>()),
+            "clients" => {
+                format!("{:?}", c.clients.tokens.iter().map(|t| (&t.name, t.token.sha256())).collect::<Vec<_>>())
+            }
             "routes" => format!("{:?}", c.routes),
             "cors" => format!("{:?}", c.cors),
             "listen" => format!("{:?}", c.listen),
             "threads" => c.threads.to_string(),
-            "admin" => format!(
-                "{:?}",
-                c.admin.as_ref().map(|a| (&a.listen, a.token.as_ref().map(|t| t.sha256())))
-            ),
+            "admin" => format!("{:?}", c.admin.as_ref().map(|a| (&a.listen, a.token.as_ref().map(|t| t.sha256())))),
             "store" => format!(
                 "{:?}",
                 (&c.store.path, c.store.flush_interval.0, c.store.encryption_key.as_ref().map(|k| k.sha256()))

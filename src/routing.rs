@@ -34,7 +34,10 @@ impl Routing {
         let default = match &cfg.routing.default {
             None => 0,
             Some(d) => index(d).unwrap_or_else(|| {
-                errors.push(ConfigError { path: "routing.default".into(), message: format!("no provider is named {d:?}") });
+                errors.push(ConfigError {
+                    path: "routing.default".into(),
+                    message: format!("no provider is named {d:?}"),
+                });
                 0
             }),
         };
@@ -78,11 +81,8 @@ impl Routing {
         if let Some((p, target)) = self.aliases.get(&*m) {
             return Routed { provider: *p, model: Some(target.clone()), rewrite: true };
         }
-        let provider = if providers.len() > 1 {
-            providers.iter().position(|p| p.claims(&m)).unwrap_or(self.default)
-        } else {
-            0
-        };
+        let provider =
+            if providers.len() > 1 { providers.iter().position(|p| p.claims(&m)).unwrap_or(self.default) } else { 0 };
         Routed { provider, model: Some(m), rewrite: false }
     }
 
@@ -105,7 +105,11 @@ mod tests {
 
     #[test]
     fn rewrites_only_the_model() {
-        let b = rewrite_model(br#"{"model":"fast","messages":[{"role":"user","content":"model"}],"stream":true}"#, "gpt-oss:20b").unwrap();
+        let b = rewrite_model(
+            br#"{"model":"fast","messages":[{"role":"user","content":"model"}],"stream":true}"#,
+            "gpt-oss:20b",
+        )
+        .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(v["model"], "gpt-oss:20b");
         assert_eq!(v["messages"][0]["content"], "model");

@@ -81,7 +81,8 @@ impl Runtime {
                 }
                 Err(e) => {
                     let text = e.to_string();
-                    let (path, message) = text.split_once(": ").map(|(a, b)| (a.to_string(), b.to_string())).unwrap_or_default();
+                    let (path, message) =
+                        text.split_once(": ").map(|(a, b)| (a.to_string(), b.to_string())).unwrap_or_default();
                     errors.push(ConfigError { path, message });
                 }
             }

@@ -1,6 +1,6 @@
 //! Where requests go: the upstream base URL, its addresses (resolved off the request path by a
-//! pingora `LoadBalancer` with our DNS discovery and a TCP health check), and the `HttpPeer` an
-//! attempt connects to. Keys are not here: a pingora `Backend` models a host, never a key.
+//! pingora `LoadBalancer` with our DNS discovery and a TCP health check, both driven for every
+//! provider by `AddressService`), and the `HttpPeer` an attempt connects to. Keys are not here: a pingora `Backend` models a host, never a key.
 
 use crate::config::UpstreamConfig;
 use async_trait::async_trait;

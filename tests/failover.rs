@@ -300,7 +300,8 @@ async fn a_key_without_a_models_plan_is_parked_for_that_model_only() {
     for (status, answer) in answers {
         let mock = Mock::start().await;
         mock.set_for_key_body(KEYS[0], r#""model":"big""#, Behavior::status(status, answer));
-        let proxy = Proxy::start_with(&mock, Setup { keys: vec![KEYS[0], KEYS[1]], admin: true, ..Default::default() }).await;
+        let proxy =
+            Proxy::start_with(&mock, Setup { keys: vec![KEYS[0], KEYS[1]], admin: true, ..Default::default() }).await;
         let big = br#"{"model":"big","messages":[]}"#.to_vec();
         let r = proxy.post("/v1/chat/completions", big.clone()).send().await.unwrap();
         assert_eq!(r.status(), 200, "failed over to the other key");
@@ -315,7 +316,9 @@ async fn a_key_without_a_models_plan_is_parked_for_that_model_only() {
         }
         let reqs = mock.requests();
         let used = |key: &str, needle: &str| {
-            reqs.iter().filter(|r| r.key.as_deref() == Some(key) && String::from_utf8_lossy(&r.body).contains(needle)).count()
+            reqs.iter()
+                .filter(|r| r.key.as_deref() == Some(key) && String::from_utf8_lossy(&r.body).contains(needle))
+                .count()
         };
         assert_eq!(used(KEYS[0], "\"big\""), 0, "{status}: the parked model skips the key");
         assert_eq!(used(KEYS[1], "\"big\""), 4);
@@ -323,7 +326,11 @@ async fn a_key_without_a_models_plan_is_parked_for_that_model_only() {
         // Visible to operators.
         let keys: serde_json::Value =
             proxy.admin(reqwest::Method::GET, "/admin/keys").send().await.unwrap().json().await.unwrap();
-        let parked = keys["keys"].as_array().unwrap().iter().find(|k| k["parked_models"].as_array().is_some_and(|a| !a.is_empty()));
+        let parked = keys["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["parked_models"].as_array().is_some_and(|a| !a.is_empty()));
         assert_eq!(parked.unwrap()["parked_models"][0]["model"], "big");
         let metrics = client().get(proxy.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
         assert!(metrics.contains(r#"outcome="model_unavailable""#), "counted as its own outcome");
@@ -335,10 +342,18 @@ async fn a_key_without_a_models_plan_is_parked_for_that_model_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_key_for_a_model_is_a_503_naming_it() {
     let mock = Mock::start().await;
-    mock.set_for_key_body(KEYS[0], r#""model":"big""#, Behavior::status(403, r#"{"error":"this model requires a subscription"}"#));
+    mock.set_for_key_body(
+        KEYS[0],
+        r#""model":"big""#,
+        Behavior::status(403, r#"{"error":"this model requires a subscription"}"#),
+    );
     let proxy = Proxy::start_with(&mock, Setup { keys: vec![KEYS[0]], ..Default::default() }).await;
     let big = br#"{"model":"big","messages":[]}"#.to_vec();
-    assert_eq!(proxy.post("/api/chat", big.clone()).send().await.unwrap().status(), 403, "the one answer, passed through");
+    assert_eq!(
+        proxy.post("/api/chat", big.clone()).send().await.unwrap().status(),
+        403,
+        "the one answer, passed through"
+    );
     let r = proxy.post("/api/chat", big).send().await.unwrap();
     assert_eq!(r.status(), 503);
     assert!(r.headers().get("retry-after").is_some());

@@ -85,7 +85,9 @@ async fn requests_go_to_the_provider_their_prefix_alias_or_model_names() {
         .admin(reqwest::Method::POST, "/admin/keys")
         .json(&serde_json::json!({"key": "sk-ant-test-key-0000000000000000000002", "provider": "claude"}));
     assert_eq!(add.send().await.unwrap().status(), 201);
-    let bad = proxy.admin(reqwest::Method::POST, "/admin/keys").json(&serde_json::json!({"key": "sk-x-1234567890abcdef", "provider": "nope"}));
+    let bad = proxy
+        .admin(reqwest::Method::POST, "/admin/keys")
+        .json(&serde_json::json!({"key": "sk-x-1234567890abcdef", "provider": "nope"}));
     let bad = bad.send().await.unwrap();
     assert_eq!(bad.status(), 400);
     assert!(bad.text().await.unwrap().contains("nope"));
@@ -112,7 +114,9 @@ async fn a_key_at_its_concurrency_cap_is_skipped() {
     let tasks: Vec<_> = (0..4)
         .map(|_| {
             let p = proxy.clone();
-            tokio::spawn(async move { p.post("/v1/chat/completions", chat("m1")).send().await.unwrap().status().as_u16() })
+            tokio::spawn(
+                async move { p.post("/v1/chat/completions", chat("m1")).send().await.unwrap().status().as_u16() },
+            )
         })
         .collect();
     let mut statuses = Vec::new();
@@ -174,7 +178,10 @@ async fn reload_under_load_swaps_keys_without_failing_a_request() {
     let r = proxy.admin(reqwest::Method::POST, "/admin/reload").send().await.unwrap();
     assert_eq!(r.status(), 200);
     let done: serde_json::Value = r.json().await.unwrap();
-    assert_eq!((done["generation"].as_u64(), done["keys_added"].as_u64(), done["keys_removed"].as_u64()), (Some(2), Some(1), Some(1)));
+    assert_eq!(
+        (done["generation"].as_u64(), done["keys_added"].as_u64(), done["keys_removed"].as_u64()),
+        (Some(2), Some(1), Some(1))
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     mock.clear();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -201,9 +208,7 @@ fn provider_config_mistakes_are_reported_with_their_paths() {
     let problems = |yaml: &str| -> Vec<String> {
         ollama_pool::config::parse(yaml, &|_| None).err().unwrap_or_default().iter().map(|e| e.to_string()).collect()
     };
-    let p = problems(
-        "upstream: {url: http://a}\nproviders: [{name: x, url: http://b}]\n",
-    );
+    let p = problems("upstream: {url: http://a}\nproviders: [{name: x, url: http://b}]\n");
     assert!(p.iter().any(|e| e.starts_with("upstream: ")) && p.iter().any(|e| e.starts_with("providers: ")), "{p:?}");
     let p = problems("providers: [{name: x, url: http://a}, {name: x, url: http://b}]\n");
     assert!(p.iter().any(|e| e.starts_with("providers[1].name: ")), "{p:?}");

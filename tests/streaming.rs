@@ -78,7 +78,8 @@ async fn an_error_line_inside_a_200_stream_counts_against_its_key() {
     for body in bodies() {
         let mock = Mock::start().await;
         mock.set(KEYS[0], Behavior::ErrorLineMidStream);
-        let proxy = Proxy::start_with(&mock, Setup { keys: vec![KEYS[0], KEYS[1]], admin: true, ..Default::default() }).await;
+        let proxy =
+            Proxy::start_with(&mock, Setup { keys: vec![KEYS[0], KEYS[1]], admin: true, ..Default::default() }).await;
         let resp = proxy.post("/api/chat", body).send().await.unwrap();
         assert_eq!(resp.status(), 200);
         let text = resp.text().await.unwrap();

@@ -5,11 +5,11 @@
 use crate::health::Prober;
 use crate::import::{self, InvalidLine};
 use crate::pool::{Clock, Key, KeyMeta, Pool};
-use crate::runtime::Runtime;
-use arc_swap::ArcSwap;
 use crate::proxy::auth::{new_token, Client, Clients};
+use crate::runtime::Runtime;
 use crate::secret::Secret;
 use crate::store::{Counters, Store, StoreError, StoredKey, StoredToken};
+use arc_swap::ArcSwap;
 use futures_util::StreamExt;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};

@@ -606,9 +606,15 @@ impl Config {
             err(e, "providers", "cannot be used together with upstream:");
         }
         if let Some(u) = &self.upstream {
-            for (field, set) in [("name", !u.name.is_empty()), ("keys", u.keys.is_some()), ("prefix", u.prefix.is_some())] {
+            for (field, set) in
+                [("name", !u.name.is_empty()), ("keys", u.keys.is_some()), ("prefix", u.prefix.is_some())]
+            {
                 if set {
-                    err(e, format!("upstream.{field}"), "only under providers[] (upstream: is the provider \"default\")");
+                    err(
+                        e,
+                        format!("upstream.{field}"),
+                        "only under providers[] (upstream: is the provider \"default\")",
+                    );
                 }
             }
         }
@@ -623,7 +629,11 @@ impl Config {
             if !self.providers.is_empty() {
                 if p.name.is_empty() {
                     err(e, format!("{path}.name"), "required");
-                } else if !p.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-') {
+                } else if !p
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+                {
                     err(e, format!("{path}.name"), format!("{:?}: use [a-z0-9_-]+", p.name));
                 } else if !names.insert(p.name.clone()) {
                     err(e, format!("{path}.name"), format!("{:?} is the name of an earlier provider", p.name));
@@ -632,7 +642,11 @@ impl Config {
             if let Some(pre) = &p.prefix {
                 let ok = pre.starts_with('/') && pre.len() > 1 && !pre.ends_with('/') && !pre.contains(['?', '#', ' ']);
                 if !ok {
-                    err(e, format!("{path}.prefix"), format!("{pre:?}: a path such as /openrouter (no trailing slash)"));
+                    err(
+                        e,
+                        format!("{path}.prefix"),
+                        format!("{pre:?}: a path such as /openrouter (no trailing slash)"),
+                    );
                 } else if pre == "/v1" || pre == "/api" || pre.starts_with("/v1/") || pre.starts_with("/api/") {
                     err(e, format!("{path}.prefix"), format!("{pre:?} would hide the client routes under it"));
                 } else if !prefixes.insert(pre.clone()) {
@@ -691,7 +705,9 @@ impl UpstreamConfig {
                 err(e, format!("{base}.models[{i}]"), format!("{m:?}: a model name, or a prefix ending in *"));
             }
         }
-        for (field, path) in [("models_path", &self.models_path), ("probe.path", &self.probe.as_ref().map(|p| p.path.clone()))] {
+        for (field, path) in
+            [("models_path", &self.models_path), ("probe.path", &self.probe.as_ref().map(|p| p.path.clone()))]
+        {
             if path.as_ref().is_some_and(|p| !p.starts_with('/')) {
                 err(e, format!("{base}.{field}"), "must start with /");
             }

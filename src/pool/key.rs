@@ -358,9 +358,7 @@ impl Key {
         if cap == 0 {
             return true;
         }
-        self.in_flight
-            .fetch_update(AcqRel, Relaxed, |n| (n < cap).then_some(n + 1))
-            .is_ok()
+        self.in_flight.fetch_update(AcqRel, Relaxed, |n| (n < cap).then_some(n + 1)).is_ok()
     }
 
     pub(crate) fn release_lease(&self) {
@@ -377,7 +375,12 @@ impl Key {
         if self.model_parks_n.load(Relaxed) == 0 {
             return None;
         }
-        self.model_parks.load().iter().filter(|p| p.until_ms > now && same_model(&p.model, model)).map(|p| p.until_ms).max()
+        self.model_parks
+            .load()
+            .iter()
+            .filter(|p| p.until_ms > now && same_model(&p.model, model))
+            .map(|p| p.until_ms)
+            .max()
     }
 
     /// Parks this key for `model` only, until `until` (it keeps serving other models).

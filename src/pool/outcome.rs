@@ -181,7 +181,10 @@ mod tests {
         let none = HeaderMap::new();
         let sub = br#"{"error":"this model requires a subscription, upgrade for access: https://ollama.com/upgrade"}"#;
         assert_eq!(classify(403, &none, Some(sub)), Outcome::ModelUnavailable);
-        assert_eq!(classify(402, &none, Some(b"{\"error\":\"model is available with extra usage only\"}")), Outcome::ModelUnavailable);
+        assert_eq!(
+            classify(402, &none, Some(b"{\"error\":\"model is available with extra usage only\"}")),
+            Outcome::ModelUnavailable
+        );
         assert_eq!(classify(402, &none, Some(b"{\"error\":\"your balance is empty\"}")), Outcome::ModelUnavailable);
         assert_eq!(classify(403, &none, None), Outcome::Credential, "no body read: the key itself");
         assert_eq!(classify(400, &none, Some(sub)), Outcome::CallerFault, "only 402/403 say it");

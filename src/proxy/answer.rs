@@ -10,7 +10,12 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType};
 
 /// Answers the request with a proxy-made error in the route family's envelope, then closes.
-pub(crate) async fn error(state: &ProxyState, session: &mut Session, ctx: &Ctx, err: ProxyError) -> pingora::Result<()> {
+pub(crate) async fn error(
+    state: &ProxyState,
+    session: &mut Session,
+    ctx: &Ctx,
+    err: ProxyError,
+) -> pingora::Result<()> {
     let body = err.body(ctx.family);
     let mut header = err.header(body.len());
     state.finish_header(session, &mut header, ctx);
@@ -24,7 +29,12 @@ pub(crate) async fn error(state: &ProxyState, session: &mut Session, ctx: &Ctx, 
 }
 
 /// A fixed JSON answer (`/healthz`, `/readyz`).
-pub(crate) async fn json(state: &ProxyState, session: &mut Session, status: u16, body: &'static str) -> pingora::Result<()> {
+pub(crate) async fn json(
+    state: &ProxyState,
+    session: &mut Session,
+    status: u16,
+    body: &'static str,
+) -> pingora::Result<()> {
     state.close_if_draining(session);
     let mut h = ResponseHeader::build(status, Some(3))?;
     h.insert_header(http::header::CONTENT_TYPE, "application/json")?;

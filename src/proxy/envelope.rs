@@ -115,7 +115,9 @@ impl ProxyError {
 
     pub fn body(&self, family: Family) -> Bytes {
         let message = match (&self.model, self.kind) {
-            (Some(m), ErrorKind::NoUsableKey) => format!("no upstream key can serve model {m:?} right now; retry later"),
+            (Some(m), ErrorKind::NoUsableKey) => {
+                format!("no upstream key can serve model {m:?} right now; retry later")
+            }
             (Some(m), ErrorKind::ModelNotAllowed) => format!("this client token may not use model {m:?}"),
             _ => self.message().to_string(),
         };

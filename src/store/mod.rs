@@ -110,8 +110,10 @@ pub struct CounterFlusher {
 
 impl CounterFlusher {
     pub fn flush(&self) {
-        let counters: Vec<(String, Counters)> =
-            (self.pools)().iter().flat_map(|p| p.keys().iter().map(|k| (k.id.clone(), k.counters())).collect::<Vec<_>>()).collect();
+        let counters: Vec<(String, Counters)> = (self.pools)()
+            .iter()
+            .flat_map(|p| p.keys().iter().map(|k| (k.id.clone(), k.counters())).collect::<Vec<_>>())
+            .collect();
         if let Err(e) = self.store.save_counters(&counters) {
             log::warn!("store: saving key counters failed: {e}");
         }

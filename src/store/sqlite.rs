@@ -165,8 +165,20 @@ impl Store for SqliteStore {
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, blob, encrypted, label, created, expires, disabled, models, category, counters, provider, from_file) =
-                row?;
+            let (
+                id,
+                blob,
+                encrypted,
+                label,
+                created,
+                expires,
+                disabled,
+                models,
+                category,
+                counters,
+                provider,
+                from_file,
+            ) = row?;
             out.push(StoredKey {
                 secret: self.unseal(blob, encrypted)?,
                 id,

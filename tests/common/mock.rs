@@ -229,7 +229,9 @@ async fn serve(mut stream: TcpStream, state: Arc<State>) -> std::io::Result<()> 
             }
             Behavior::ErrorLineMidStream => {
                 stream.write_all(stream_head("application/x-ndjson").as_bytes()).await?;
-                stream.write_all(&chunk(b"{\"model\":\"m1\",\"message\":{\"content\":\"a\"},\"done\":false}\n")).await?;
+                stream
+                    .write_all(&chunk(b"{\"model\":\"m1\",\"message\":{\"content\":\"a\"},\"done\":false}\n"))
+                    .await?;
                 stream.write_all(&chunk(b"{\"error\":\"an upstream error occurred mid-stream\"}\n")).await?;
                 stream.write_all(b"0\r\n\r\n").await?;
             }
