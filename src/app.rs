@@ -66,7 +66,9 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
     }
     crate::metrics::init(cfg.metrics.max_models, cfg.metrics.max_clients);
 
-    let runtime = Runtime::build(cfg, &|p| loaded.resolve(p), None, clock.clone())
+    let events = Arc::new(crate::pool::Events::default());
+    events.subscribe(Arc::new(crate::metrics::EventMetrics));
+    let runtime = Runtime::build(cfg, &|p| loaded.resolve(p), None, clock.clone(), events)
         .map_err(|problems| AppError::Server(problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; ")))?;
     let store: Arc<dyn Store> = Arc::new(open_store(loaded)?);
     load_key_files(loaded, &runtime, &*store, clock.now_ms())?;

@@ -54,9 +54,55 @@ pub struct Usage {
     pub session: Option<f64>,
     pub weekly: Option<f64>,
     pub monthly: Option<f64>,
+    /// When each window resets (ms), when the upstream said so (`/api/balance`'s `resets_at`,
+    /// session / weekly / monthly); otherwise the window's calendar reset applies.
+    #[serde(skip)]
+    pub resets_at: [Option<u64>; 3],
 }
 
 impl Usage {
+    /// Parses Ollama Cloud's documented `GET /api/balance`: on legacy plans
+    /// `{"session": {"remaining_percent": 40, "resets_at": "…"}, "weekly": {…}}`, on credit plans
+    /// `{"included": {"balance_usd": 1.5, "allowance_usd": 20, "period": "monthly"}}`. Defensive
+    /// like `parse`: anything missing or odd counts as "no limit"; None when neither shape is there.
+    pub fn parse_balance(body: &[u8]) -> Option<Usage> {
+        let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+        let mut u = Usage::default();
+        let mut any = false;
+        for (i, name) in ["session", "weekly", "monthly"].into_iter().enumerate() {
+            let Some(w) = v.get(name).filter(|w| w.is_object()) else { continue };
+            let Some(left) = w.get("remaining_percent").and_then(|p| p.as_f64()).filter(|p| p.is_finite()) else {
+                continue;
+            };
+            any = true;
+            let used = (1.0 - left.clamp(0.0, 100.0) / 100.0).clamp(0.0, 1.0);
+            match i {
+                0 => u.session = Some(used),
+                1 => u.weekly = Some(used),
+                _ => u.monthly = Some(used),
+            }
+            u.resets_at[i] = w
+                .get("resets_at")
+                .and_then(|r| r.as_str())
+                .and_then(|r| humantime::parse_rfc3339_weak(r).ok())
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_millis() as u64);
+        }
+        if let Some(inc) = v.get("included").filter(|i| i.is_object()) {
+            let num = |k: &str| inc.get(k).and_then(|n| n.as_f64()).filter(|n| n.is_finite());
+            if let (Some(balance), Some(allowance)) = (num("balance_usd"), num("allowance_usd")) {
+                any = true;
+                let used = if allowance > 0.0 { (1.0 - balance / allowance).clamp(0.0, 1.0) } else if balance <= 0.0 { 1.0 } else { 0.0 };
+                match inc.get("period").and_then(|p| p.as_str()) {
+                    Some("weekly") => u.weekly = Some(used),
+                    Some("session") => u.session = Some(used),
+                    _ => u.monthly = Some(used),
+                }
+            }
+        }
+        any.then_some(u)
+    }
+
     /// Parses `{"limits": {"session": {"usage": 0.4}, "weekly": {...}, "monthly": null}}`
     /// defensively: anything missing, null, negative or non-numeric counts as "no limit".
     pub fn parse(body: &[u8]) -> Option<Usage> {
@@ -65,20 +111,21 @@ impl Usage {
         let frac = |name: &str| {
             limits.get(name)?.get("usage")?.as_f64().filter(|f| f.is_finite() && *f >= 0.0).map(|f| f.min(1.0))
         };
-        Some(Usage { session: frac("session"), weekly: frac("weekly"), monthly: frac("monthly") })
+        Some(Usage { session: frac("session"), weekly: frac("weekly"), monthly: frac("monthly"), resets_at: [None; 3] })
     }
 
     fn windows(&self) -> [(Window, Option<f64>); 3] {
         [(Window::Session, self.session), (Window::Weekly, self.weekly), (Window::Monthly, self.monthly)]
     }
 
-    /// The used-up window that resets last (the key is useless until then), if any.
-    pub fn exhausted(&self, at: f64, now_ms: u64) -> Option<Window> {
+    /// The used-up window that resets last (the key is useless until then) and when, if any.
+    pub fn exhausted(&self, at: f64, now_ms: u64) -> Option<(Window, u64)> {
         self.windows()
             .into_iter()
-            .filter(|(_, f)| f.is_some_and(|f| f >= at))
-            .max_by_key(|(w, _)| w.next_reset(now_ms))
-            .map(|(w, _)| w)
+            .enumerate()
+            .filter(|(_, (_, f))| f.is_some_and(|f| f >= at))
+            .map(|(i, (w, _))| (w, self.resets_at[i].filter(|&r| r > now_ms).unwrap_or_else(|| w.next_reset(now_ms))))
+            .max_by_key(|(_, until)| *until)
     }
 }
 
@@ -102,6 +149,8 @@ pub struct HealthChecker {
     storm_cursor: AtomicUsize,
     /// Varies the jitter from one tick to the next.
     ticks: AtomicU64,
+    /// When the next `/api/balance` ask is allowed (ms, the pool's clock).
+    balance_next_ms: AtomicU64,
 }
 
 impl HealthChecker {
@@ -116,6 +165,7 @@ impl HealthChecker {
             cfg,
             storm_cursor: AtomicUsize::new(0),
             ticks: AtomicU64::new(0),
+            balance_next_ms: AtomicU64::new(0),
         }
     }
 
@@ -223,17 +273,44 @@ impl HealthChecker {
         self.report(key, outcome.as_str(), status, action, usage)
     }
 
+    /// What is left of the key's allowance: `GET /api/balance` (documented; at most
+    /// `balance_per_minute` asks per provider, as the upstream allows 10 a minute per account
+    /// and keys may share one), else the older `GET /api/usage` shape.
     async fn usage(&self, key: &Key) -> Option<Usage> {
+        if !self.cfg.balance_path.is_empty() && self.balance_turn() {
+            let path = self.cfg.balance_path.clone();
+            if let Ok((200, _, body)) = self.prober.send(key, "GET", &path, b"").await {
+                if let Some(u) = Usage::parse_balance(&body) {
+                    return Some(self.record_usage(key, u));
+                }
+            }
+        }
         let (status, _, body) = self.prober.send(key, "GET", &self.cfg.usage_path, b"").await.ok()?;
         let usage = if status == 200 { Usage::parse(&body) } else { None };
-        if let Some(u) = &usage {
-            for (w, f) in u.windows() {
-                metrics::key_usage(&key.id, w.as_str(), f);
+        match usage {
+            Some(u) => Some(self.record_usage(key, u)),
+            None => {
+                log::debug!("health: key {}: {} answered {status} without a usable body", key.id, self.cfg.usage_path);
+                None
             }
-        } else {
-            log::debug!("health: key {}: {} answered {status} without a usable body", key.id, self.cfg.usage_path);
         }
-        usage
+    }
+
+    fn record_usage(&self, key: &Key, u: Usage) -> Usage {
+        for (w, f) in u.windows() {
+            metrics::key_usage(&key.id, w.as_str(), f);
+        }
+        u
+    }
+
+    /// Whether this probe may ask `/api/balance` now: one ask per `60 s / balance_per_minute`
+    /// across the provider's keys (the pool's clock).
+    fn balance_turn(&self) -> bool {
+        let per_minute = u64::from(self.cfg.balance_per_minute.max(1));
+        let gap = 60_000 / per_minute;
+        let now = self.pool.now_ms();
+        let next = self.balance_next_ms.load(Relaxed);
+        now >= next && self.balance_next_ms.compare_exchange(next, now + gap, Relaxed, Relaxed).is_ok()
     }
 
     /// Turns a probe's outcome into the key's next state. Returns the action taken.
@@ -246,8 +323,8 @@ impl HealthChecker {
         match outcome {
             Outcome::Success => {
                 key.probe_failures.store(0, Relaxed);
-                if let Some(w) = usage.and_then(|u| u.exhausted(self.cfg.park_at_usage, now)) {
-                    key.transition(Status::Cooling, Reason::quota(w), w.next_reset(now), now);
+                if let Some((w, until)) = usage.and_then(|u| u.exhausted(self.cfg.park_at_usage, now)) {
+                    self.pool.transition(key, Status::Cooling, Reason::quota(w), until);
                     return "parked";
                 }
                 if !parked {
@@ -255,7 +332,7 @@ impl HealthChecker {
                 } else if key.reason().is_allowance() && usage.is_none() {
                     "unchanged" // it works, but nothing says its allowance is back
                 } else {
-                    key.transition(Status::Active, Reason::Probe, 0, now);
+                    self.pool.transition(key, Status::Active, Reason::Probe, 0);
                     "returned"
                 }
             }
@@ -266,7 +343,7 @@ impl HealthChecker {
                     "kept-parked"
                 } else {
                     let until = (now + self.pool.policy().cooldown.as_millis() as u64).max(next + self.interval_ms());
-                    key.transition(Status::Invalid, Reason::Credential, until, now);
+                    self.pool.transition(key, Status::Invalid, Reason::Credential, until);
                     "parked"
                 }
             }
@@ -598,7 +675,7 @@ mod tests {
     fn usage_parsing_is_defensive() {
         let u =
             Usage::parse(br#"{"limits":{"session":{"usage":0.25},"weekly":{"usage":1.2},"monthly":null}}"#).unwrap();
-        assert_eq!(u, Usage { session: Some(0.25), weekly: Some(1.0), monthly: None });
+        assert_eq!(u, Usage { session: Some(0.25), weekly: Some(1.0), monthly: None, resets_at: [None; 3] });
         let u = Usage::parse(br#"{"limits":{"session":{"usage":"lots"},"weekly":{}}}"#).unwrap();
         assert_eq!(u, Usage::default());
         assert_eq!(Usage::parse(b"not json"), None);
@@ -608,10 +685,31 @@ mod tests {
     #[test]
     fn the_latest_reset_among_exhausted_windows_wins() {
         let now = 1_764_158_400_000; // 2025-11-26T12:00:00Z, a Wednesday
-        let u = Usage { session: Some(0.99), weekly: Some(0.985), monthly: Some(0.5) };
-        assert_eq!(u.exhausted(0.98, now), Some(Window::Weekly));
+        let u = Usage { session: Some(0.99), weekly: Some(0.985), monthly: Some(0.5), resets_at: [None; 3] };
+        assert_eq!(u.exhausted(0.98, now), Some((Window::Weekly, Window::Weekly.next_reset(now))));
         assert_eq!(u.exhausted(0.995, now), None);
-        let u = Usage { session: Some(1.0), weekly: None, monthly: None };
-        assert_eq!(u.exhausted(0.98, now), Some(Window::Session));
+        let u = Usage { session: Some(1.0), weekly: None, monthly: None, resets_at: [None; 3] };
+        assert_eq!(u.exhausted(0.98, now), Some((Window::Session, Window::Session.next_reset(now))));
+    }
+
+    #[test]
+    fn balance_shapes() {
+        let now = 1_764_158_400_000; // 2025-11-26T12:00:00Z
+        let legacy = br#"{"session":{"remaining_percent":55,"resets_at":"2025-11-26T15:00:00Z"},
+                          "weekly":{"remaining_percent":0,"resets_at":"2025-11-30T00:00:00Z"}}"#;
+        let u = Usage::parse_balance(legacy).unwrap();
+        assert!(u.session.is_some_and(|s| (s - 0.45).abs() < 1e-9), "{u:?}");
+        assert_eq!((u.weekly, u.monthly), (Some(1.0), None));
+        // The reset the upstream named wins over the calendar's.
+        assert_eq!(u.exhausted(0.98, now), Some((Window::Weekly, 1_764_460_800_000)));
+        let credit = br#"{"included":{"balance_usd":0,"allowance_usd":20,"period":"monthly"}}"#;
+        let u = Usage::parse_balance(credit).unwrap();
+        assert_eq!(u.monthly, Some(1.0));
+        assert_eq!(u.exhausted(0.98, now), Some((Window::Monthly, Window::Monthly.next_reset(now))));
+        let half = Usage::parse_balance(br#"{"included":{"balance_usd":10,"allowance_usd":20}}"#).unwrap();
+        assert_eq!(half.monthly, Some(0.5));
+        assert_eq!(Usage::parse_balance(br#"{"path":"/api/balance"}"#), None, "not a balance");
+        assert_eq!(Usage::parse_balance(br#"{"session":{"remaining_percent":"lots"}}"#), None);
+        assert_eq!(Usage::parse_balance(b"nope"), None);
     }
 }

@@ -88,8 +88,8 @@ static M: LazyLock<Metrics> = LazyLock::new(|| {
         failovers: OUTCOMES.iter().map(|o| failovers.with_label_values(&[*o])).collect(),
         attempts: register_int_counter_vec!(
             "ollama_pool_upstream_attempts_total",
-            "Upstream attempts, by key id and outcome class.",
-            &["key_id", "outcome"]
+            "Upstream attempts, by provider, key id and outcome class.",
+            &["provider", "key_id", "outcome"]
         )
         .expect("register upstream_attempts_total"),
         stream_aborts: register_int_counter!(
@@ -100,7 +100,7 @@ static M: LazyLock<Metrics> = LazyLock::new(|| {
         stream_errors: register_int_counter_vec!(
             "ollama_pool_key_stream_errors_total",
             "Streams a key started with a 200 and then failed (cut off, or an error line inside), by key id.",
-            &["key_id"]
+            &["provider", "key_id"]
         )
         .expect("register key_stream_errors_total"),
         active_streams: register_int_gauge!("ollama_pool_active_streams", "SSE/NDJSON responses in flight.")
@@ -230,36 +230,66 @@ impl ClientMetrics {
 static ANONYMOUS: LazyLock<ClientMetrics> = LazyLock::new(|| ClientMetrics::new("-"));
 
 /// Per-key attempt counters, resolved on the key's first attempt and kept in the key.
+/// Kept in the key's sink slot (`Key::sink`), so the request path does no lookup.
 pub struct KeyMetrics {
     attempts: [IntCounter; OUTCOMES.len()],
     stream_errors: IntCounter,
 }
 
 impl KeyMetrics {
-    pub fn new(key_id: &str) -> KeyMetrics {
+    pub fn new(provider: &str, key_id: &str) -> KeyMetrics {
         KeyMetrics {
-            attempts: OUTCOMES.map(|o| M.attempts.with_label_values(&[key_id, o])),
-            stream_errors: M.stream_errors.with_label_values(&[key_id]),
+            attempts: OUTCOMES.map(|o| M.attempts.with_label_values(&[provider, key_id, o])),
+            stream_errors: M.stream_errors.with_label_values(&[provider, key_id]),
         }
     }
 }
 
-/// An attempt on `key` ended with `outcome`.
-pub fn attempt(key: &Key, outcome: Outcome) {
-    key.metrics().attempts[outcome_index(outcome)].inc();
+fn key_metrics<'k>(provider: &str, key: &'k Key) -> Option<&'k KeyMetrics> {
+    key.sink(|| KeyMetrics::new(provider, &key.id))
+}
+
+/// An attempt on `key` (of `provider`) ended with `outcome`.
+pub fn attempt(provider: &str, key: &Key, outcome: Outcome) {
+    if let Some(m) = key_metrics(provider, key) {
+        m.attempts[outcome_index(outcome)].inc();
+    }
 }
 
 /// A stream `key` had started failed inside (SPEC §3.3; never retried).
-pub fn stream_error(key: &Key) {
-    key.metrics().stream_errors.inc();
+pub fn stream_error(provider: &str, key: &Key) {
+    if let Some(m) = key_metrics(provider, key) {
+        m.stream_errors.inc();
+    }
+}
+
+/// The pool's events, as metrics: key transitions (by reason), keys leaving (their series
+/// go), the storm gauge.
+pub struct EventMetrics;
+
+impl crate::pool::Subscriber for EventMetrics {
+    fn on_event(&self, e: &crate::pool::PoolEvent) {
+        use crate::pool::{Change, PoolEvent};
+        match e {
+            PoolEvent::Key(k) => match &k.change {
+                Change::Moved { from, to, reason, .. } => key_transition(*from, *to, *reason),
+                Change::Removed => forget_key(&k.provider, &k.key_id),
+                Change::ModelParked { .. } => {
+                    M.transitions.with_label_values(&["active", "model-parked", "model-unavailable"]).inc()
+                }
+                Change::Added => {}
+            },
+            PoolEvent::Storm { active, .. } => storm(*active),
+        }
+    }
 }
 
 /// A key left the pool: its series go too, so a deleted key does not linger in dashboards.
-pub fn forget_key(key_id: &str) {
+pub fn forget_key(provider: &str, key_id: &str) {
     for o in OUTCOMES {
-        let _ = M.attempts.remove_label_values(&[key_id, o]);
+        let _ = M.attempts.remove_label_values(&[provider, key_id, o]);
     }
-    let _ = M.stream_errors.remove_label_values(&[key_id]);
+    let _ = M.stream_errors.remove_label_values(&[provider, key_id]);
     for w in ["session", "weekly", "monthly"] {
         let _ = M.usage.remove_label_values(&[key_id, w]);
     }

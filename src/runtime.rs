@@ -7,7 +7,7 @@
 //! store, `server.*`): `app` builds those once, and `reload` reports them as `restart_required`.
 
 use crate::config::{Config, ConfigError, StaticToken};
-use crate::pool::{Clock, Policy, Pool, StormPolicy};
+use crate::pool::{Clock, Events, Policy, Pool, StormPolicy};
 use crate::provider::Provider;
 use crate::proxy::cors::Cors;
 use crate::proxy::routes::AllowList;
@@ -27,6 +27,8 @@ pub struct Runtime {
     pub static_tokens: Vec<StaticToken>,
     /// The config it was built from (a reload compares against it).
     pub config: Arc<Config>,
+    /// Where every provider's pool sends its key events (kept across reloads).
+    pub events: Arc<Events>,
 }
 
 /// The pool policy `pool.*` and `health_check.interval` describe.
@@ -54,6 +56,7 @@ impl Runtime {
         resolve: &dyn Fn(&std::path::Path) -> std::path::PathBuf,
         previous: Option<&Runtime>,
         clock: Arc<dyn Clock>,
+        events: Arc<Events>,
     ) -> Result<Runtime, Vec<ConfigError>> {
         let policy = policy(cfg);
         let mut providers = Vec::new();
@@ -66,7 +69,7 @@ impl Runtime {
                     o.pool.set_policy(policy.clone());
                     o.pool.clone()
                 }
-                None => Arc::new(Pool::new(policy.clone(), clock.clone())),
+                None => Arc::new(Pool::for_provider(&p.name, policy.clone(), clock.clone(), events.clone())),
             };
             let same_upstream = previous
                 .and_then(|r| r.config.provider_entries().into_iter().find(|(_, q)| q.name == p.name))
@@ -101,6 +104,7 @@ impl Runtime {
             max_request_body: cfg.pool.max_request_body.0,
             static_tokens: cfg.clients.tokens.clone(),
             config: Arc::new(cfg.clone()),
+            events,
         })
     }
 

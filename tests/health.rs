@@ -28,7 +28,8 @@ fn assert_probes_cost_no_tokens(mock: &Mock) {
         .collect();
     assert!(!probes.is_empty(), "expected some probes");
     for p in probes {
-        assert!(p.target == "/api/me" || p.target == "/api/usage", "probe asked {} {}", p.method, p.target);
+        let free = ["/api/me", "/api/usage", "/api/balance"];
+        assert!(free.contains(&p.target.as_str()), "probe asked {} {}", p.method, p.target);
     }
 }
 
@@ -86,6 +87,10 @@ async fn an_exhausted_usage_window_parks_the_key_until_it_resets() {
         usage(r#"{"limits":{"session":{"usage":0.2},"weekly":{"usage":1.0},"monthly":null}}"#),
     );
     mock.set_path(KEYS[1], "/api/usage", usage(r#"{"limits":{"session":{"usage":0.5}}}"#));
+    // An upstream without the documented /api/balance: the older shape is read instead.
+    for k in [KEYS[0], KEYS[1]] {
+        mock.set_path(k, "/api/balance", Behavior::status(404, r#"{"error":"not found"}"#));
+    }
 
     let reports = proxy.health.tick(true).await; // a sweep probes every key
     assert_eq!(reports.len(), 2);
@@ -209,4 +214,33 @@ async fn the_background_service_probes_and_stops_promptly_mid_sweep() {
         .await
         .expect("the health service must stop without waiting for its 60 s probe timeout")
         .unwrap();
+}
+
+/// Ollama Cloud's documented `GET /api/balance` parks a key whose window is used up until the
+/// `resets_at` it names, and is asked at most `balance_per_minute` times a minute across the
+/// provider's keys (the mock answers 429 past 10 a minute, as the real API does per account);
+/// probes past that read the older `/api/usage` instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_balance_probe_parks_until_its_reset_and_is_spaced() {
+    let extra = "health_check: {interval: 60s, jitter: 0s, usage_probe: true, balance_per_minute: 10}\n";
+    let (mock, proxy) = setup(&KEYS, extra).await;
+    let resets = "2099-03-02T10:00:00Z";
+    let spent = format!(r#"{{"session":{{"remaining_percent":80,"resets_at":"2099-03-01T05:00:00Z"}},"weekly":{{"remaining_percent":0,"resets_at":"{resets}"}}}}"#);
+    for k in KEYS {
+        mock.set_path(k, "/api/balance", Behavior::status(200, &spent));
+    }
+    let reports = proxy.health.tick(true).await;
+    assert_eq!(reports.len(), KEYS.len());
+    assert_eq!(mock.requests_to("/api/balance").len(), 1, "one ask per 6 s of the pool's clock");
+    assert_eq!(mock.requests_to("/api/usage").len(), KEYS.len() - 1, "the others read the older shape");
+    let parked: Vec<_> = KEYS.iter().map(|k| proxy.key(k)).filter(|k| k.status == Status::Cooling).collect();
+    assert_eq!(parked.len(), 1);
+    let until = humantime::parse_rfc3339(resets).unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    assert_eq!((parked[0].reason, parked[0].until_ms), (Reason::QuotaWeekly, Some(until)), "until the reset it named");
+    // Six seconds later the next key may ask.
+    proxy.clock.advance(std::time::Duration::from_secs(6));
+    proxy.health.tick(true).await;
+    assert_eq!(mock.requests_to("/api/balance").len(), 2);
+    assert!(mock.requests_to("/api/balance").len() <= 10);
+    assert_probes_cost_no_tokens(&mock);
 }

@@ -51,12 +51,12 @@ async fn metrics_follow_a_scripted_sequence() {
         delta(
             &before,
             &after,
-            &format!(r#"ollama_pool_upstream_attempts_total{{key_id="{k0}",outcome="credential"}}"#)
+            &format!(r#"ollama_pool_upstream_attempts_total{{key_id="{k0}",outcome="credential",provider="default"}}"#)
         ),
         1.0
     );
     assert_eq!(
-        delta(&before, &after, &format!(r#"ollama_pool_upstream_attempts_total{{key_id="{k1}",outcome="success"}}"#)),
+        delta(&before, &after, &format!(r#"ollama_pool_upstream_attempts_total{{key_id="{k1}",outcome="success",provider="default"}}"#)),
         1.0
     );
     assert_eq!(delta(&before, &after, r#"ollama_pool_failovers_total{reason="credential"}"#), 1.0);

@@ -89,7 +89,7 @@ async fn an_error_line_inside_a_200_stream_counts_against_its_key() {
         let k = proxy.key(KEYS[0]);
         assert_eq!((k.stream_errors, k.status), (1, ollama_pool::pool::Status::Active));
         let metrics = common::client().get(proxy.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
-        let line = format!("ollama_pool_key_stream_errors_total{{key_id=\"{id}\"}}");
+        let line = format!("ollama_pool_key_stream_errors_total{{key_id=\"{id}\",provider=\"default\"}}");
         assert!(metrics.lines().any(|l| l.starts_with(&line)), "counted in metrics");
         // A cut-off stream is a stream error too.
         mock.set(KEYS[0], Behavior::CutMidStream);

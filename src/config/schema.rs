@@ -305,9 +305,15 @@ pub struct HealthCheckConfig {
     /// Failed probes back off, doubling from `interval` up to this.
     pub max_backoff: Dur,
     pub probe: ProbeConfig,
-    /// Also ask `usage_path` (Ollama Cloud's undocumented `GET /api/usage`) how much of each
-    /// window a key has used, and park keys at or above `park_at_usage` until the reset.
+    /// Also ask how much of each window a key has used — Ollama Cloud's documented
+    /// `balance_path` (`GET /api/balance`), else the older `usage_path` (`GET /api/usage`) — and
+    /// park keys at or above `park_at_usage` until the reset.
     pub usage_probe: bool,
+    pub balance_path: String,
+    /// `balance_path` asks per minute across a provider's keys (Ollama allows 10 per account,
+    /// shared by its keys); a probe past it reads `usage_path` instead. `balance_path: ""`
+    /// turns the balance ask off.
+    pub balance_per_minute: u32,
     pub usage_path: String,
     pub park_at_usage: f64,
 }
@@ -323,6 +329,8 @@ impl Default for HealthCheckConfig {
             max_backoff: Dur::secs(3600),
             probe: ProbeConfig::default(),
             usage_probe: false,
+            balance_path: "/api/balance".into(),
+            balance_per_minute: 10,
             usage_path: "/api/usage".into(),
             park_at_usage: 0.98,
         }

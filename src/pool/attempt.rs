@@ -111,7 +111,6 @@ impl Attempts {
         }
         let Some(key) = self.tried.last() else { return Decision::Deliver };
         pool.report_for(key, outcome, self.model.as_deref());
-        crate::metrics::attempt(key, outcome);
         self.last_outcome = Some(outcome);
         let decision = if may_retry && outcome.retryable() && self.tried.len() < self.max {
             match pool.pick_for(&self.tried, self.model.as_deref(), self.cap) {
@@ -127,9 +126,6 @@ impl Attempts {
         } else {
             Decision::Deliver
         };
-        if decision == Decision::Retry {
-            crate::metrics::failover(outcome);
-        }
         self.settled = Some(decision);
         decision
     }

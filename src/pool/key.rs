@@ -167,8 +167,9 @@ pub struct Key {
     has_models: std::sync::atomic::AtomicBool,
     /// Serialises state transitions (rare) so check-then-set sequences are not torn.
     transition: Mutex<()>,
-    /// This key's attempt counters, resolved on its first attempt.
-    metrics: std::sync::OnceLock<crate::metrics::KeyMetrics>,
+    /// A slot for a sink's per-key handles (metrics keeps its resolved counters here), so the
+    /// request path needs no lookup; the pool does not know what is in it.
+    sink: std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 /// Per-key counters, bumped with relaxed atomics on the request path.
@@ -291,12 +292,14 @@ impl Key {
             in_flight: AtomicU32::new(0),
             has_models: std::sync::atomic::AtomicBool::new(false),
             transition: Mutex::new(()),
-            metrics: std::sync::OnceLock::new(),
+            sink: std::sync::OnceLock::new(),
         })
     }
 
-    pub fn metrics(&self) -> &crate::metrics::KeyMetrics {
-        self.metrics.get_or_init(|| crate::metrics::KeyMetrics::new(&self.id))
+    /// The sink's per-key value, made by `init` on first use. One sink type per process
+    /// (metrics): a different type asked for later gets None.
+    pub fn sink<T: std::any::Any + Send + Sync>(&self, init: impl FnOnce() -> T) -> Option<&T> {
+        self.sink.get_or_init(|| Box::new(init())).downcast_ref::<T>()
     }
 
     pub fn secret(&self) -> &Secret {
@@ -385,7 +388,7 @@ impl Key {
 
     /// Parks this key for `model` only, until `until` (it keeps serving other models).
     /// Returns whether this is a new park (not one already running for that model).
-    pub(crate) fn park_model(&self, model: &str, until: u64, now: u64) -> bool {
+    pub(super) fn park_model(&self, model: &str, until: u64, now: u64) -> bool {
         let _guard = self.transition.lock().unwrap_or_else(|p| p.into_inner());
         let mut parks: Vec<ModelPark> = self.model_parks.load().iter().filter(|p| p.until_ms > now).cloned().collect();
         let fresh = match parks.iter_mut().find(|p| same_model(&p.model, model)) {
@@ -438,17 +441,18 @@ impl Key {
     }
 
     /// Moves the key to `to` for `reason` until `until` (0 = no scheduled return), at `now`.
-    /// Logs and counts the transition once; no-op if the key is already exactly there.
-    /// Returns whether the key moved.
-    pub(crate) fn transition(&self, to: Status, reason: Reason, until: u64, now: u64) -> bool {
+    /// Logs the transition once; no-op if the key is already exactly there. Returns the state
+    /// it moved from, if it moved. Only the pool calls this (`Pool::transition`), which turns
+    /// the move into an event.
+    pub(super) fn set_state(&self, to: Status, reason: Reason, until: u64, now: u64) -> Option<Status> {
         let _guard = self.transition.lock().unwrap_or_else(|p| p.into_inner());
         let from = self.status();
         if from == to && self.reason() == reason && self.until_ms.load(Relaxed) == until {
-            return false;
+            return None;
         }
         // A manual disable is an operator's decision: only the operator (reason Manual) changes it.
         if from == Status::Disabled && self.reason() == Reason::Manual && reason != Reason::Manual {
-            return false;
+            return None;
         }
         self.until_ms.store(until, Release);
         self.reason.store(reason as u8, Relaxed);
@@ -460,7 +464,6 @@ impl Key {
             self.parked_at_ms.store(now, Relaxed);
             self.next_probe_ms.store(0, Relaxed);
         }
-        crate::metrics::key_transition(from, to, reason);
         if until == 0 {
             log::info!("key {} {} -> {} reason={}", self.id, from, to, reason.as_str());
         } else {
@@ -473,7 +476,7 @@ impl Key {
                 super::clock::rfc3339(until)
             );
         }
-        true
+        Some(from)
     }
 
     /// Pushes a parked key's return out to at least `until` (a failed probe); no log, no count.
@@ -486,21 +489,22 @@ impl Key {
 
     /// Records that a parked key's time is up, the first time someone notices. The key keeps
     /// its failure history so that one more failure parks it again with a longer backoff.
-    pub(crate) fn revive(&self, now: u64) {
+    /// Returns the state it came back from, if this call recorded the return.
+    pub(super) fn revive(&self, now: u64) -> Option<Status> {
         let status = self.status();
         if status == Status::Active || !self.usable_at(now) {
-            return;
+            return None;
         }
         let _guard = self.transition.lock().unwrap_or_else(|p| p.into_inner());
         if self.status() != status || !self.usable_at(now) {
-            return; // someone else got here first
+            return None; // someone else got here first
         }
         self.until_ms.store(0, Release);
         self.reason.store(Reason::None as u8, Relaxed);
         self.status.store(Status::Active as u8, Release);
         self.consecutive_failures.store(0, Relaxed);
-        crate::metrics::key_transition(status, Status::Active, Reason::None);
         log::info!("key {} {} -> active reason=time-up", self.id, status);
+        Some(status)
     }
 
     /// The key as reports show it at `now`, derived from time as routing sees it: a key past
@@ -549,9 +553,9 @@ impl Key {
     }
 
     /// The counters, for the store's periodic snapshot.
-    pub fn counters(&self) -> crate::store::Counters {
+    pub fn counters(&self) -> super::Counters {
         let s = &self.stats;
-        crate::store::Counters {
+        super::Counters {
             requests: s.requests.load(Relaxed),
             successes: s.successes.load(Relaxed),
             failures: s.failures.load(Relaxed),
@@ -561,7 +565,7 @@ impl Key {
             last_failure_ms: s.last_failure_ms.load(Relaxed),
             park: match (self.status(), self.until_ms()) {
                 (Status::Cooling | Status::Invalid, Some(until_ms)) => {
-                    Some(crate::store::SavedPark { status: self.status() as u8, reason: self.reason() as u8, until_ms })
+                    Some(super::SavedPark { status: self.status() as u8, reason: self.reason() as u8, until_ms })
                 }
                 _ => None,
             },
@@ -569,7 +573,7 @@ impl Key {
     }
 
     /// Restores counters saved by an earlier run.
-    pub fn restore_counters(&self, c: &crate::store::Counters) {
+    pub fn restore_counters(&self, c: &super::Counters) {
         let s = &self.stats;
         s.requests.store(c.requests, Relaxed);
         s.successes.store(c.successes, Relaxed);
@@ -582,7 +586,7 @@ impl Key {
 
     /// Restores a park saved by an earlier run, unless its time is already up (then the key
     /// simply starts active). Not logged as a new transition.
-    pub fn restore_park(&self, park: &crate::store::SavedPark, now: u64) {
+    pub fn restore_park(&self, park: &super::SavedPark, now: u64) {
         let status = Status::from_u8(park.status);
         if park.until_ms <= now || !matches!(status, Status::Cooling | Status::Invalid) {
             return;

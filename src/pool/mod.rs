@@ -5,12 +5,16 @@
 
 pub mod attempt;
 pub mod clock;
+pub mod events;
 pub mod key;
 pub mod outcome;
+pub mod snapshot;
 pub mod window;
 
 pub use attempt::{Attempts, Decision, MAX_ATTEMPTS};
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use events::{Change, Events, KeyEvent, PoolEvent, Subscriber};
+pub use snapshot::{Counters, SavedPark};
 pub use key::{same_model, AuthForm, Key, KeyError, KeyMeta, KeyView, ModelPark, Reason, Status};
 pub use outcome::{classify, Outcome};
 pub use window::Window;
@@ -104,6 +108,9 @@ pub struct Pool {
     policy: ArcSwap<Policy>,
     clock: Arc<dyn Clock>,
     storm: Storm,
+    /// The provider this pool serves (named in its events).
+    provider: Arc<str>,
+    events: Arc<Events>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -112,8 +119,16 @@ pub enum AddError {
 }
 
 impl Pool {
+    /// A pool of its own (tools and tests): provider `default`, nobody listening to its events.
     pub fn new(policy: Policy, clock: Arc<dyn Clock>) -> Pool {
+        Pool::for_provider("default", policy, clock, Arc::new(Events::default()))
+    }
+
+    /// The pool of provider `name`, whose changes go to `events`.
+    pub fn for_provider(name: &str, policy: Policy, clock: Arc<dyn Clock>, events: Arc<Events>) -> Pool {
         Pool {
+            provider: Arc::from(name),
+            events,
             snapshot: ArcSwap::from_pointee(Vec::new()),
             cursor: AtomicUsize::new(0),
             by_id: DashMap::new(),
@@ -121,6 +136,40 @@ impl Pool {
             policy: ArcSwap::from_pointee(policy),
             clock,
             storm: Storm::default(),
+        }
+    }
+
+    pub fn provider(&self) -> &str {
+        &self.provider
+    }
+
+    pub fn events(&self) -> &Arc<Events> {
+        &self.events
+    }
+
+    fn emit(&self, key_id: &str, change: Change) {
+        let at_ms = self.clock.now_ms();
+        self.events.emit(PoolEvent::Key(KeyEvent { provider: self.provider.clone(), key_id: key_id.to_string(), change, at_ms }));
+    }
+
+    /// The one place a key changes state (SPEC: requests, probes, operators and reloads all come
+    /// here): moves `key` to `to` for `reason` until `until` (0 = no scheduled return) and
+    /// emits the change. Returns whether the key moved.
+    pub fn transition(&self, key: &Key, to: Status, reason: Reason, until: u64) -> bool {
+        let now = self.clock.now_ms();
+        match key.set_state(to, reason, until, now) {
+            Some(from) => {
+                self.emit(&key.id, Change::Moved { from, to, reason, until_ms: Some(until).filter(|&u| u != 0) });
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Parks `key` for `model` only, until `until`; emits the change when it is a new park.
+    pub fn park_model(&self, key: &Key, model: &str, until: u64) {
+        if key.park_model(model, until, self.clock.now_ms()) {
+            self.emit(&key.id, Change::ModelParked { model: model.to_string(), until_ms: until });
         }
     }
 
@@ -161,6 +210,7 @@ impl Pool {
         keys.push(key.clone());
         self.by_id.insert(key.id.clone(), key.clone());
         self.snapshot.store(Arc::new(keys));
+        self.emit(&key.id, Change::Added);
         Ok(key)
     }
 
@@ -179,7 +229,11 @@ impl Pool {
             list.push(key);
             added += 1;
         }
+        let fresh: Vec<String> = list[list.len() - added..].iter().map(|k| k.id.clone()).collect();
         self.snapshot.store(Arc::new(list));
+        for id in fresh {
+            self.emit(&id, Change::Added);
+        }
         (added, dups)
     }
 
@@ -190,7 +244,7 @@ impl Pool {
         }
         let keys: Vec<Arc<Key>> = self.snapshot.load().iter().filter(|k| k.id != id).cloned().collect();
         self.snapshot.store(Arc::new(keys));
-        crate::metrics::forget_key(id);
+        self.emit(id, Change::Removed);
         true
     }
 
@@ -203,13 +257,13 @@ impl Pool {
         let Some(key) = self.get(id) else { return false };
         let now = self.now_ms();
         let until = for_.map(|d| now + d.as_millis() as u64).unwrap_or(0);
-        key.transition(Status::Disabled, Reason::Manual, until, now);
+        self.transition(&key, Status::Disabled, Reason::Manual, until);
         true
     }
 
     pub fn enable(&self, id: &str) -> bool {
         let Some(key) = self.get(id) else { return false };
-        key.transition(Status::Active, Reason::Manual, 0, self.now_ms());
+        self.transition(&key, Status::Active, Reason::Manual, 0);
         true
     }
 
@@ -246,7 +300,10 @@ impl Pool {
                 if skipped > 0 {
                     self.cursor.fetch_add(skipped, Relaxed);
                 }
-                key.revive(now);
+                if let Some(from) = key.revive(now) {
+                    let change = Change::Moved { from, to: Status::Active, reason: Reason::None, until_ms: None };
+                    self.emit(&key.id, change);
+                }
                 return Ok(key.clone());
             }
         }
@@ -296,12 +353,12 @@ impl Pool {
                 // Not the key's fault, and not a streak: it serves other models. Without a
                 // model name there is nothing to park it for.
                 if let Some(m) = model {
-                    key.park_model(m, now + ms(self.policy.load().cooldown), now);
+                    self.park_model(key, m, now + ms(self.policy.load().cooldown));
                 }
             }
             Outcome::Credential => {
                 self.count_failure(key, now);
-                key.transition(Status::Invalid, Reason::Credential, now + ms(self.policy.load().cooldown), now);
+                self.transition(key, Status::Invalid, Reason::Credential, now + ms(self.policy.load().cooldown));
             }
             Outcome::RateLimited { retry_after, window } => {
                 self.count_failure(key, now);
@@ -317,7 +374,7 @@ impl Pool {
                     return;
                 }
                 if streak >= self.policy.load().failure_threshold {
-                    key.transition(Status::Cooling, Reason::AutoDisabled, now + ms(self.policy.load().cooldown), now);
+                    self.transition(key, Status::Cooling, Reason::AutoDisabled, now + ms(self.policy.load().cooldown));
                 }
             }
         }
@@ -329,7 +386,6 @@ impl Pool {
     pub fn stream_error(&self, key: &Key) {
         key.stats.stream_errors.fetch_add(1, Relaxed);
         key.stats.last_failure_ms.store(self.clock.now_ms(), Relaxed);
-        crate::metrics::stream_error(key);
     }
 
     /// Parks a rate-limited key: until `retry_after`, else the named window's reset, else the
@@ -341,7 +397,7 @@ impl Pool {
             (None, None) => now + ms(self.backoff(key)),
         };
         let reason = window.map(Reason::quota).unwrap_or(Reason::RateLimited);
-        key.transition(Status::Cooling, reason, until, now);
+        self.transition(key, Status::Cooling, reason, until);
     }
 
     /// A success while a run of failures is on counts against it. The run is over once
@@ -399,7 +455,7 @@ impl Pool {
                  probe succeeds",
                 now.saturating_sub(run) / 1000
             );
-            crate::metrics::storm(true);
+            self.events.emit(PoolEvent::Storm { provider: self.provider.clone(), active: true, returned: 0, at_ms: now });
             return true;
         }
         false
@@ -426,14 +482,14 @@ impl Pool {
             let parked_by_storm = matches!(key.reason(), Reason::RateLimited | Reason::AutoDisabled)
                 && key.status() == Status::Cooling
                 && key.parked_at_ms.load(Relaxed) >= from;
-            if parked_by_storm && key.transition(Status::Active, Reason::StormOver, 0, now) {
+            if parked_by_storm && self.transition(key, Status::Active, Reason::StormOver, 0) {
                 back += 1;
             }
         }
         self.storm.failing_keys.store(0, Relaxed);
         self.storm.failures.store(0, Relaxed);
         self.storm.successes.store(0, Relaxed);
-        crate::metrics::storm(false);
+        self.events.emit(PoolEvent::Storm { provider: self.provider.clone(), active: false, returned: back, at_ms: now });
         log::warn!("pool: upstream storm over after {} s; {back} keys returned", now.saturating_sub(since) / 1000);
         back
     }

@@ -14,6 +14,7 @@ use super::envelope::{ErrorKind, ProxyError};
 use super::{headers, PoolProxy};
 use crate::pool::{classify, outcome::ERROR_PEEK_BYTES, Decision, Key, Outcome};
 use crate::provider::Provider;
+use crate::metrics;
 use crate::upstream;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
@@ -46,19 +47,29 @@ pub(crate) async fn run(proxy: &PoolProxy, session: &mut Session, ctx: &mut Ctx,
         match attempt(proxy, &provider, session, &peer, &key, &body).await {
             Ok((up, header, peek)) => {
                 let outcome = classify(header.status.as_u16(), &header.headers, peek.as_deref());
-                if ctx.attempts.settle(&provider.pool, outcome, true) == Decision::Retry {
+                if settle(ctx, &provider, &key, outcome) == Decision::Retry {
                     continue; // dropping `up` closes that connection: its body was not drained
                 }
                 return deliver(proxy, &provider, session, ctx, &peer, &key, up, header, peek).await;
             }
             Err(e) => {
-                if ctx.attempts.settle(&provider.pool, Outcome::Transient, true) == Decision::Retry {
+                if settle(ctx, &provider, &key, Outcome::Transient) == Decision::Retry {
                     continue;
                 }
                 return answer::error(state, session, ctx, answer::upstream_error_for(&e)).await;
             }
         }
     }
+}
+
+/// Records an attempt's outcome (the pool's state, then metrics) and decides what is next.
+fn settle(ctx: &mut Ctx, provider: &Provider, key: &Key, outcome: Outcome) -> Decision {
+    let decision = ctx.attempts.settle(&provider.pool, outcome, true);
+    metrics::attempt(&provider.name, key, outcome);
+    if decision == Decision::Retry {
+        metrics::failover(outcome);
+    }
+    decision
 }
 
 /// One attempt up to the response header (plus a bounded peek at an error body).
@@ -119,6 +130,7 @@ async fn deliver(
                 // Headers are out: the only honest signal left is an incomplete response.
                 ctx.aborted = true;
                 provider.pool.stream_error(key);
+                metrics::stream_error(&provider.name, key);
                 return Err(e);
             }
         }
@@ -126,6 +138,7 @@ async fn deliver(
     if ctx.observed.stream_error_seen() {
         // Passed through as the upstream sent it (never a retry: the client has the stream).
         provider.pool.stream_error(key);
+        metrics::stream_error(&provider.name, key);
     }
     session.write_response_body(None, true).await?;
     if up.response_done() {

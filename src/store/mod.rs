@@ -44,27 +44,7 @@ pub struct StoredKey {
     pub from_file: bool,
 }
 
-/// A key's park (cooling or invalid with a return time), saved so that a restart does not send
-/// traffic to keys known to be bad. Status and reason are the pool's codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SavedPark {
-    pub status: u8,
-    pub reason: u8,
-    pub until_ms: u64,
-}
-
-/// A snapshot of a key's counters (SPEC §2.4 `stats`) and of its park, if any.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub requests: u64,
-    pub successes: u64,
-    pub failures: u64,
-    pub consecutive_failures: u32,
-    pub last_used_ms: u64,
-    pub last_success_ms: u64,
-    pub last_failure_ms: u64,
-    pub park: Option<SavedPark>,
-}
+pub use crate::pool::{Counters, SavedPark};
 
 /// One client token as stored: never the token itself, only its SHA-256.
 #[derive(Debug, Clone, PartialEq)]

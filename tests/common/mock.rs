@@ -76,6 +76,8 @@ struct State {
     /// (key, body substring, behaviour), checked first: one key's answer for one model.
     by_key_body: Mutex<Vec<(String, String, Behavior)>>,
     log: Mutex<Vec<Recorded>>,
+    /// When `/api/balance` was asked (Ollama Cloud allows 10 a minute per account).
+    balance_asks: Mutex<Vec<std::time::Instant>>,
 }
 
 #[derive(Clone)]
@@ -201,6 +203,22 @@ async fn serve(mut stream: TcpStream, state: Arc<State>) -> std::io::Result<()> 
             .unwrap_or(Behavior::Normal);
         state.log.lock().unwrap().push(req.clone());
         match behavior {
+            Behavior::Normal if path == "/api/balance" => {
+                let over = {
+                    let mut asks = state.balance_asks.lock().unwrap();
+                    asks.retain(|t| t.elapsed() < std::time::Duration::from_secs(60));
+                    asks.push(std::time::Instant::now());
+                    asks.len() > 10
+                };
+                if over {
+                    let body = r#"{"error":"too many requests"}"#;
+                    let head = format!("HTTP/1.1 429 X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len());
+                    stream.write_all(head.as_bytes()).await?;
+                    stream.write_all(body.as_bytes()).await?;
+                } else {
+                    write_json(&mut stream, BALANCE_JSON).await?
+                }
+            }
             Behavior::Normal => normal(&mut stream, &req).await?,
             Behavior::Status { status, headers, body } => {
                 let mut head = format!(
@@ -394,3 +412,6 @@ async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>, want: usize) -> std::io
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
+
+/// `GET /api/balance` of a legacy-plan key with everything left (Ollama Cloud's documented shape).
+pub const BALANCE_JSON: &str = r#"{"session":{"remaining_percent":100,"resets_at":"2099-01-01T00:00:00Z"},"weekly":{"remaining_percent":100,"resets_at":"2099-01-05T00:00:00Z"}}"#;
