@@ -92,7 +92,13 @@ impl Usage {
             let num = |k: &str| inc.get(k).and_then(|n| n.as_f64()).filter(|n| n.is_finite());
             if let (Some(balance), Some(allowance)) = (num("balance_usd"), num("allowance_usd")) {
                 any = true;
-                let used = if allowance > 0.0 { (1.0 - balance / allowance).clamp(0.0, 1.0) } else if balance <= 0.0 { 1.0 } else { 0.0 };
+                let used = if allowance > 0.0 {
+                    (1.0 - balance / allowance).clamp(0.0, 1.0)
+                } else if balance <= 0.0 {
+                    1.0
+                } else {
+                    0.0
+                };
                 match inc.get("period").and_then(|p| p.as_str()) {
                     Some("weekly") => u.weekly = Some(used),
                     Some("session") => u.session = Some(used),
@@ -526,6 +532,15 @@ fn model_names(body: &[u8]) -> Vec<String> {
 }
 
 impl Prober {
+    /// The models the upstream lists for `key` (its kind's `models_path`), if it answers 2xx.
+    pub async fn list_models(&self, key: &Key) -> Option<Vec<String>> {
+        let path = self.models_path.clone();
+        match self.send(key, "GET", &path, b"").await {
+            Ok((status, _, body)) if (200..300).contains(&status) => Some(model_names(&body)),
+            _ => None,
+        }
+    }
+
     /// Validates a key for import: `GET /api/tags` as that key must answer 2xx; its model list
     /// gives the category.
     pub async fn validate(&self, key: &Key) -> Validation {
@@ -601,6 +616,32 @@ impl HealthService {
         fresh
     }
 
+    /// Refreshes each provider's cached model listing (what routing by model and `/v1/models`
+    /// read, SPEC §3.7), off the request path: the models its keys' validated imports found,
+    /// plus the upstream's own listing asked with one usable key. Providers with a static
+    /// `models` list are left alone.
+    pub async fn refresh_listings(&self) {
+        let rt = self.runtime.load_full();
+        let checkers = self.checkers();
+        for (p, (_, checker)) in rt.providers.iter().zip(checkers.1.iter()) {
+            if !p.models.is_empty() {
+                continue;
+            }
+            let mut models: Vec<String> = p.pool.keys().iter().flat_map(|k| k.view_at(0).models).collect();
+            let now = p.pool.now_ms();
+            if let Some(key) = p.pool.keys().iter().find(|k| k.usable_at(now)).cloned() {
+                if let Some(listed) = checker.prober().list_models(&key).await {
+                    models.extend(listed);
+                }
+            }
+            models.sort();
+            models.dedup();
+            if !models.is_empty() || p.listing.load().is_empty() {
+                p.listing.store(Arc::new(models));
+            }
+        }
+    }
+
     /// One round on every provider.
     pub async fn tick(&self, sweep: bool) -> Vec<ProbeReport> {
         let checkers = self.checkers();
@@ -629,6 +670,12 @@ impl BackgroundService for HealthService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         self.checkers();
         let cfg = self.cfg.load_full();
+        if self.runtime.load().providers.len() > 1 {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = self.refresh_listings() => {}
+            }
+        }
         let mut next_sweep = tokio::time::Instant::now() + cfg.sweep_interval.0;
         loop {
             let cfg = self.cfg.load_full();
@@ -639,6 +686,13 @@ impl BackgroundService for HealthService {
             let sweep = tokio::time::Instant::now() >= next_sweep;
             if sweep {
                 next_sweep += cfg.sweep_interval.0;
+            }
+            // Model listings matter only for routing between providers.
+            if self.runtime.load().providers.len() > 1 {
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    _ = self.refresh_listings() => {}
+                }
             }
             // Racing the round against shutdown drops in-flight probes: stopping is prompt even
             // in the middle of a 10k-key sweep.

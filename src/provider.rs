@@ -99,8 +99,9 @@ impl Provider {
         })
     }
 
-    /// Whether this provider claims `model`: its static `models` globs, else the model lists
-    /// its keys reported, else its cached listing.
+    /// Whether this provider claims `model`: its static `models` globs, else its cached
+    /// listing (its keys' discovered model lists and the upstream's own listing, refreshed off
+    /// the request path by `HealthService::refresh_listings`).
     pub fn claims(&self, model: &str) -> bool {
         if !self.models.is_empty() {
             return self.models.iter().any(|g| glob_matches(g, model));

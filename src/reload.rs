@@ -96,8 +96,9 @@ impl Reloader {
         let old = self.state.runtime.load_full();
         let (applied, restart_required) = changes(&old.config, &loaded.config);
         let now = self.clock.now_ms();
-        let next = Runtime::build(&loaded.config, &|p| loaded.resolve(p), Some(&old), self.clock.clone(), old.events.clone())
-            .map_err(ReloadError::Invalid)?;
+        let next =
+            Runtime::build(&loaded.config, &|p| loaded.resolve(p), Some(&old), self.clock.clone(), old.events.clone())
+                .map_err(ReloadError::Invalid)?;
         let from_files = read_key_files(&loaded, &next, now)
             .map_err(|e| ReloadError::Invalid(vec![ConfigError { path: String::new(), message: e.to_string() }]))?;
         // Durable first: the store has the new keys and has dropped the departed ones before

@@ -225,7 +225,9 @@ async fn the_balance_probe_parks_until_its_reset_and_is_spaced() {
     let extra = "health_check: {interval: 60s, jitter: 0s, usage_probe: true, balance_per_minute: 10}\n";
     let (mock, proxy) = setup(&KEYS, extra).await;
     let resets = "2099-03-02T10:00:00Z";
-    let spent = format!(r#"{{"session":{{"remaining_percent":80,"resets_at":"2099-03-01T05:00:00Z"}},"weekly":{{"remaining_percent":0,"resets_at":"{resets}"}}}}"#);
+    let spent = format!(
+        r#"{{"session":{{"remaining_percent":80,"resets_at":"2099-03-01T05:00:00Z"}},"weekly":{{"remaining_percent":0,"resets_at":"{resets}"}}}}"#
+    );
     for k in KEYS {
         mock.set_path(k, "/api/balance", Behavior::status(200, &spent));
     }
@@ -235,7 +237,8 @@ async fn the_balance_probe_parks_until_its_reset_and_is_spaced() {
     assert_eq!(mock.requests_to("/api/usage").len(), KEYS.len() - 1, "the others read the older shape");
     let parked: Vec<_> = KEYS.iter().map(|k| proxy.key(k)).filter(|k| k.status == Status::Cooling).collect();
     assert_eq!(parked.len(), 1);
-    let until = humantime::parse_rfc3339(resets).unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let until =
+        humantime::parse_rfc3339(resets).unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
     assert_eq!((parked[0].reason, parked[0].until_ms), (Reason::QuotaWeekly, Some(until)), "until the reset it named");
     // Six seconds later the next key may ask.
     proxy.clock.advance(std::time::Duration::from_secs(6));

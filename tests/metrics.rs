@@ -56,7 +56,11 @@ async fn metrics_follow_a_scripted_sequence() {
         1.0
     );
     assert_eq!(
-        delta(&before, &after, &format!(r#"ollama_pool_upstream_attempts_total{{key_id="{k1}",outcome="success",provider="default"}}"#)),
+        delta(
+            &before,
+            &after,
+            &format!(r#"ollama_pool_upstream_attempts_total{{key_id="{k1}",outcome="success",provider="default"}}"#)
+        ),
         1.0
     );
     assert_eq!(delta(&before, &after, r#"ollama_pool_failovers_total{reason="credential"}"#), 1.0);

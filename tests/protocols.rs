@@ -258,7 +258,11 @@ async fn metrics_count_requests_and_failovers_without_secrets() {
     assert!(value(r#"ollama_pool_requests_total{client="app",family="openai",status_class="2xx"}"#) >= 1.0);
     assert!(value(r#"ollama_pool_failovers_total{reason="credential"}"#) >= 1.0);
     let k0 = proxy.key_id(KEYS[0]);
-    assert!(value(&format!(r#"ollama_pool_upstream_attempts_total{{key_id="{k0}",outcome="credential",provider="default"}}"#)) >= 1.0);
+    assert!(
+        value(&format!(
+            r#"ollama_pool_upstream_attempts_total{{key_id="{k0}",outcome="credential",provider="default"}}"#
+        )) >= 1.0
+    );
     assert!(value(r#"ollama_pool_key_transitions_total{from="active",reason="credential",to="invalid"}"#) >= 1.0);
     for secret in KEYS.iter().chain([&TOKEN]) {
         assert!(!text.contains(secret), "a secret in /metrics");

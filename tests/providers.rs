@@ -217,3 +217,32 @@ fn provider_config_mistakes_are_reported_with_their_paths() {
     let p = problems("providers: [{name: x, url: http://a, kind: gemini}]\n");
     assert!(p.iter().any(|e| e.starts_with("providers[0].kind")), "{p:?}");
 }
+
+/// A provider without a static `models` list claims what its upstream lists (asked off the
+/// request path with one of its keys): `kimi-k2:1t` is in the second provider's `/api/tags`,
+/// so it goes there although the first provider is the default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_claims_the_models_its_upstream_lists() {
+    let (a, b) = (Mock::start().await, Mock::start().await);
+    let providers = format!(
+        "providers:\n\
+         - {{name: first, kind: openai, url: \"{}\", health_check_interval: 0s, keys: {{files: [a.txt]}}, models: [\"gpt-*\"]}}\n\
+         - {{name: second, kind: ollama, url: \"{}\", health_check_interval: 0s, keys: {{files: [b.txt]}}}}\n",
+        a.url(),
+        b.url()
+    );
+    let setup = Setup {
+        providers: Some(providers),
+        files: vec![("a.txt".into(), format!("{}\n", KEYS[0])), ("b.txt".into(), format!("{}\n", KEYS[1]))],
+        ..Default::default()
+    };
+    let proxy = Proxy::start_with(&a, setup).await;
+    proxy.health.refresh_listings().await;
+    let asked = b.requests_to("/api/tags");
+    assert!(!asked.is_empty() && asked.iter().all(|r| r.key.as_deref() == Some(KEYS[1])), "asked with its own key");
+    assert!(a.requests_to("/v1/models").is_empty(), "a static list is never asked");
+    assert_eq!(proxy.post("/api/chat", chat("kimi-k2:1t")).send().await.unwrap().status(), 200);
+    assert_eq!(proxy.post("/api/chat", chat("unknown-model")).send().await.unwrap().status(), 200);
+    assert_eq!(b.requests_to("/api/chat").len(), 1);
+    assert_eq!(a.requests_to("/api/chat").len(), 1, "an unclaimed model goes to the default (the first)");
+}

@@ -35,7 +35,12 @@ pub struct KeyEvent {
 pub enum PoolEvent {
     Key(KeyEvent),
     /// The storm guard engaged (`active`) or the storm ended, with the keys it returned.
-    Storm { provider: Arc<str>, active: bool, returned: usize, at_ms: u64 },
+    Storm {
+        provider: Arc<str>,
+        active: bool,
+        returned: usize,
+        at_ms: u64,
+    },
 }
 
 pub trait Subscriber: Send + Sync {

@@ -14,9 +14,9 @@ pub mod window;
 pub use attempt::{Attempts, Decision, MAX_ATTEMPTS};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use events::{Change, Events, KeyEvent, PoolEvent, Subscriber};
-pub use snapshot::{Counters, SavedPark};
 pub use key::{same_model, AuthForm, Key, KeyError, KeyMeta, KeyView, ModelPark, Reason, Status};
 pub use outcome::{classify, Outcome};
+pub use snapshot::{Counters, SavedPark};
 pub use window::Window;
 
 use arc_swap::ArcSwap;
@@ -149,7 +149,12 @@ impl Pool {
 
     fn emit(&self, key_id: &str, change: Change) {
         let at_ms = self.clock.now_ms();
-        self.events.emit(PoolEvent::Key(KeyEvent { provider: self.provider.clone(), key_id: key_id.to_string(), change, at_ms }));
+        self.events.emit(PoolEvent::Key(KeyEvent {
+            provider: self.provider.clone(),
+            key_id: key_id.to_string(),
+            change,
+            at_ms,
+        }));
     }
 
     /// The one place a key changes state (SPEC: requests, probes, operators and reloads all come
@@ -455,7 +460,12 @@ impl Pool {
                  probe succeeds",
                 now.saturating_sub(run) / 1000
             );
-            self.events.emit(PoolEvent::Storm { provider: self.provider.clone(), active: true, returned: 0, at_ms: now });
+            self.events.emit(PoolEvent::Storm {
+                provider: self.provider.clone(),
+                active: true,
+                returned: 0,
+                at_ms: now,
+            });
             return true;
         }
         false
@@ -489,7 +499,12 @@ impl Pool {
         self.storm.failing_keys.store(0, Relaxed);
         self.storm.failures.store(0, Relaxed);
         self.storm.successes.store(0, Relaxed);
-        self.events.emit(PoolEvent::Storm { provider: self.provider.clone(), active: false, returned: back, at_ms: now });
+        self.events.emit(PoolEvent::Storm {
+            provider: self.provider.clone(),
+            active: false,
+            returned: back,
+            at_ms: now,
+        });
         log::warn!("pool: upstream storm over after {} s; {back} keys returned", now.saturating_sub(since) / 1000);
         back
     }

@@ -22,4 +22,3 @@ pub struct Counters {
     pub last_failure_ms: u64,
     pub park: Option<SavedPark>,
 }
-
