@@ -135,6 +135,15 @@ impl Usage {
     }
 }
 
+/// Why a probe got no answer (the pingora error type's name, never a secret).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeError {
+    #[error("{0}")]
+    Failed(&'static str),
+    #[error("timeout")]
+    Timeout,
+}
+
 /// Sends one request as a key, off the request path: health probes and validated imports.
 pub struct Prober {
     upstream: Arc<Upstream>,
@@ -452,10 +461,10 @@ impl Prober {
         method: &str,
         path: &str,
         body: &[u8],
-    ) -> Result<(u16, HeaderMap, Bytes), String> {
+    ) -> Result<(u16, HeaderMap, Bytes), ProbeError> {
         match tokio::time::timeout(self.timeout, self.exchange(key, method, path, body)).await {
-            Ok(r) => r.map_err(|e| e.etype().as_str().to_string()),
-            Err(_) => Err("timeout".into()),
+            Ok(r) => r.map_err(|e| ProbeError::Failed(e.etype().as_str())),
+            Err(_) => Err(ProbeError::Timeout),
         }
     }
 

@@ -6,7 +6,6 @@
 //! a collector, so it is exact and costs nothing per request.
 
 use crate::pool::{Key, Outcome, Pool, Status};
-use crate::proxy::routes::Family;
 use dashmap::DashMap;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
@@ -31,12 +30,10 @@ const OVERHEAD_BUCKETS: &[f64] =
 /// Caps on distinct label values (configurable: `metrics.max_models`, `metrics.max_clients`).
 static CAPS: OnceLock<(usize, usize)> = OnceLock::new();
 
-fn family_index(f: Family) -> usize {
-    match f {
-        Family::OpenAi => 0,
-        Family::Anthropic => 1,
-        Family::Ollama => 2,
-    }
+/// The route family's position in `FAMILIES` (the proxy names it; this module names nothing
+/// above the pool).
+fn family_index(f: &str) -> usize {
+    FAMILIES.iter().position(|n| *n == f).unwrap_or(0)
 }
 
 fn outcome_index(o: Outcome) -> usize {
@@ -301,7 +298,8 @@ pub fn failover(reason: Outcome) {
 
 /// Everything measured about one request, recorded once when it is done.
 pub struct RequestRecord<'a> {
-    pub family: Family,
+    /// The route family: `openai`, `anthropic` or `ollama`.
+    pub family: &'static str,
     pub status: u16,
     pub client: Option<&'a ClientMetrics>,
     pub aborted: bool,

@@ -57,9 +57,10 @@ impl Provider {
     ) -> Result<Provider, ProviderError> {
         let upstream = match upstream {
             Some(u) => u,
-            None => {
-                Arc::new(Upstream::new(cfg).map_err(|message| ProviderError::Upstream { path: path.into(), message })?)
-            }
+            None => Arc::new(
+                Upstream::new(cfg)
+                    .map_err(|e| ProviderError::Upstream { path: path.into(), message: e.to_string() })?,
+            ),
         };
         let auth = match &cfg.auth {
             Some(a) => AuthForm {

@@ -16,6 +16,29 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Why an upstream could not be set up (each names the offending value; none is a secret).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("{0:?} is not a URL: {1}")]
+    NotAUrl(String, String),
+    #[error("{0:?}: the scheme must be http or https")]
+    Scheme(String),
+    #[error("{0:?} has no host")]
+    NoHost(String),
+    #[error("{0:?}: a base URL cannot carry a query string")]
+    Query(String),
+    #[error("addresses: {0:?} is not ip:port")]
+    Address(String),
+    #[error("static discovery did not complete")]
+    Discovery,
+    #[error("resolving the host: {0}")]
+    Resolve(String),
+    #[error("ca_file {path}: {message}")]
+    CaFile { path: String, message: String },
+    #[error("{0:?} cannot be a Host header")]
+    HostHeader(String),
+}
+
 /// The parsed `upstream.url`: scheme, host, port and an optional path prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamUrl {
@@ -27,16 +50,17 @@ pub struct UpstreamUrl {
 }
 
 impl UpstreamUrl {
-    pub fn parse(url: &str) -> Result<UpstreamUrl, String> {
-        let uri: http::Uri = url.parse().map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    pub fn parse(url: &str) -> Result<UpstreamUrl, UpstreamError> {
+        let uri: http::Uri =
+            url.parse().map_err(|e: http::uri::InvalidUri| UpstreamError::NotAUrl(url.into(), e.to_string()))?;
         let tls = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
-            _ => return Err(format!("{url:?}: the scheme must be http or https")),
+            _ => return Err(UpstreamError::Scheme(url.into())),
         };
-        let host = uri.host().filter(|h| !h.is_empty()).ok_or_else(|| format!("{url:?} has no host"))?;
+        let host = uri.host().filter(|h| !h.is_empty()).ok_or_else(|| UpstreamError::NoHost(url.into()))?;
         if uri.query().is_some() {
-            return Err(format!("{url:?}: a base URL cannot carry a query string"));
+            return Err(UpstreamError::Query(url.into()));
         }
         let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
         Ok(UpstreamUrl {
@@ -121,13 +145,13 @@ pub struct Upstream {
 impl Upstream {
     /// Builds the upstream and its address book. IP literals and pinned addresses are known at
     /// once; a host name is resolved by the background service (`background()`) when it starts.
-    pub fn new(cfg: &UpstreamConfig) -> Result<Upstream, String> {
+    pub fn new(cfg: &UpstreamConfig) -> Result<Upstream, UpstreamError> {
         let url = UpstreamUrl::parse(&cfg.url)?;
         let pinned = cfg
             .addresses
             .iter()
-            .map(|a| a.parse().map_err(|_| format!("upstream.addresses: {a:?} is not ip:port")))
-            .collect::<Result<Vec<SocketAddr>, String>>()?;
+            .map(|a| a.parse().map_err(|_| UpstreamError::Address(a.clone())))
+            .collect::<Result<Vec<SocketAddr>, UpstreamError>>()?;
         let discovery = Discovery { host: url.host.clone(), port: url.port, pinned };
         let known_now = discovery.immediate().is_some();
         let mut lb = LoadBalancer::<RoundRobin>::from_backends(pingora::lb::Backends::new(Box::new(discovery)));
@@ -139,24 +163,26 @@ impl Upstream {
             use futures_util::FutureExt;
             lb.update()
                 .now_or_never()
-                .ok_or("upstream: static discovery did not complete")?
-                .map_err(|e| e.to_string())?;
+                .ok_or(UpstreamError::Discovery)?
+                .map_err(|e| UpstreamError::Resolve(e.to_string()))?;
         }
         let ca = match &cfg.ca_file {
             None => None,
             Some(path) => {
-                let pem = std::fs::read(path).map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+                let ca_err = |message: String| UpstreamError::CaFile { path: path.display().to_string(), message };
+                let pem = std::fs::read(path).map_err(|e| ca_err(e.to_string()))?;
                 let certs = pingora::tls::x509::X509::stack_from_pem(&pem)
-                    .map_err(|e| format!("ca_file {}: not PEM certificates: {e}", path.display()))?;
+                    .map_err(|e| ca_err(format!("not PEM certificates: {e}")))?;
                 if certs.is_empty() {
-                    return Err(format!("ca_file {}: no certificates in it", path.display()));
+                    return Err(ca_err("no certificates in it".into()));
                 }
                 Some(Arc::new(certs.into_boxed_slice()))
             }
         };
         Ok(Upstream {
             ca,
-            host_header: HeaderValue::from_str(&url.authority()).map_err(|e| e.to_string())?,
+            host_header: HeaderValue::from_str(&url.authority())
+                .map_err(|_| UpstreamError::HostHeader(url.authority()))?,
             url,
             lb: Arc::new(lb),
             connect_timeout: cfg.connect_timeout.0,
@@ -193,8 +219,8 @@ impl Upstream {
     }
 
     /// Resolves the upstream now (for one-shot tools that run no background service).
-    pub async fn resolve_now(&self) -> Result<(), String> {
-        self.lb.update().await.map_err(|e| e.to_string())
+    pub async fn resolve_now(&self) -> Result<(), UpstreamError> {
+        self.lb.update().await.map_err(|e| UpstreamError::Resolve(e.to_string()))
     }
 
     /// Whether at least one upstream address is known.

@@ -289,3 +289,63 @@ async fn a_removed_key_stays_removed_although_its_key_file_is_read_again() {
     let log2 = s.kill9();
     assert_no_secrets(&[log1, log2], &[]);
 }
+
+/// SPEC §2.1, §3.8 with the real binary: `ollama-pool reload -c FILE` prints what applied and
+/// what needs a restart (exit 0), or the problems (exit 2, nothing changed); SIGHUP reloads too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_by_cli_and_by_sighup() {
+    let mock = Mock::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let cfg = config(dir.path(), &mock, port, admin, false);
+    std::fs::write(dir.path().join("keys.txt"), format!("{}\n", KEYS[0])).unwrap();
+    let base = std::fs::read_to_string(&cfg).unwrap();
+    let with_keys = base.replace("threads: 1\n", "threads: 1\nkeys: {files: [keys.txt]}\n");
+    std::fs::write(&cfg, &with_keys).unwrap();
+    let server = start(&cfg, port, admin, 0).await;
+    let generation = |v: &Value| v["generation"].as_u64();
+    assert_eq!(generation(&server.ok(reqwest::Method::GET, "/admin/providers", json!({})).await), Some(1));
+
+    // A new key in the file, a new pool policy, and a listener change (restart only).
+    std::fs::write(dir.path().join("keys.txt"), format!("{}\n{}\n", KEYS[0], KEYS[1])).unwrap();
+    let changed = with_keys.replace("threads: 1\n", "threads: 2\npool: {max_attempts: 2}\n");
+    std::fs::write(&cfg, &changed).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ollama-pool")).args(["reload", "-c"]).arg(&cfg).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.lines().any(|l| l.starts_with("applied") && l.contains("pool")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("keys joined") && l.ends_with('1')), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("restart required") && l.contains("threads")), "{text}");
+    let keys = server.ok(reqwest::Method::GET, "/admin/keys", json!({})).await;
+    assert_eq!(keys["total"], 2, "the new key joined");
+
+    // A broken file: exit 2, its problems on stderr, nothing changed.
+    std::fs::write(&cfg, changed.replace("max_attempts: 2", "max_attempts: 0")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ollama-pool")).args(["reload", "-c"]).arg(&cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pool.max_attempts"));
+    assert_eq!(generation(&server.ok(reqwest::Method::GET, "/admin/providers", json!({})).await), Some(2));
+
+    // SIGHUP reads the (fixed) file again.
+    std::fs::write(&cfg, &changed).unwrap();
+    common::signal(&server.child, libc::SIGHUP);
+    let mut reloaded = false;
+    for _ in 0..100 {
+        if generation(&server.ok(reqwest::Method::GET, "/admin/providers", json!({})).await) == Some(3) {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert!(reloaded, "SIGHUP reloaded the config");
+    let r = client()
+        .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+        .bearer_auth(TOKEN)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "still serving");
+    let log = server.terminate();
+    assert_no_secrets(&[log], &[]);
+}

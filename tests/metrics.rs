@@ -13,11 +13,13 @@ async fn scrape(proxy: &Proxy) -> String {
 
 /// A request is recorded in the proxy's `logging` hook, which may run just after the client has
 /// read the whole answer: scrape until `series` has grown by `by` since `before` (bounded).
+/// One scrape gathers metric families one after another, so a recording can land between two
+/// of them: once `series` (the last one a request records) shows it, scrape once more.
 async fn settled(proxy: &Proxy, before: &str, series: &str, by: f64) -> String {
     for _ in 0..100 {
         let text = scrape(proxy).await;
         if value(&text, series) - value(before, series) >= by {
-            return text;
+            return scrape(proxy).await;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }

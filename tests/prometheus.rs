@@ -84,6 +84,7 @@ fn grafana(expr: &str) -> String {
         .replace("\"$instance\"", "\".*\"")
         .replace("\"$model\"", "\".*\"")
         .replace("\"$client\"", "\".*\"")
+        .replace("\"$provider\"", "\".*\"")
 }
 
 async fn traffic(proxy: &Proxy) {
@@ -93,6 +94,7 @@ async fn traffic(proxy: &Proxy) {
         }
     }
     proxy.post("/api/chat", r#"{"model":"m1"}"#).send().await.unwrap().text().await.unwrap();
+    proxy.post("/api/chat", r#"{"model":"premium"}"#).send().await.unwrap().text().await.unwrap();
     client().post(proxy.url("/v1/messages")).header("x-api-key", TOKEN).body("{}").send().await.unwrap();
     client().post(proxy.url("/v1/chat/completions")).bearer_auth("not-a-client-token").send().await.unwrap();
 }
@@ -122,6 +124,14 @@ async fn dashboard_and_alerts_evaluate_against_a_real_prometheus() {
         "/api/usage",
         Behavior::status(200, r#"{"limits":{"session":{"usage":0.2},"weekly":{"usage":1.0}}}"#),
     );
+    // An upstream without /api/balance: every key's usage comes from the older /api/usage.
+    for k in [K_REVOKED, K_LIMITED, K_EXHAUSTED, K_OK1, K_OK2] {
+        mock.set_path(k, "/api/balance", Behavior::status(404, r#"{"error":"not found"}"#));
+    }
+    // One key's plan lacks one model: it is parked for that model only.
+    let premium = Behavior::status(403, r#"{"error":"this model requires a subscription"}"#);
+    mock.set_for_key_body(K_OK1, r#""model":"premium""#, premium.clone());
+    mock.set_for_key_body(K_OK2, r#""model":"premium""#, premium);
     let proxy = Proxy::start_with(
         &mock,
         Setup {

@@ -687,7 +687,7 @@ impl UpstreamConfig {
         if self.url.is_empty() {
             err(e, format!("{base}.url"), "required (e.g. https://ollama.com)");
         } else if let Err(m) = crate::upstream::UpstreamUrl::parse(&self.url) {
-            err(e, format!("{base}.url"), m);
+            err(e, format!("{base}.url"), m.to_string());
         }
         for (i, a) in self.addresses.iter().enumerate() {
             if a.parse::<std::net::SocketAddr>().is_err() {

@@ -88,7 +88,7 @@ impl Observed {
             (u.model.as_deref(), u.prompt_tokens, u.completion_tokens)
         });
         metrics::request_done(RequestRecord {
-            family,
+            family: family.as_str(),
             status,
             client: client.map(Client::metrics),
             aborted,
