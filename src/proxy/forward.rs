@@ -20,6 +20,7 @@ use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::prelude::HttpPeer;
 use pingora::protocols::http::client::HttpSession;
+use pingora::protocols::http::HttpTask;
 use pingora::proxy::Session;
 
 /// Headers that describe one hop's connection, not the message.
@@ -112,6 +113,8 @@ async fn deliver(
     for h in HOP_BY_HOP {
         header.remove_header(*h);
     }
+    // No length: a stream (SSE, NDJSON) or a body the upstream generates as it goes.
+    let streamed = !header.headers.contains_key(http::header::CONTENT_LENGTH);
     ctx.observed.response_started(&header);
     state.finish_header(session, &mut header, ctx);
     session.write_response_header(Box::new(header), false).await?;
@@ -119,20 +122,16 @@ async fn deliver(
         ctx.observed.body_chunk(&p);
         session.write_response_body(Some(p), false).await?;
     }
-    loop {
-        match up.read_response_body().await {
-            Ok(Some(chunk)) => {
-                ctx.observed.body_chunk(&chunk);
-                session.write_response_body(Some(chunk), false).await?
-            }
-            Ok(None) => break,
-            Err(e) => {
-                // Headers are out: the only honest signal left is an incomplete response.
-                ctx.aborted = true;
-                provider.pool.stream_error(key);
-                metrics::stream_error(&provider.name, key);
-                return Err(e);
-            }
+    let end = if streamed { relay(session, ctx, &mut up).await } else { copy(session, ctx, &mut up).await };
+    match end {
+        BodyEnd::Done => {}
+        BodyEnd::Downstream(e) => return Err(e),
+        BodyEnd::Upstream(e) => {
+            // Headers are out: the only honest signal left is an incomplete response.
+            ctx.aborted = true;
+            provider.pool.stream_error(key);
+            metrics::stream_error(&provider.name, key);
+            return Err(e);
         }
     }
     if ctx.observed.stream_error_seen() {
@@ -145,4 +144,87 @@ async fn deliver(
         state.connector.release_http_session(up, peer, Some(provider.upstream.idle_timeout())).await;
     }
     Ok(())
+}
+
+/// How the relay of an upstream body ended.
+enum BodyEnd {
+    Done,
+    /// The upstream broke (after the header went out).
+    Upstream(Box<pingora::Error>),
+    /// The client went away or a write to it failed.
+    Downstream(Box<pingora::Error>),
+}
+
+/// Chunks queued between the upstream reader and the client writer of a stream.
+const RELAY_DEPTH: usize = 32;
+
+/// A body with a length: read a chunk, write it, until the end.
+async fn copy(session: &mut Session, ctx: &mut Ctx, up: &mut HttpSession) -> BodyEnd {
+    loop {
+        match up.read_response_body().await {
+            Ok(Some(chunk)) => {
+                ctx.observed.body_chunk(&chunk);
+                if let Err(e) = session.write_response_body(Some(chunk), false).await {
+                    return BodyEnd::Downstream(e);
+                }
+            }
+            Ok(None) => return BodyEnd::Done,
+            Err(e) => return BodyEnd::Upstream(e),
+        }
+    }
+}
+
+/// A stream: the upstream is read and the client written at the same time, and every chunk
+/// that arrived while the last write was going out is written in one go (one write and one
+/// flush, not one per chunk). A burst of events — or many streams on a busy box — then costs
+/// a few syscalls, not one per event; a lone event still goes out at once.
+async fn relay(session: &mut Session, ctx: &mut Ctx, up: &mut HttpSession) -> BodyEnd {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<pingora::Result<Option<Bytes>>>(RELAY_DEPTH);
+    let read = async move {
+        loop {
+            let r = up.read_response_body().await;
+            let more = matches!(r, Ok(Some(_)));
+            if tx.send(r).await.is_err() || !more {
+                return;
+            }
+        }
+    };
+    let write = async move {
+        let mut batch = Vec::with_capacity(RELAY_DEPTH);
+        loop {
+            if rx.recv_many(&mut batch, RELAY_DEPTH).await == 0 {
+                return BodyEnd::Done; // (the reader always sends its end first)
+            }
+            let mut tasks = Vec::with_capacity(batch.len());
+            let mut end = None;
+            for r in batch.drain(..) {
+                match r {
+                    Ok(Some(chunk)) => {
+                        ctx.observed.body_chunk(&chunk);
+                        tasks.push(HttpTask::Body(Some(chunk), false));
+                    }
+                    Ok(None) => end = Some(BodyEnd::Done),
+                    Err(e) => end = Some(BodyEnd::Upstream(e)),
+                }
+            }
+            if !tasks.is_empty() {
+                if let Err(e) = session.write_response_tasks(tasks).await {
+                    return BodyEnd::Downstream(e);
+                }
+            }
+            if let Some(end) = end {
+                return end;
+            }
+        }
+    };
+    tokio::pin!(read, write);
+    let mut reading = true;
+    loop {
+        tokio::select! {
+            // Once the writer is done (the end, or the client gone), an upstream read still
+            // waiting is dropped: that connection is not reused.
+            end = &mut write => return end,
+            _ = &mut read, if reading => reading = false,
+        }
+    }
 }
