@@ -42,6 +42,7 @@ fn outcome_index(o: Outcome) -> usize {
 
 struct Metrics {
     requests: IntCounterVec,
+    provider_requests: IntCounterVec,
     failovers: Vec<IntCounter>,
     attempts: IntCounterVec,
     stream_aborts: IntCounter,
@@ -82,6 +83,12 @@ static M: LazyLock<Metrics> = LazyLock::new(|| {
             &["family", "status_class", "client"]
         )
         .expect("register requests_total"),
+        provider_requests: register_int_counter_vec!(
+            "ollama_pool_provider_requests_total",
+            "Requests routed to a provider, by provider, route family and status class.",
+            &["provider", "family", "status_class"]
+        )
+        .expect("register provider_requests_total"),
         failovers: OUTCOMES.iter().map(|o| failovers.with_label_values(&[*o])).collect(),
         attempts: register_int_counter_vec!(
             "ollama_pool_upstream_attempts_total",
@@ -182,6 +189,21 @@ fn capped<'a>(seen: &DashMap<String, ()>, value: &'a str, cap: usize) -> &'a str
 }
 
 /// Per-client counters, resolved on the client's first request and kept in the client.
+/// A provider's request counters ([family][status class]), resolved once per provider.
+pub struct ProviderMetrics {
+    requests: Vec<Vec<IntCounter>>,
+}
+
+impl ProviderMetrics {
+    pub fn new(provider: &str) -> ProviderMetrics {
+        let requests = FAMILIES
+            .iter()
+            .map(|f| CLASSES.iter().map(|c| M.provider_requests.with_label_values(&[provider, *f, *c])).collect())
+            .collect();
+        ProviderMetrics { requests }
+    }
+}
+
 pub struct ClientMetrics {
     /// [family][status class]
     requests: Vec<Vec<IntCounter>>,
@@ -302,6 +324,8 @@ pub struct RequestRecord<'a> {
     pub family: &'static str,
     pub status: u16,
     pub client: Option<&'a ClientMetrics>,
+    /// The provider routing chose, if the request got that far.
+    pub provider: Option<&'a ProviderMetrics>,
     pub aborted: bool,
     pub total: Duration,
     pub upstream: Duration,
@@ -314,6 +338,9 @@ pub fn request_done(r: RequestRecord<'_>) {
     let class = if (100..600).contains(&r.status) { (r.status / 100) as usize } else { 0 };
     let client = r.client.unwrap_or(&ANONYMOUS);
     client.requests[f][class].inc();
+    if let Some(p) = r.provider {
+        p.requests[f][class].inc();
+    }
     if r.aborted {
         M.stream_aborts.inc();
     }

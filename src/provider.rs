@@ -32,6 +32,8 @@ pub struct Provider {
     pub default_headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// The provider's own model listing, cached (refreshed off the request path).
     pub listing: ArcSwap<Vec<String>>,
+    /// Its request counters (`ollama_pool_provider_requests_total`).
+    pub metrics: crate::metrics::ProviderMetrics,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +99,7 @@ impl Provider {
             forward_client_ip: cfg.forward_client_ip_headers,
             default_headers,
             listing: ArcSwap::from_pointee(Vec::new()),
+            metrics: crate::metrics::ProviderMetrics::new(&cfg.name),
         })
     }
 

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const CLAUDE_KEY: &str = "sk-ant-test-key-0000000000000000000001";
+const OPERATOR_KEY: &str = "sk-operator-added-key-000000000000000001";
 
 fn two_providers(a: &Mock, b: &Mock) -> Setup {
     let providers = format!(
@@ -91,11 +92,26 @@ async fn requests_go_to_the_provider_their_prefix_alias_or_model_names() {
     let bad = bad.send().await.unwrap();
     assert_eq!(bad.status(), 400);
     assert!(bad.text().await.unwrap().contains("nope"));
+    let import = proxy
+        .admin(reqwest::Method::POST, "/admin/keys/import?provider=claude")
+        .body("imported----sk-ant-test-key-0000000000000000000003\n");
+    let report: serde_json::Value = import.send().await.unwrap().json().await.unwrap();
+    assert_eq!(report["added"], 1);
+    let bad = proxy.admin(reqwest::Method::POST, "/admin/keys/import?provider=nope").body("sk-x-1234567890abcdef\n");
+    assert_eq!(bad.send().await.unwrap().status(), 400);
     let providers: serde_json::Value =
         proxy.admin(reqwest::Method::GET, "/admin/providers").send().await.unwrap().json().await.unwrap();
     let p = providers["providers"].as_array().unwrap();
     assert_eq!((p[0]["name"].as_str(), p[1]["name"].as_str()), (Some("ollama"), Some("claude")));
-    assert_eq!(p[1]["keys"]["total"], 2);
+    assert_eq!(p[1]["keys"]["total"], 3);
+    assert_eq!(p[0]["keys"]["total"], 1, "the other provider's pool is untouched");
+    let metrics = client().get(proxy.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains(
+            r#"ollama_pool_provider_requests_total{family="anthropic",provider="claude",status_class="2xx"} 3"#
+        ),
+        "requests by provider"
+    );
     assert_eq!(p[1]["kind"], "anthropic");
 }
 
@@ -138,8 +154,12 @@ async fn a_key_at_its_concurrency_cap_is_skipped() {
 async fn reload_under_load_swaps_keys_without_failing_a_request() {
     let mock = Mock::start().await;
     mock.set(KEYS[1], Behavior::status_with(429, &[("retry-after", "3600")], "{}"));
-    let setup = Setup { keys: vec![KEYS[0], KEYS[1]], admin: true, ..Default::default() };
+    let setup =
+        Setup { keys: vec![KEYS[0], KEYS[1]], admin: true, secrets: vec![OPERATOR_KEY.into()], ..Default::default() };
     let proxy = Arc::new(Proxy::start_with(&mock, setup).await);
+    // A key an operator added is in no file: a reload leaves it alone.
+    let add = proxy.admin(reqwest::Method::POST, "/admin/keys").json(&serde_json::json!({"key": OPERATOR_KEY}));
+    assert_eq!(add.send().await.unwrap().status(), 201);
     for _ in 0..2 {
         assert_eq!(proxy.post("/v1/chat/completions", chat("m1")).send().await.unwrap().status(), 200);
     }
@@ -192,12 +212,17 @@ async fn reload_under_load_swaps_keys_without_failing_a_request() {
     assert_eq!(failed.load(Relaxed), 0, "no request failed across the reloads ({} succeeded)", ok.load(Relaxed));
     assert!(ok.load(Relaxed) > 20);
     let used: Vec<String> = mock.requests().iter().filter_map(|r| r.key.clone()).collect();
-    assert!(used.iter().all(|k| k == KEYS[2]), "after the reload only the new key serves: {used:?}");
-    assert!(!used.is_empty());
+    assert!(
+        used.iter().all(|k| k == KEYS[2] || k == OPERATOR_KEY),
+        "after the reload KEYS[0] (left the file) serves nothing: {used:?}"
+    );
+    assert!(used.iter().any(|k| k == KEYS[2]), "the key that joined serves");
     assert_eq!(proxy.key(KEYS[1]).status, ollama_pool::pool::Status::Cooling, "still parked after it");
     let keys: serde_json::Value =
         proxy.admin(reqwest::Method::GET, "/admin/keys").send().await.unwrap().json().await.unwrap();
-    assert_eq!(keys["total"], 2);
+    assert_eq!(keys["total"], 3, "KEYS[1], KEYS[2] and the operator's key");
+    let ids: Vec<&str> = keys["keys"].as_array().unwrap().iter().filter_map(|k| k["id"].as_str()).collect();
+    assert!(ids.contains(&proxy.key_id(OPERATOR_KEY).as_str()), "the operator's key stayed");
     let metrics = client().get(proxy.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("ollama_pool_config_generation 2"));
     assert!(metrics.contains(r#"ollama_pool_config_reloads_total{result="error"}"#));

@@ -806,6 +806,58 @@ mod tests {
         assert_eq!(p.views()[0].status, Status::Expired);
     }
 
+    /// Every change goes through the one transition point and comes out as a typed event:
+    /// request outcomes, a model park, an operator's disable, a time-up return, add and remove.
+    #[test]
+    fn every_change_is_one_event() {
+        let clock = ManualClock::new(1_000_000);
+        let events = Arc::new(Events::default());
+        let seen = Arc::new(events::Recorder::default());
+        events.subscribe(seen.clone());
+        let p = Pool::for_provider("ollama", Policy::default(), Arc::new(clock.clone()), events);
+        let k = p.add(Key::new(Secret::new("event-key-0001"), None, None).unwrap()).unwrap();
+        p.report(&k, Outcome::Credential);
+        p.report(&k, Outcome::Credential); // already there: no second event
+        p.report_for(&k, Outcome::ModelUnavailable, Some("big"));
+        clock.advance(p.policy().cooldown);
+        assert!(p.pick(&[]).is_ok(), "back after the cooldown");
+        assert!(p.disable(&k.id, None));
+        assert!(p.remove(&k.id));
+        let got: Vec<Change> = seen
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| match e {
+                PoolEvent::Key(k) => {
+                    assert_eq!(
+                        (&*k.provider, k.key_id.as_str()),
+                        ("ollama", Secret::new("event-key-0001").id().as_str())
+                    );
+                    k.change.clone()
+                }
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        let cooldown = 1_000_000 + p.policy().cooldown.as_millis() as u64;
+        assert_eq!(
+            got,
+            vec![
+                Change::Added,
+                Change::Moved {
+                    from: Status::Active,
+                    to: Status::Invalid,
+                    reason: Reason::Credential,
+                    until_ms: Some(cooldown)
+                },
+                Change::ModelParked { model: "big".into(), until_ms: cooldown },
+                Change::Moved { from: Status::Invalid, to: Status::Active, reason: Reason::None, until_ms: None },
+                Change::Moved { from: Status::Active, to: Status::Disabled, reason: Reason::Manual, until_ms: None },
+                Change::Removed,
+            ]
+        );
+    }
+
     #[test]
     fn add_remove_and_duplicates() {
         let (p, _) = pool(2);

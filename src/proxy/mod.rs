@@ -256,7 +256,7 @@ impl ProxyHttp for PoolProxy {
             return;
         }
         let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
-        ctx.observed.finish(ctx.family, status, ctx.client.as_deref(), ctx.aborted);
+        ctx.observed.finish(ctx.family, status, ctx.client.as_deref(), ctx.provider.as_deref(), ctx.aborted);
         if log::log_enabled!(target: "ollama_pool::access", log::Level::Debug) {
             let keys: Vec<&str> = ctx.attempts.tried().iter().map(|k| k.id.as_str()).collect();
             let req = session.req_header();

@@ -77,7 +77,14 @@ impl Observed {
     }
 
     /// The request is over: record it.
-    pub fn finish(&mut self, family: Family, status: u16, client: Option<&Client>, aborted: bool) {
+    pub fn finish(
+        &mut self,
+        family: Family,
+        status: u16,
+        client: Option<&Client>,
+        provider: Option<&crate::provider::Provider>,
+        aborted: bool,
+    ) {
         self.attempt_ended();
         if self.streaming {
             self.streaming = false;
@@ -91,6 +98,7 @@ impl Observed {
             family: family.as_str(),
             status,
             client: client.map(Client::metrics),
+            provider: provider.map(|p| &p.metrics),
             aborted,
             total: self.started.elapsed(),
             upstream: self.upstream,
