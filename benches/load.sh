@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Load harness (issue #6): the mock upstream, an nginx reverse proxy doing the same
-# Authorization rewrite, and ollama-pool with 100 keys, measured side by side in alternating
-# rounds with wrk (non-streaming chat at 8 and 64 connections) and examples/stream_load
-# (streams at 1 and 256 concurrent), plus the RSS of each process. Prints a table and the
-# ratios ollama-pool/nginx and the latency added versus a direct connection.
+# Load harness (issues #6, #14): the mock upstream, an nginx reverse proxy doing the same
+# Authorization rewrite, a bare pingora proxy (examples/bare_pingora.rs: fixed peer, one header
+# rewrite — the framework's ceiling) and ollama-pool with 100 keys, measured side by side in
+# alternating rounds with wrk (non-streaming chat at 8 and 64 connections) and
+# examples/stream_load (streams at 1 and 256 concurrent), plus the RSS of each process and
+# its CPU time per request (utime + stime from /proc, every process of the contender).
+# Prints a table and the ratios ollama-pool/nginx and ollama-pool/bare, and the latency added
+# versus a direct connection.
 #
 #   benches/load.sh [SECONDS_PER_RUN=5] [ROUNDS=2]
 #   POOL_B=path/to/other/ollama-pool benches/load.sh ...   also measures a second build (e.g. another
@@ -17,17 +20,17 @@ for tool in nginx wrk; do
   command -v "$tool" >/dev/null || { echo "load.sh: $tool is missing (apt-get install nginx wrk)" >&2; exit 2; }
 done
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ollama-pool-target}"
-cargo build --release --quiet --bin ollama-pool --example mock_upstream --example stream_load
+cargo build --release --quiet --bin ollama-pool --example mock_upstream --example stream_load --example bare_pingora
 BIN=$CARGO_TARGET_DIR/release
 
 DIR=$(mktemp -d)
-MOCK_PORT=18180 NGINX_PORT=18182 POOL_PORT=18181 ADMIN_PORT=18183 POOL_B_PORT=18184 ADMIN_B_PORT=18185
-CONTENDERS=(direct nginx pool)
+MOCK_PORT=18180 NGINX_PORT=18182 POOL_PORT=18181 ADMIN_PORT=18183 POOL_B_PORT=18184 ADMIN_B_PORT=18185 BARE_PORT=18186
+CONTENDERS=(direct nginx bare pool)
 [ -n "${POOL_B:-}" ] && CONTENDERS+=(pool_b)
 TOKEN=bench-client-token-123
 cleanup() {
   [ -f "$DIR/nginx.pid" ] && kill "$(cat "$DIR/nginx.pid")" 2>/dev/null || true
-  kill "${MOCK_PID:-}" "${POOL_PID:-}" "${POOL_B_PID:-}" 2>/dev/null || true
+  kill "${MOCK_PID:-}" "${POOL_PID:-}" "${POOL_B_PID:-}" "${BARE_PID:-}" 2>/dev/null || true
   rm -rf "$DIR"
 }
 trap cleanup EXIT
@@ -51,6 +54,8 @@ YAML
 
 "$BIN/examples/mock_upstream" --listen 127.0.0.1:$MOCK_PORT --chunks 20 2>/dev/null & MOCK_PID=$!
 nginx -c "$DIR/nginx.conf"
+# The framework's ceiling: a bare pingora proxy (fixed peer, one header rewrite), same build.
+"$BIN/examples/bare_pingora" --listen 127.0.0.1:$BARE_PORT --upstream 127.0.0.1:$MOCK_PORT --threads 2 2>/dev/null & BARE_PID=$!
 RUST_LOG=warn "$BIN/ollama-pool" serve -c "$DIR/pool.yaml" > "$DIR/pool.log" 2>&1 & POOL_PID=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null && break; sleep 0.1; done
 if [ -n "${POOL_B:-}" ]; then
@@ -66,15 +71,25 @@ export TOKEN  # read by benches/chat.lua
 ms() { # wrk latency ("812.00us", "1.20ms", "2.00s") -> ms
   awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
 }
-declare -A rps p50 p99 sttfb50 sttfb99 stot50 stot99
-url_of() { case $1 in direct) echo "http://127.0.0.1:$MOCK_PORT";; nginx) echo "http://127.0.0.1:$NGINX_PORT";; pool) echo "http://127.0.0.1:$POOL_PORT";; pool_b) echo "http://127.0.0.1:$POOL_B_PORT";; esac; }
+declare -A rps p50 p99 sttfb50 sttfb99 stot50 stot99 cpu
+url_of() { case $1 in direct) echo "http://127.0.0.1:$MOCK_PORT";; nginx) echo "http://127.0.0.1:$NGINX_PORT";; bare) echo "http://127.0.0.1:$BARE_PORT";; pool) echo "http://127.0.0.1:$POOL_PORT";; pool_b) echo "http://127.0.0.1:$POOL_B_PORT";; esac; }
+# The processes whose CPU a contender's requests cost (direct: none, the mock serves them all).
+pids_of() { case $1 in direct) ;; nginx) pgrep -f "nginx: (master|worker)";; bare) echo "$BARE_PID";; pool) echo "$POOL_PID";; pool_b) echo "$POOL_B_PID";; esac; }
+# utime + stime of those processes (all their threads), in clock ticks.
+ticks() { local sum=0; for p in $(pids_of "$1"); do sum=$((sum + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $sum; }
+HZ=$(getconf CLK_TCK)
+for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$BARE_PORT/" && break; sleep 0.05; done
 add() { # accumulate the mean over rounds
   local -n arr=$1; arr[$2]=$(awk -v a="${arr[$2]:-0}" -v b="$3" -v r="$ROUNDS" 'BEGIN { printf "%.3f", a + b / r }')
 }
 for round in $(seq "$ROUNDS"); do
   for c in 8 64; do
     for t in "${CONTENDERS[@]}"; do
+      before=$(ticks $t)
       out=$(wrk -t2 -c$c -d${SECS}s --latency -s benches/chat.lua "$(url_of $t)/v1/chat/completions")
+      after=$(ticks $t)
+      n=$(echo "$out" | awk '/requests in/ {print $1}')
+      add cpu "$t/$c" "$(awk -v d=$((after - before)) -v hz="$HZ" -v n="$n" 'BEGIN { printf "%.2f", (n > 0 ? d / hz * 1e6 / n : 0) }')"
       add rps "$t/$c" "$(echo "$out" | awk '/Requests\/sec/ {print $2}')"
       add p50 "$t/$c" "$(ms "$(echo "$out" | awk '$1 == "50%" {print $2}')")"
       add p99 "$t/$c" "$(ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")"
@@ -108,6 +123,7 @@ for c in 8 64; do
   row "requests/s, $c conns" $(cells rps $c)
   row "p50 ms, $c conns" $(cells p50 $c)
   row "p99 ms, $c conns" $(cells p99 $c)
+  row "CPU us / request, $c conns" $(cells cpu $c)
 done
 echo
 row "SSE stream (20 events)" $(heads)
@@ -118,11 +134,13 @@ for c in 1 256; do
 done
 echo
 rss_b=(); [ -n "${POOL_B:-}" ] && rss_b=("$(rss $POOL_B_PID)")
-row "RSS MiB (after the run)" "$(rss $MOCK_PID)" "$nginx_rss" "$(rss $POOL_PID)" "${rss_b[@]}"
+row "RSS MiB (after the run)" "$(rss $MOCK_PID)" "$nginx_rss" "$(rss $BARE_PID)" "$(rss $POOL_PID)" "${rss_b[@]}"
 echo
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 diff() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
 echo "ollama-pool / nginx requests/s:   8 conns $(ratio "${rps[pool/8]}" "${rps[nginx/8]}"),  64 conns $(ratio "${rps[pool/64]}" "${rps[nginx/64]}")"
+echo "ollama-pool / bare requests/s:    8 conns $(ratio "${rps[pool/8]}" "${rps[bare/8]}"),  64 conns $(ratio "${rps[pool/64]}" "${rps[bare/64]}")  (bare pingora / nginx: $(ratio "${rps[bare/8]}" "${rps[nginx/8]}"), $(ratio "${rps[bare/64]}" "${rps[nginx/64]}"))"
+echo "CPU per request, ollama-pool / nginx: 8 conns $(ratio "${cpu[pool/8]}" "${cpu[nginx/8]}"),  64 conns $(ratio "${cpu[pool/64]}" "${cpu[nginx/64]}");  / bare: $(ratio "${cpu[pool/8]}" "${cpu[bare/8]}"), $(ratio "${cpu[pool/64]}" "${cpu[bare/64]}")"
 echo "added vs direct, 8 conns (ms):    p50 $(diff "${p50[pool/8]}" "${p50[direct/8]}"), p99 $(diff "${p99[pool/8]}" "${p99[direct/8]}")  (nginx: p50 $(diff "${p50[nginx/8]}" "${p50[direct/8]}"), p99 $(diff "${p99[nginx/8]}" "${p99[direct/8]}"))"
 echo "stream TTFB added p99 (ms):       1 stream $(diff "${sttfb99[pool/1]}" "${sttfb99[direct/1]}"), 256 streams $(diff "${sttfb99[pool/256]}" "${sttfb99[direct/256]}")"
 if [ -n "${POOL_B:-}" ]; then
