@@ -252,25 +252,63 @@ impl Upstream {
     }
 }
 
+/// How many idle pooled connections one request may find closed before it asks for a new one.
+const STALE_RETRIES: usize = 4;
+
 /// One request on a pooled connection to `peer`, up to the response header. Shared by the
 /// forwarding path and the prober.
+///
+/// An idle keep-alive connection the upstream has closed meanwhile fails on its first use,
+/// before any answer: that says nothing about the key or the upstream, so the request is sent
+/// again on the next connection (a fresh one at the latest), as pingora's own proxy path does.
+/// Only a reused connection that closed or broke gets this; a timeout, or a new connection
+/// failing, is the attempt's outcome.
 pub async fn send(
     connector: &pingora::connectors::http::Connector,
     peer: &HttpPeer,
     req: pingora::http::RequestHeader,
     body: bytes::Bytes,
 ) -> pingora::Result<(pingora::protocols::http::client::HttpSession, pingora::http::ResponseHeader)> {
-    let (mut s, _reused) = connector.get_http_session(peer).await?;
+    let mut req = Some(req);
+    for _ in 0..STALE_RETRIES {
+        let (mut s, reused) = connector.get_http_session(peer).await?;
+        // Keep the header for another try only when this connection could turn out stale.
+        let this = match (&req, reused) {
+            (Some(r), true) => r.clone(),
+            _ => req.take().ok_or_else(|| pingora::Error::explain(pingora::ErrorType::InternalError, "no request"))?,
+        };
+        match exchange(&mut s, this, body.clone()).await {
+            Ok(header) => return Ok((s, header)),
+            Err(e) if reused && stale(&e) => {
+                log::debug!("upstream: a pooled connection was closed by the upstream; sending again on another");
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(pingora::Error::explain(pingora::ErrorType::ConnectionClosed, "every pooled connection was closed"))
+}
+
+async fn exchange(
+    s: &mut pingora::protocols::http::client::HttpSession,
+    req: pingora::http::RequestHeader,
+    body: bytes::Bytes,
+) -> pingora::Result<pingora::http::ResponseHeader> {
     s.write_request_header(Box::new(req)).await?;
     if !body.is_empty() {
         s.write_request_body(body, true).await?;
     }
     s.finish_request_body().await?;
     s.read_response_header().await?;
-    let header = s.response_header().cloned().ok_or_else(|| {
+    s.response_header().cloned().ok_or_else(|| {
         pingora::Error::explain(pingora::ErrorType::InvalidHTTPHeader, "upstream sent no response header")
-    })?;
-    Ok((s, header))
+    })
+}
+
+/// A failure that means "this connection was already closed", not "the upstream is slow".
+fn stale(e: &pingora::Error) -> bool {
+    use pingora::ErrorType::*;
+    matches!(e.etype(), ConnectionClosed | ReadError | WriteError | ConnectError)
 }
 
 /// Reads the response body until `max` bytes (a chunk may overshoot; nothing is dropped) or its end.

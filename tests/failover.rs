@@ -361,3 +361,22 @@ async fn no_key_for_a_model_is_a_503_naming_it() {
     assert!(body["error"].as_str().unwrap().contains("\"big\""), "names the model: {body}");
     assert_eq!(proxy.post("/api/chat", small_body()).send().await.unwrap().status(), 200);
 }
+
+/// An idle pooled connection the upstream closed just as the proxy reused it is not the
+/// key's failure: the request goes out again on another connection, with the same key, and
+/// nothing is counted against the key (pingora's own proxy path did the same).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_the_upstream_closed_is_not_a_failure() {
+    let mock = Mock::start().await;
+    mock.set_default(Some(Behavior::CloseOnReuse));
+    let proxy = Proxy::start_with(&mock, Setup { keys: vec![KEYS[0]], ..Default::default() }).await;
+    for body in [small_body(), large_body()] {
+        for _ in 0..5 {
+            let r = proxy.post("/v1/chat/completions", body.clone()).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    }
+    let k = key_state(&proxy, KEYS[0]);
+    assert_eq!((k.status, k.failures, k.requests), (Status::Active, 0, 10), "one attempt each, none failed");
+    assert!(mock.requests().len() > 10, "the reused connections were closed, and the requests sent again");
+}

@@ -21,6 +21,10 @@ pub enum Behavior {
     Reset,
     /// Send a streaming header and two chunks, then drop the connection (no final chunk).
     CutMidStream,
+    /// Answer the first request of each connection normally; close a kept-alive connection
+    /// when its next request arrives, without answering (an upstream that dropped an idle
+    /// connection just as the proxy reused it).
+    CloseOnReuse,
     /// Ollama Cloud's mid-stream failure: a 200 NDJSON stream with one line, then an
     /// `{"error": ...}` line, then a clean end.
     ErrorLineMidStream,
@@ -177,6 +181,8 @@ impl Mock {
 
 async fn serve(mut stream: TcpStream, state: Arc<State>) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(8192);
+    // Requests answered on this connection so far.
+    let mut answered = 0usize;
     loop {
         let Some(req) = read_request(&mut stream, &mut buf).await? else { return Ok(()) };
         let path = req.target.split('?').next().unwrap_or("").to_string();
@@ -248,6 +254,8 @@ async fn serve(mut stream: TcpStream, state: Arc<State>) -> std::io::Result<()> 
                 stream.set_linger(Some(std::time::Duration::ZERO))?;
                 return Ok(());
             }
+            Behavior::CloseOnReuse if answered > 0 => return Ok(()),
+            Behavior::CloseOnReuse => normal(&mut stream, &req).await?,
             Behavior::ErrorLineMidStream => {
                 stream.write_all(stream_head("application/x-ndjson").as_bytes()).await?;
                 stream
@@ -284,6 +292,7 @@ async fn serve(mut stream: TcpStream, state: Arc<State>) -> std::io::Result<()> 
             }
         }
         stream.flush().await?;
+        answered += 1;
     }
 }
 
