@@ -4,7 +4,6 @@
 
 mod common;
 
-use common::free_port;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -18,8 +17,8 @@ fn demo(dir: &std::path::Path, args: &[&str]) -> Command {
 #[test]
 fn scripted_burst_shows_failover_park_and_return() {
     let dir = tempfile::tempdir().unwrap();
-    let (port, admin) = (free_port().to_string(), free_port().to_string());
-    let out = demo(dir.path(), &["--port", &port, "--admin-port", &admin, "--exit-after-script"]).output().unwrap();
+    // Any free ports: a port picked here could be taken by a parallel test before the demo binds it.
+    let out = demo(dir.path(), &["--port", "0", "--admin-port", "0", "--exit-after-script"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
@@ -47,30 +46,38 @@ fn scripted_burst_shows_failover_park_and_return() {
 #[test]
 fn keeps_serving_the_curl_line_it_prints_until_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();
-    let (port, admin) = (free_port(), free_port());
+    // Any free ports, as printed: a port picked here could be taken by a parallel test before
+    // the demo binds it.
+    let errors = tempfile::NamedTempFile::new().unwrap();
     let mut child = common::ChildGuard(
-        demo(dir.path(), &["--port", &port.to_string(), "--admin-port", &admin.to_string()])
+        demo(dir.path(), &["--port", "0", "--admin-port", "0"])
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::from(errors.reopen().unwrap()))
             .spawn()
             .unwrap(),
     );
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut token = None;
-    let mut curl = None;
+    let (mut token, mut curl, mut port, mut admin) = (None, None, None, None);
     for line in lines.by_ref() {
         let line = line.unwrap();
-        if let Some(t) = line.trim().strip_prefix("client token ") {
+        let t = line.trim();
+        if let Some(t) = t.strip_prefix("client token ") {
             token = Some(t.to_string());
         }
-        if line.trim_start().starts_with("curl http://") {
+        if let Some(url) = t.strip_prefix("proxy").map(str::trim).and_then(|u| u.strip_prefix("http://127.0.0.1:")) {
+            port = url.parse::<u16>().ok();
+        }
+        if t.starts_with("curl http://") {
             curl = Some(line.clone());
         }
-        if line.contains("/metrics") {
+        if let Some(url) = t.strip_prefix("metrics").map(str::trim).and_then(|u| u.strip_prefix("http://127.0.0.1:")) {
+            admin = url.trim_end_matches("/metrics").parse::<u16>().ok();
             break;
         }
     }
-    let token = token.expect("the demo prints a client token");
+    let why = || std::fs::read_to_string(errors.path()).unwrap_or_default();
+    let token = token.unwrap_or_else(|| panic!("the demo prints a client token; stderr: {}", why()));
+    let (port, admin) = (port.expect("the demo prints its proxy URL"), admin.expect("and its metrics URL"));
     let curl = curl.expect("the demo prints a curl line");
     assert!(curl.contains(&format!("127.0.0.1:{port}/v1/chat/completions")) && curl.contains(&token), "{curl}");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
