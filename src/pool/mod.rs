@@ -87,10 +87,6 @@ struct Storm {
     since_ms: AtomicU64,
 }
 
-/// After parks, the usable index is rebuilt at most this often (ms): a burst of parks (an
-/// outage) costs one rebuild per interval, not one per park.
-const USABLE_REBUILD_MS: u64 = 10;
-
 /// No key can serve this request now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NoKey {
@@ -104,19 +100,6 @@ pub struct Pool {
     snapshot: ArcSwap<Vec<Arc<Key>>>,
     /// Round-robin position shared by all threads; relaxed is enough, fairness is statistical.
     cursor: AtomicUsize,
-    /// The keys that were usable when it was last rebuilt — what `pick` scans first, so a pool
-    /// that is mostly parked costs no more per pick than its usable keys. Rebuilt off the
-    /// common path (`refresh_usable`): at the next pick after a key comes back, joins or
-    /// leaves; at most every `USABLE_REBUILD_MS` after parks (a parked key in it is merely
-    /// skipped); and when a parked key's time is up (`next_return_ms`). When it has no
-    /// candidate, the whole pool is scanned as before: the index is only ever a shortcut.
-    usable: ArcSwap<Vec<Arc<Key>>>,
-    /// A key was parked since the last rebuild.
-    usable_dirty: std::sync::atomic::AtomicBool,
-    /// When the last rebuild was (ms), and the earliest return of a key parked then (ms; 0 =
-    /// rebuild at the next pick).
-    usable_built_ms: AtomicU64,
-    next_return_ms: AtomicU64,
     /// id -> key, for admin lookups without scanning the snapshot.
     by_id: DashMap<String, Arc<Key>>,
     /// Serialises snapshot writers (admin path only) so two adds cannot lose each other.
@@ -148,10 +131,6 @@ impl Pool {
             events,
             snapshot: ArcSwap::from_pointee(Vec::new()),
             cursor: AtomicUsize::new(0),
-            usable: ArcSwap::from_pointee(Vec::new()),
-            usable_dirty: std::sync::atomic::AtomicBool::new(false),
-            usable_built_ms: AtomicU64::new(0),
-            next_return_ms: AtomicU64::new(0),
             by_id: DashMap::new(),
             writer: Mutex::new(()),
             policy: ArcSwap::from_pointee(policy),
@@ -169,15 +148,6 @@ impl Pool {
     }
 
     fn emit(&self, key_id: &str, change: Change) {
-        match &change {
-            // A key that can serve again, or a new or removed key: the next pick rebuilds the
-            // index first (a parked key in it is merely skipped, so a park can wait).
-            Change::Added | Change::Removed | Change::Moved { to: Status::Active, .. } => {
-                self.next_return_ms.store(0, Relaxed)
-            }
-            Change::Moved { .. } => self.usable_dirty.store(true, Relaxed),
-            Change::ModelParked { .. } => {}
-        }
         let at_ms = self.clock.now_ms();
         self.events.emit(PoolEvent::Key(KeyEvent {
             provider: self.provider.clone(),
@@ -315,40 +285,14 @@ impl Pool {
     /// `cap` attempts in flight are picked, and the picked key's slot is taken (the caller
     /// gives it back with `Key::release_lease`).
     pub fn pick_for(&self, exclude: &[Arc<Key>], model: Option<&str>, cap: u32) -> Result<Arc<Key>, NoKey> {
+        let keys = self.snapshot.load();
+        let n = keys.len();
+        if n == 0 {
+            return Err(NoKey { retry_after: None });
+        }
         let now = self.clock.now_ms();
         if self.storm.since_ms.load(Relaxed) != 0 {
             return Err(NoKey { retry_after: Some(self.policy.load().storm.retry_after) });
-        }
-        self.refresh_usable(now);
-        if let Some(key) = self.pick_among(&self.usable.load(), exclude, model, cap, now) {
-            return Ok(key);
-        }
-        // The index had no candidate: the whole pool decides (a key may be back since).
-        let keys = self.snapshot.load();
-        if keys.is_empty() {
-            return Err(NoKey { retry_after: None });
-        }
-        match self.pick_among(&keys, exclude, model, cap, now) {
-            Some(key) => Ok(key),
-            None => Err(self.no_key(&keys, exclude, model, now)),
-        }
-    }
-
-    /// Round-robin over `keys` from the shared cursor: the first that can serve. The cursor
-    /// also moves past the keys it skipped, so the key after a run of unusable ones does not
-    /// take their turns.
-    #[inline]
-    fn pick_among(
-        &self,
-        keys: &[Arc<Key>],
-        exclude: &[Arc<Key>],
-        model: Option<&str>,
-        cap: u32,
-        now: u64,
-    ) -> Option<Arc<Key>> {
-        let n = keys.len();
-        if n == 0 {
-            return None;
         }
         let start = self.cursor.fetch_add(1, Relaxed) % n;
         let (tail, head) = keys.split_at(start);
@@ -365,42 +309,10 @@ impl Pool {
                     let change = Change::Moved { from, to: Status::Active, reason: Reason::None, until_ms: None };
                     self.emit(&key.id, change);
                 }
-                return Some(key.clone());
+                return Ok(key.clone());
             }
         }
-        None
-    }
-
-    /// Rebuilds the usable index when it is due: two relaxed loads when it is not.
-    #[inline]
-    fn refresh_usable(&self, now: u64) {
-        let due = now >= self.next_return_ms.load(Relaxed)
-            || (self.usable_dirty.load(Relaxed)
-                && now.saturating_sub(self.usable_built_ms.load(Relaxed)) >= USABLE_REBUILD_MS);
-        if due {
-            self.rebuild_usable(now);
-        }
-    }
-
-    /// One thread rebuilds (the writer lock, tried without waiting); the others keep using
-    /// the index they have.
-    #[cold]
-    fn rebuild_usable(&self, now: u64) {
-        let Ok(_w) = self.writer.try_lock() else { return };
-        self.usable_dirty.store(false, Relaxed);
-        let keys = self.snapshot.load();
-        let mut usable = Vec::new();
-        let mut next = u64::MAX;
-        for k in keys.iter() {
-            if k.usable_at(now) {
-                usable.push(k.clone());
-            } else if let Some(at) = k.returns_at(now).filter(|&at| at > now) {
-                next = next.min(at);
-            }
-        }
-        self.usable.store(Arc::new(usable));
-        self.usable_built_ms.store(now, Relaxed);
-        self.next_return_ms.store(next, Relaxed);
+        Err(self.no_key(&keys, exclude, model, now))
     }
 
     /// Why nothing was picked: the soonest return among keys this request has not used (for
