@@ -427,17 +427,6 @@ impl HealthChecker {
 }
 
 impl Prober {
-    pub fn new(upstream: Arc<Upstream>, connector: Connector, timeout: Duration) -> Prober {
-        Prober {
-            upstream,
-            connector,
-            timeout,
-            auth: AuthForm::default(),
-            extra_headers: vec![],
-            models_path: "/api/tags".into(),
-        }
-    }
-
     /// A prober that talks to `provider` its way (auth form, default headers, model listing).
     pub fn for_provider(provider: &Provider, connector: Connector, timeout: Duration) -> Prober {
         Prober {
@@ -495,7 +484,8 @@ impl Prober {
         if !body.is_empty() {
             req.insert_header(http::header::CONTENT_TYPE, "application/json")?;
         }
-        let (mut s, header) = crate::upstream::send(&self.connector, &peer, req, Bytes::copy_from_slice(body)).await?;
+        let (mut s, header) =
+            crate::upstream::send(&self.connector, &peer, &|| Ok(req.clone()), Bytes::copy_from_slice(body)).await?;
         let body = crate::upstream::read_up_to(&mut s, MAX_PROBE_BODY).await?;
         if s.response_done() {
             self.connector.release_http_session(s, &peer, Some(self.upstream.idle_timeout())).await;

@@ -44,6 +44,18 @@ pub enum ProviderError {
     AuthHeader { path: String, header: String },
 }
 
+impl From<ProviderError> for crate::config::ConfigError {
+    fn from(e: ProviderError) -> Self {
+        let (path, message) = match e {
+            ProviderError::Upstream { path, message } => (format!("{path}.url"), message),
+            ProviderError::AuthHeader { path, header } => {
+                (format!("{path}.auth.header"), format!("{header:?} is not a header name"))
+            }
+        };
+        crate::config::ConfigError { path, message }
+    }
+}
+
 /// The Anthropic API version sent when the client sent none.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 

@@ -82,12 +82,7 @@ impl Runtime {
                     }
                     providers.push(Arc::new(built));
                 }
-                Err(e) => {
-                    let text = e.to_string();
-                    let (path, message) =
-                        text.split_once(": ").map(|(a, b)| (a.to_string(), b.to_string())).unwrap_or_default();
-                    errors.push(ConfigError { path, message });
-                }
+                Err(e) => errors.push(e.into()),
             }
         }
         if !errors.is_empty() {

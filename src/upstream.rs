@@ -262,22 +262,17 @@ const STALE_RETRIES: usize = 4;
 /// before any answer: that says nothing about the key or the upstream, so the request is sent
 /// again on the next connection (a fresh one at the latest), as pingora's own proxy path does.
 /// Only a reused connection that closed or broke gets this; a timeout, or a new connection
-/// failing, is the attempt's outcome.
+/// failing, is the attempt's outcome. `header` builds the request header for each try (the
+/// session keeps the one it writes), so the common case builds it once.
 pub async fn send(
     connector: &pingora::connectors::http::Connector,
     peer: &HttpPeer,
-    req: pingora::http::RequestHeader,
+    header: &(dyn Fn() -> pingora::Result<pingora::http::RequestHeader> + Sync),
     body: bytes::Bytes,
 ) -> pingora::Result<(pingora::protocols::http::client::HttpSession, pingora::http::ResponseHeader)> {
-    let mut req = Some(req);
     for _ in 0..STALE_RETRIES {
         let (mut s, reused) = connector.get_http_session(peer).await?;
-        // Keep the header for another try only when this connection could turn out stale.
-        let this = match (&req, reused) {
-            (Some(r), true) => r.clone(),
-            _ => req.take().ok_or_else(|| pingora::Error::explain(pingora::ErrorType::InternalError, "no request"))?,
-        };
-        match exchange(&mut s, this, body.clone()).await {
+        match exchange(&mut s, header()?, body.clone()).await {
             Ok(header) => return Ok((s, header)),
             Err(e) if reused && stale(&e) => {
                 log::debug!("upstream: a pooled connection was closed by the upstream; sending again on another");

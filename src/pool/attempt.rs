@@ -62,8 +62,8 @@ impl Attempts {
         self.model = model;
     }
 
-    pub fn model(&self) -> Option<&str> {
-        self.model.as_deref()
+    pub fn model(&self) -> Option<&Arc<str>> {
+        self.model.as_ref()
     }
 
     /// The key for a new attempt: the one reserved by the last `Retry`, else a fresh pick

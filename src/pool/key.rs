@@ -368,11 +368,6 @@ impl Key {
         let _ = self.in_flight.fetch_update(AcqRel, Relaxed, |n| n.checked_sub(1));
     }
 
-    /// Attempts in flight on this key (counted when its provider caps them).
-    pub fn in_flight(&self) -> u32 {
-        self.in_flight.load(Relaxed)
-    }
-
     /// When this key may serve `model` again, if it is parked for it.
     pub fn model_returns_at(&self, model: &str, now: u64) -> Option<u64> {
         if self.model_parks_n.load(Relaxed) == 0 {

@@ -139,14 +139,6 @@ impl Pool {
         }
     }
 
-    pub fn provider(&self) -> &str {
-        &self.provider
-    }
-
-    pub fn events(&self) -> &Arc<Events> {
-        &self.events
-    }
-
     fn emit(&self, key_id: &str, change: Change) {
         let at_ms = self.clock.now_ms();
         self.events.emit(PoolEvent::Key(KeyEvent {

@@ -1,7 +1,6 @@
 //! Per-request state: what the hooks learn about one request as it passes through them.
 
 use super::auth::Client;
-use super::envelope::ProxyError;
 use super::observe::Observed;
 use super::routes::Family;
 use crate::lifecycle::InFlight;
@@ -18,8 +17,6 @@ pub struct Ctx {
     pub(crate) family: Family,
     pub(crate) client: Option<Arc<Client>>,
     pub(crate) attempts: Attempts,
-    /// The error to answer with, when the proxy (not the upstream) decided the request fails.
-    pub(crate) failure: Option<ProxyError>,
     /// The response had started when the upstream broke: the client saw a cut-off response.
     pub(crate) aborted: bool,
     /// `Access-Control-Allow-Origin` for this request's origin (CORS on and the origin allowed).
@@ -41,7 +38,6 @@ impl Ctx {
             provider: None,
             family: Family::OpenAi,
             client: None,
-            failure: None,
             aborted: false,
             cors_allow: None,
             local_answer: false,

@@ -36,7 +36,7 @@ pub(crate) async fn run(proxy: &PoolProxy, session: &mut Session, ctx: &mut Ctx,
         let key = match ctx.attempts.begin(&provider.pool, provider.max_concurrency_per_key) {
             Ok(k) => k,
             Err(no_key) => {
-                let model = ctx.attempts.model().map(std::sync::Arc::from);
+                let model = ctx.attempts.model().cloned();
                 let err = ProxyError::new(ErrorKind::NoUsableKey).retry_after(no_key.retry_after).about_model(model);
                 return answer::error(state, session, ctx, err).await;
             }
@@ -83,14 +83,17 @@ async fn attempt(
     body: &Bytes,
 ) -> pingora::Result<(HttpSession, ResponseHeader, Option<Bytes>)> {
     let state = &proxy.state;
-    let mut req = session.req_header().clone();
-    headers::rewrite(&mut req, key, provider)?;
-    req.remove_header(&http::header::TRANSFER_ENCODING);
-    req.remove_header(&http::header::EXPECT);
-    if !body.is_empty() || req.headers.contains_key(http::header::CONTENT_LENGTH) {
-        req.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-    }
-    let (mut up, header) = upstream::send(&state.connector, peer, req, body.clone()).await?;
+    let build = || {
+        let mut req = session.req_header().clone();
+        headers::rewrite(&mut req, key, provider)?;
+        req.remove_header(&http::header::TRANSFER_ENCODING);
+        req.remove_header(&http::header::EXPECT);
+        if !body.is_empty() || req.headers.contains_key(http::header::CONTENT_LENGTH) {
+            req.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+        }
+        Ok(req)
+    };
+    let (mut up, header) = upstream::send(&state.connector, peer, &build, body.clone()).await?;
     let peek =
         if header.status.as_u16() >= 400 { Some(upstream::read_up_to(&mut up, ERROR_PEEK_BYTES).await?) } else { None };
     Ok((up, header, peek))

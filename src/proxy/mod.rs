@@ -235,7 +235,7 @@ impl ProxyHttp for PoolProxy {
             ctx.aborted = true;
             return FailToProxy { error_code: 0, can_reuse_downstream: false };
         }
-        let err = ctx.failure.take().unwrap_or_else(|| answer::error_for(e));
+        let err = answer::error_for(e);
         let code = err.status();
         if answer::error(&self.state, session, ctx, err).await.is_err() {
             return FailToProxy { error_code: 0, can_reuse_downstream: false };
