@@ -9,6 +9,7 @@ pub mod events;
 pub mod key;
 pub mod outcome;
 pub mod snapshot;
+mod view;
 pub mod window;
 
 pub use attempt::{Attempts, Decision, MAX_ATTEMPTS};
@@ -21,9 +22,10 @@ pub use window::Window;
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use view::View;
 
 /// What the pool does with failures (from `pool.*` in the config).
 #[derive(Debug, Clone)]
@@ -95,14 +97,25 @@ pub struct NoKey {
 }
 
 pub struct Pool {
-    /// Immutable list of keys, replaced whole on add/remove. Readers take no lock: a request
-    /// loads the current `Arc` and keeps using it even if a writer swaps in a new one.
-    snapshot: ArcSwap<Vec<Arc<Key>>>,
+    /// The immutable list of keys and the index `pick` walks (`view.rs`), replaced whole on
+    /// add/remove and rebuilt after transitions. Readers take no lock: a request loads the
+    /// current one and keeps using it even if a writer swaps in a new one.
+    view: ArcSwap<View>,
+    /// When the view must be rebuilt because a key it does not hold may be usable: the
+    /// earliest return among the keys it left out, lowered by every transition since (a key
+    /// back now, a park that ends sooner). `pick` rebuilds once `now` reaches it.
+    due_ms: AtomicU64,
+    /// A view is being built: picks walk every key meanwhile.
+    building: AtomicBool,
+    /// Parked keys that picks walked past since the view was built (`note_stale`).
+    stale: AtomicUsize,
     /// Round-robin position shared by all threads; relaxed is enough, fairness is statistical.
-    cursor: AtomicUsize,
-    /// id -> key, for admin lookups without scanning the snapshot.
+    /// On a line of its own: every pick writes it, and the flags above are read by every pick.
+    cursor: Padded,
+    /// id -> key, for admin lookups without scanning the keys.
     by_id: DashMap<String, Arc<Key>>,
-    /// Serialises snapshot writers (admin path only) so two adds cannot lose each other.
+    /// Serialises view writers (admin path, and one rebuilding pick) so two adds cannot lose
+    /// each other.
     writer: Mutex<()>,
     /// Replaced whole by a config reload.
     policy: ArcSwap<Policy>,
@@ -112,6 +125,10 @@ pub struct Pool {
     provider: Arc<str>,
     events: Arc<Events>,
 }
+
+#[repr(align(64))]
+#[derive(Default)]
+struct Padded(AtomicUsize);
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum AddError {
@@ -129,8 +146,11 @@ impl Pool {
         Pool {
             provider: Arc::from(name),
             events,
-            snapshot: ArcSwap::from_pointee(Vec::new()),
-            cursor: AtomicUsize::new(0),
+            view: ArcSwap::from_pointee(View::build(Arc::new(Vec::new()), 0)),
+            due_ms: AtomicU64::new(u64::MAX),
+            building: AtomicBool::new(false),
+            stale: AtomicUsize::new(0),
+            cursor: Padded::default(),
             by_id: DashMap::new(),
             writer: Mutex::new(()),
             policy: ArcSwap::from_pointee(policy),
@@ -156,6 +176,10 @@ impl Pool {
         let now = self.clock.now_ms();
         match key.set_state(to, reason, until, now) {
             Some(from) => {
+                let back = if to == Status::Active { now } else { until };
+                if back != 0 {
+                    self.due_ms.fetch_min(back, AcqRel);
+                }
                 self.emit(&key.id, Change::Moved { from, to, reason, until_ms: Some(until).filter(|&u| u != 0) });
                 true
             }
@@ -181,7 +205,21 @@ impl Pool {
 
     /// Every key, for background work (probes, reports). Not for the request path.
     pub fn keys(&self) -> Arc<Vec<Arc<Key>>> {
-        self.snapshot.load_full()
+        self.view.load().keys.clone()
+    }
+
+    /// Swaps in the view of `keys` (the caller holds `writer`). `due_ms` is reset before the
+    /// keys are read, so a transition either is seen by the build or lowers `due_ms` after
+    /// it; picks meanwhile walk every key.
+    fn publish(&self, keys: Arc<Vec<Arc<Key>>>) {
+        self.building.store(true, SeqCst);
+        self.due_ms.swap(u64::MAX, SeqCst);
+        self.stale.store(0, Relaxed);
+        let view = View::build(keys, self.clock.now_ms());
+        let next = view.next_return_ms;
+        self.view.store(Arc::new(view));
+        self.due_ms.fetch_min(next, SeqCst);
+        self.building.store(false, SeqCst);
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -189,7 +227,7 @@ impl Pool {
     }
 
     pub fn len(&self) -> usize {
-        self.snapshot.load().len()
+        self.view.load().keys.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -203,18 +241,18 @@ impl Pool {
             return Err(AddError::Duplicate(key.id.clone()));
         }
         let key = Arc::new(key);
-        let mut keys = Vec::clone(&self.snapshot.load());
+        let mut keys = Vec::clone(&self.view.load().keys);
         keys.push(key.clone());
         self.by_id.insert(key.id.clone(), key.clone());
-        self.snapshot.store(Arc::new(keys));
+        self.publish(Arc::new(keys));
         self.emit(&key.id, Change::Added);
         Ok(key)
     }
 
-    /// Adds many keys in one snapshot swap; returns (added, duplicates).
+    /// Adds many keys in one view swap; returns (added, duplicates).
     pub fn add_all(&self, keys: impl IntoIterator<Item = Key>) -> (usize, usize) {
         let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let mut list = Vec::clone(&self.snapshot.load());
+        let mut list = Vec::clone(&self.view.load().keys);
         let (mut added, mut dups) = (0, 0);
         for key in keys {
             if self.by_id.contains_key(&key.id) {
@@ -227,7 +265,7 @@ impl Pool {
             added += 1;
         }
         let fresh: Vec<String> = list[list.len() - added..].iter().map(|k| k.id.clone()).collect();
-        self.snapshot.store(Arc::new(list));
+        self.publish(Arc::new(list));
         for id in fresh {
             self.emit(&id, Change::Added);
         }
@@ -239,8 +277,8 @@ impl Pool {
         if self.by_id.remove(id).is_none() {
             return false;
         }
-        let keys: Vec<Arc<Key>> = self.snapshot.load().iter().filter(|k| k.id != id).cloned().collect();
-        self.snapshot.store(Arc::new(keys));
+        let keys: Vec<Arc<Key>> = self.view.load().keys.iter().filter(|k| k.id != id).cloned().collect();
+        self.publish(Arc::new(keys));
         self.emit(id, Change::Removed);
         true
     }
@@ -277,25 +315,48 @@ impl Pool {
     /// `cap` attempts in flight are picked, and the picked key's slot is taken (the caller
     /// gives it back with `Key::release_lease`).
     pub fn pick_for(&self, exclude: &[Arc<Key>], model: Option<&str>, cap: u32) -> Result<Arc<Key>, NoKey> {
-        let keys = self.snapshot.load();
-        let n = keys.len();
+        let now = self.clock.now_ms();
+        // Read before the view: a view stored after this read is at least as fresh.
+        let due = self.building.load(Acquire) || now >= self.due_ms.load(Acquire);
+        let mut view = self.view.load();
+        let n = view.keys.len();
         if n == 0 {
             return Err(NoKey { retry_after: None });
         }
-        let now = self.clock.now_ms();
         if self.storm.since_ms.load(Relaxed) != 0 {
             return Err(NoKey { retry_after: Some(self.policy.load().storm.retry_after) });
         }
-        let start = self.cursor.fetch_add(1, Relaxed) % n;
-        let (tail, head) = keys.split_at(start);
-        for (skipped, key) in head.iter().chain(tail).enumerate() {
-            if key.usable_at(now)
-                && model.is_none_or(|m| key.serves(m, now))
+        // A key may be back that the index does not hold: rebuild it, or, while another thread
+        // does, walk every key (exactly what the index would have given).
+        let mut whole = false;
+        if due {
+            if self.rebuild() {
+                view = self.view.load();
+            } else {
+                whole = true;
+            }
+        }
+        let start = self.cursor.0.fetch_add(1, Relaxed) % n;
+        let first = view.first_at(start, whole);
+        let mut stale = 0;
+        for j in 0..view.walk_len(whole) {
+            let p = view.nth_from(first, j, whole);
+            let key = &view.keys[p];
+            if !key.usable_at(now) {
+                stale += 1;
+                continue;
+            }
+            if model.is_none_or(|m| key.serves(m, now))
                 && !exclude.iter().any(|e| Arc::ptr_eq(e, key))
                 && key.try_lease(cap)
             {
+                // The cursor moves past every position skipped, indexed or not.
+                let skipped = if p >= start { p - start } else { p + n - start };
                 if skipped > 0 {
-                    self.cursor.fetch_add(skipped, Relaxed);
+                    self.cursor.0.fetch_add(skipped, Relaxed);
+                }
+                if stale > 0 {
+                    self.note_stale(stale, n);
                 }
                 if let Some(from) = key.revive(now) {
                     let change = Change::Moved { from, to: Status::Active, reason: Reason::None, until_ms: None };
@@ -304,7 +365,33 @@ impl Pool {
                 return Ok(key.clone());
             }
         }
-        Err(self.no_key(&keys, exclude, model, now))
+        if stale > 0 {
+            self.note_stale(stale, n);
+        }
+        Err(self.no_key(&view.keys, exclude, model, now))
+    }
+
+    /// Counts parked keys a pick walked past; once they add up to a quarter of the pool, the
+    /// index is rebuilt without them. So a rebuild (one pass over the keys) never costs more
+    /// than the walking it saves, however fast keys are parked, and no clock is involved.
+    #[inline(never)]
+    fn note_stale(&self, stale: usize, n: usize) {
+        if self.stale.fetch_add(stale, Relaxed) + stale >= n / 4 + 16 {
+            self.rebuild();
+        }
+    }
+
+    /// Rebuilds the view of the current keys, unless another writer is at work (then false:
+    /// the caller goes on with the view it has).
+    #[cold]
+    fn rebuild(&self) -> bool {
+        let _w = match self.writer.try_lock() {
+            Ok(w) => w,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return false,
+        };
+        self.publish(self.view.load_full().keys.clone());
+        true
     }
 
     /// Why nothing was picked: the soonest return among keys this request has not used (for
@@ -517,12 +604,12 @@ impl Pool {
     /// Number of keys usable right now (a scan: for readiness and reports, not the request path).
     pub fn usable_count(&self) -> usize {
         let now = self.clock.now_ms();
-        self.snapshot.load().iter().filter(|k| k.usable_at(now)).count()
+        self.view.load().keys.iter().filter(|k| k.usable_at(now)).count()
     }
 
     pub fn views(&self) -> Vec<KeyView> {
         let now = self.clock.now_ms();
-        self.snapshot.load().iter().map(|k| k.view_at(now)).collect()
+        self.view.load().keys.iter().map(|k| k.view_at(now)).collect()
     }
 }
 
@@ -861,5 +948,112 @@ mod tests {
         for _ in 0..5 {
             assert_ne!(p.pick(&[]).unwrap().id, id);
         }
+    }
+
+    /// What a walk over every key from the cursor picks (the selection before the index):
+    /// the key's id, and where the cursor ends.
+    fn scan_pick(p: &Pool, exclude: &[Arc<Key>]) -> Option<(String, usize)> {
+        let keys = p.keys();
+        let (n, now) = (keys.len(), p.now_ms());
+        let c = p.cursor.0.load(Relaxed);
+        (0..n).find_map(|j| {
+            let k = &keys[(c + j) % n];
+            (k.usable_at(now) && !exclude.iter().any(|e| Arc::ptr_eq(e, k))).then(|| (k.id.clone(), c + 1 + j))
+        })
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Park(usize, u64),
+        Return(usize),
+        DisableForever(usize),
+        Advance(u64),
+        Add,
+        Remove(usize),
+        PickExcluding(usize),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (0..64usize, 0..400u64).prop_map(|(i, d)| Op::Park(i, d)),
+            2 => (0..64usize).prop_map(Op::Return),
+            1 => (0..64usize).prop_map(Op::DisableForever),
+            3 => (0..250u64).prop_map(Op::Advance),
+            1 => Just(Op::Add),
+            1 => (0..64usize).prop_map(Op::Remove),
+            2 => (0..64usize).prop_map(Op::PickExcluding),
+        ]
+    }
+
+    proptest::proptest! {
+        /// The usable index is only a shortcut: after any mix of parks, returns (by transition
+        /// and by time), disables, adds and removes, each pick is the key a walk over every key
+        /// would pick, and the cursor ends where that walk leaves it (issue #14 item 4: the
+        /// key after a failover must not depend on when the index was rebuilt).
+        #[test]
+        fn the_index_picks_what_a_full_scan_picks(ops in proptest::collection::vec(op(), 1..120)) {
+            let (p, clock) = pool(24);
+            let mut next = 24;
+            for op in ops {
+                let keys = p.keys();
+                let nth = |i: usize| keys[i % keys.len().max(1)].clone();
+                let mut exclude = Vec::new();
+                match op {
+                    Op::Park(_, _) | Op::Return(_) | Op::DisableForever(_) | Op::Remove(_) if keys.is_empty() => {}
+                    Op::Park(i, d) => {
+                        p.transition(&nth(i), Status::Cooling, Reason::RateLimited, p.now_ms() + d + 1);
+                    }
+                    Op::Return(i) => {
+                        p.transition(&nth(i), Status::Active, Reason::Probe, 0);
+                    }
+                    Op::DisableForever(i) => {
+                        p.disable(&nth(i).id, None);
+                    }
+                    Op::Advance(ms) => clock.advance(Duration::from_millis(ms)),
+                    Op::Add => {
+                        p.add(Key::new(Secret::new(format!("key-{next:04}")), None, None).unwrap()).unwrap();
+                        next += 1;
+                    }
+                    Op::Remove(i) => {
+                        p.remove(&nth(i).id);
+                    }
+                    Op::PickExcluding(i) if !keys.is_empty() => exclude.push(nth(i)),
+                    Op::PickExcluding(_) => {}
+                }
+                for _ in 0..3 {
+                    let want = scan_pick(&p, &exclude);
+                    let got = p.pick(&exclude).ok().map(|k| (k.id.clone(), p.cursor.0.load(Relaxed)));
+                    proptest::prop_assert_eq!(got, want);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_mostly_parked_pool_is_walked_through_its_index() {
+        let (p, clock) = pool(1000);
+        for k in p.keys().iter().skip(10) {
+            p.disable(&k.id, None);
+        }
+        // The first picks walk past parked keys; once that has cost about a rebuild, the
+        // index holds the 10 usable keys only.
+        for _ in 0..200 {
+            p.pick(&[]).unwrap();
+        }
+        assert_eq!(p.view.load().walk_len(false), 10);
+        // A key that comes back is picked at once (the transition asks for a rebuild) ...
+        let back = p.keys()[500].clone();
+        p.enable(&back.id);
+        assert!((0..11).any(|_| Arc::ptr_eq(&p.pick(&[]).unwrap(), &back)));
+        // ... and so is one whose park is over by time.
+        let timed = p.keys()[5].clone();
+        p.transition(&timed, Status::Cooling, Reason::RateLimited, p.now_ms() + 60_000);
+        for _ in 0..200 {
+            p.pick(&[]).unwrap();
+        }
+        assert!(!(0..12).any(|_| Arc::ptr_eq(&p.pick(&[]).unwrap(), &timed)));
+        clock.advance(Duration::from_secs(61));
+        assert!((0..12).any(|_| Arc::ptr_eq(&p.pick(&[]).unwrap(), &timed)));
     }
 }
