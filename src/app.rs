@@ -77,6 +77,7 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
     for t in store.tokens()? {
         clients.insert(t.hash, ops::to_client(&t));
     }
+    lifecycle::return_freed_memory();
     let runtime = Arc::new(ArcSwap::from_pointee(runtime));
 
     let conf = ServerConf {

@@ -114,14 +114,15 @@ impl Reloader {
         }
         let stored = self.store.keys()?;
         fill_pools(&next, &stored, now);
+        let departed_ids: HashSet<&str> = departed.iter().map(String::as_str).collect();
         for p in &next.providers {
-            for id in &departed {
-                p.pool.remove(id);
-            }
+            p.pool.remove_all(&departed_ids);
         }
         self.state.clients.replace_static(&old.static_tokens, &next.static_tokens);
         let generation = next.generation;
         self.state.runtime.store(Arc::new(next));
+        drop((old, stored, from_files));
+        crate::lifecycle::return_freed_memory();
         Ok(Reloaded { generation, applied, restart_required, keys_added, keys_removed: departed.len() })
     }
 }

@@ -38,14 +38,20 @@ impl Secret {
 
     /// `abcd…wxyz` for long secrets, `****` for short ones (too little left to hide).
     pub fn masked(&self) -> String {
-        let chars: Vec<char> = self.0.chars().collect();
-        if chars.len() < 12 {
-            return "****".to_string();
-        }
-        let head: String = chars[..4].iter().collect();
-        let tail: String = chars[chars.len() - 4..].iter().collect();
-        format!("{head}…{tail}")
+        mask(&self.0)
     }
+}
+
+/// A secret as reports show it: its first and last four characters (`sk-v…e123`), or `****`
+/// when it is too short to show any.
+pub fn mask(secret: &str) -> String {
+    let chars: Vec<char> = secret.chars().collect();
+    if chars.len() < 12 {
+        return "****".to_string();
+    }
+    let head: String = chars[..4].iter().collect();
+    let tail: String = chars[chars.len() - 4..].iter().collect();
+    format!("{head}…{tail}")
 }
 
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {

@@ -131,14 +131,15 @@ pub struct Key {
     pub id: String,
     pub label: Option<String>,
     pub created_at_ms: u64,
-    /// Models this key serves and their family, from a validated import (empty = unknown).
-    /// Replaced whole (rare); read by reports.
-    meta: arc_swap::ArcSwap<KeyMeta>,
-    secret: Secret,
+    /// Models this key serves and their family, from a validated import (none = unknown).
+    /// Replaced whole (rare); read by reports. No allocation for a key that has none.
+    meta: arc_swap::ArcSwapOption<KeyMeta>,
     /// The header that carries the key upstream (its provider's auth form) and its value
     /// (`Bearer <key>`, or the key alone), built once so the request path does not format it.
+    /// The secret is not kept a second time: it is this value from `secret_at` on.
     auth_name: http::HeaderName,
     auth_header: HeaderValue,
+    secret_at: u8,
     status: AtomicU8,
     reason: AtomicU8,
     /// When a parked key returns (ms since epoch); 0 = no scheduled return.
@@ -159,7 +160,7 @@ pub struct Key {
     pub(crate) storm_run: AtomicU64,
     /// Models this key may not use for a while (SPEC §3.2 "model unavailable"); replaced whole
     /// under `transition` (rare). `model_parks_n` lets the request path skip the load when empty.
-    model_parks: arc_swap::ArcSwap<Vec<ModelPark>>,
+    model_parks: arc_swap::ArcSwapOption<Vec<ModelPark>>,
     model_parks_n: AtomicU32,
     /// Attempts in flight on this key (kept only when its provider caps them).
     pub(crate) in_flight: AtomicU32,
@@ -266,6 +267,7 @@ impl Key {
             Some(s) => format!("{s} {}", secret.expose()),
             None => secret.expose().to_string(),
         };
+        let secret_at = u8::try_from(value.len() - secret.len()).map_err(|_| KeyError::NotAHeaderValue)?;
         let mut auth_header = HeaderValue::from_str(&value).map_err(|_| KeyError::NotAHeaderValue)?;
         auth_header.set_sensitive(true);
         Ok(Key {
@@ -273,9 +275,9 @@ impl Key {
             id: secret.id(),
             label,
             created_at_ms: 0,
-            meta: arc_swap::ArcSwap::from_pointee(KeyMeta::default()),
-            secret,
+            meta: arc_swap::ArcSwapOption::empty(),
             auth_header,
+            secret_at,
             status: AtomicU8::new(Status::Active as u8),
             reason: AtomicU8::new(Reason::None as u8),
             until_ms: AtomicU64::new(0),
@@ -287,7 +289,7 @@ impl Key {
             probe_failures: AtomicU32::new(0),
             parked_at_ms: AtomicU64::new(0),
             storm_run: AtomicU64::new(u64::MAX),
-            model_parks: arc_swap::ArcSwap::from_pointee(Vec::new()),
+            model_parks: arc_swap::ArcSwapOption::empty(),
             model_parks_n: AtomicU32::new(0),
             in_flight: AtomicU32::new(0),
             has_models: std::sync::atomic::AtomicBool::new(false),
@@ -302,8 +304,10 @@ impl Key {
         self.sink.get_or_init(|| Box::new(init())).downcast_ref::<T>()
     }
 
-    pub fn secret(&self) -> &Secret {
-        &self.secret
+    /// The key as the admin API and the CLI show it (`sk-v…e123`).
+    pub fn masked(&self) -> String {
+        let secret = &self.auth_header.as_bytes()[self.secret_at as usize..];
+        crate::secret::mask(std::str::from_utf8(secret).unwrap_or(""))
     }
 
     /// The header (name, value) that carries this key upstream.
@@ -347,11 +351,17 @@ impl Key {
     #[inline]
     pub fn serves(&self, model: &str, now: u64) -> bool {
         if self.model_parks_n.load(Relaxed) != 0
-            && self.model_parks.load().iter().any(|p| p.until_ms > now && same_model(&p.model, model))
+            && self
+                .model_parks
+                .load()
+                .iter()
+                .flat_map(|v| v.iter())
+                .any(|p| p.until_ms > now && same_model(&p.model, model))
         {
             return false;
         }
-        !self.has_models.load(Relaxed) || self.meta.load().models.iter().any(|m| same_model(m, model))
+        !self.has_models.load(Relaxed)
+            || self.meta.load().iter().flat_map(|m| m.models.iter()).any(|m| same_model(m, model))
     }
 
     /// Takes one of `cap` in-flight slots (0 = no cap: always). A key at its cap is skipped,
@@ -376,6 +386,7 @@ impl Key {
         self.model_parks
             .load()
             .iter()
+            .flat_map(|v| v.iter())
             .filter(|p| p.until_ms > now && same_model(&p.model, model))
             .map(|p| p.until_ms)
             .max()
@@ -385,7 +396,8 @@ impl Key {
     /// Returns whether this is a new park (not one already running for that model).
     pub(super) fn park_model(&self, model: &str, until: u64, now: u64) -> bool {
         let _guard = self.transition.lock().unwrap_or_else(|p| p.into_inner());
-        let mut parks: Vec<ModelPark> = self.model_parks.load().iter().filter(|p| p.until_ms > now).cloned().collect();
+        let mut parks: Vec<ModelPark> =
+            self.model_parks.load().iter().flat_map(|v| v.iter()).filter(|p| p.until_ms > now).cloned().collect();
         let fresh = match parks.iter_mut().find(|p| same_model(&p.model, model)) {
             Some(p) => {
                 p.until_ms = p.until_ms.max(until);
@@ -397,7 +409,7 @@ impl Key {
             }
         };
         self.model_parks_n.store(parks.len() as u32, Relaxed);
-        self.model_parks.store(std::sync::Arc::new(parks));
+        self.model_parks.store(Some(std::sync::Arc::new(parks)));
         if fresh {
             log::info!(
                 "key {} parked for model {model:?} until={} (serves other models)",
@@ -413,7 +425,7 @@ impl Key {
         if self.model_parks_n.load(Relaxed) == 0 {
             return Vec::new();
         }
-        self.model_parks.load().iter().filter(|p| p.until_ms > now).cloned().collect()
+        self.model_parks.load().iter().flat_map(|v| v.iter()).filter(|p| p.until_ms > now).cloned().collect()
     }
 
     /// Past its `expires_at`: never usable again.
@@ -515,7 +527,7 @@ impl Key {
         };
         KeyView {
             id: self.id.clone(),
-            masked: self.secret.masked(),
+            masked: self.masked(),
             label: self.label.clone(),
             status,
             reason,
@@ -530,8 +542,8 @@ impl Key {
             last_failure_ms: self.stats.last_failure_ms.load(Relaxed),
             stream_errors: self.stats.stream_errors.load(Relaxed),
             created_at_ms: self.created_at_ms,
-            models: self.meta.load().models.clone(),
-            category: self.meta.load().category.clone(),
+            models: self.meta.load().as_ref().map(|m| m.models.clone()).unwrap_or_default(),
+            category: self.meta.load().as_ref().and_then(|m| m.category.clone()),
             model_parks: self.model_parks_at(now),
         }
     }
@@ -543,7 +555,8 @@ impl Key {
 
     pub fn set_meta(&self, meta: KeyMeta) {
         let has = !meta.models.is_empty();
-        self.meta.store(std::sync::Arc::new(meta));
+        let empty = !has && meta.category.is_none();
+        self.meta.store((!empty).then(|| std::sync::Arc::new(meta)));
         self.has_models.store(has, Relaxed);
     }
 

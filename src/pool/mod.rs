@@ -113,7 +113,7 @@ pub struct Pool {
     /// On a line of its own: every pick writes it, and the flags above are read by every pick.
     cursor: Padded,
     /// id -> key, for admin lookups without scanning the keys.
-    by_id: DashMap<String, Arc<Key>>,
+    by_id: DashMap<u64, Arc<Key>>,
     /// Serialises view writers (admin path, and one rebuilding pick) so two adds cannot lose
     /// each other.
     writer: Mutex<()>,
@@ -237,13 +237,13 @@ impl Pool {
     /// Adds a key; a key already present (same secret) is refused.
     pub fn add(&self, key: Key) -> Result<Arc<Key>, AddError> {
         let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        if self.by_id.contains_key(&key.id) {
+        if self.get(&key.id).is_some() {
             return Err(AddError::Duplicate(key.id.clone()));
         }
         let key = Arc::new(key);
         let mut keys = Vec::clone(&self.view.load().keys);
         keys.push(key.clone());
-        self.by_id.insert(key.id.clone(), key.clone());
+        self.by_id.insert(id_key(&key.id), key.clone());
         self.publish(Arc::new(keys));
         self.emit(&key.id, Change::Added);
         Ok(key)
@@ -255,36 +255,57 @@ impl Pool {
         let mut list = Vec::clone(&self.view.load().keys);
         let (mut added, mut dups) = (0, 0);
         for key in keys {
-            if self.by_id.contains_key(&key.id) {
+            if self.get(&key.id).is_some() {
                 dups += 1;
                 continue;
             }
             let key = Arc::new(key);
-            self.by_id.insert(key.id.clone(), key.clone());
+            self.by_id.insert(id_key(&key.id), key.clone());
             list.push(key);
             added += 1;
         }
-        let fresh: Vec<String> = list[list.len() - added..].iter().map(|k| k.id.clone()).collect();
-        self.publish(Arc::new(list));
-        for id in fresh {
-            self.emit(&id, Change::Added);
+        let list = Arc::new(list);
+        self.publish(list.clone());
+        for key in &list[list.len() - added..] {
+            self.emit(&key.id, Change::Added);
         }
         (added, dups)
     }
 
     pub fn remove(&self, id: &str) -> bool {
         let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        if self.by_id.remove(id).is_none() {
+        if self.get(id).is_none() {
             return false;
         }
+        self.by_id.remove(&id_key(id));
         let keys: Vec<Arc<Key>> = self.view.load().keys.iter().filter(|k| k.id != id).cloned().collect();
         self.publish(Arc::new(keys));
         self.emit(id, Change::Removed);
         true
     }
 
+    /// Removes every key in `ids` in one view swap (a reload that dropped many file keys);
+    /// returns how many were here.
+    pub fn remove_all(&self, ids: &std::collections::HashSet<&str>) -> usize {
+        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let view = self.view.load_full();
+        let (gone, kept): (Vec<&Arc<Key>>, Vec<&Arc<Key>>) =
+            view.keys.iter().partition(|k| ids.contains(k.id.as_str()));
+        if gone.is_empty() {
+            return 0;
+        }
+        for k in &gone {
+            self.by_id.remove(&id_key(&k.id));
+        }
+        self.publish(Arc::new(kept.into_iter().cloned().collect()));
+        for k in &gone {
+            self.emit(&k.id, Change::Removed);
+        }
+        gone.len()
+    }
+
     pub fn get(&self, id: &str) -> Option<Arc<Key>> {
-        self.by_id.get(id).map(|k| k.clone())
+        self.by_id.get(&id_key(id)).filter(|k| k.id == id).map(|k| k.clone())
     }
 
     /// Operator switch-off, for `for_` or until enabled. Takes effect on the next request.
@@ -610,6 +631,15 @@ impl Pool {
     pub fn views(&self) -> Vec<KeyView> {
         let now = self.clock.now_ms();
         self.view.load().keys.iter().map(|k| k.view_at(now)).collect()
+    }
+}
+
+/// The map key for a key id: its 12 hex digits as a number (8 bytes instead of a string per
+/// key); anything else, which is never a key's id, maps to a number no id has.
+fn id_key(id: &str) -> u64 {
+    match u64::from_str_radix(id, 16) {
+        Ok(v) if id.len() == 12 => v,
+        _ => u64::MAX,
     }
 }
 

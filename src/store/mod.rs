@@ -89,13 +89,17 @@ pub struct CounterFlusher {
 }
 
 impl CounterFlusher {
+    /// Saves every key's counters, a thousand keys per write, so a large pool needs no
+    /// snapshot of all its keys at once (issue #14: memory at 100k keys).
     pub fn flush(&self) {
-        let counters: Vec<(String, Counters)> = (self.pools)()
-            .iter()
-            .flat_map(|p| p.keys().iter().map(|k| (k.id.clone(), k.counters())).collect::<Vec<_>>())
-            .collect();
-        if let Err(e) = self.store.save_counters(&counters) {
-            log::warn!("store: saving key counters failed: {e}");
+        for pool in (self.pools)() {
+            for keys in pool.keys().chunks(1000) {
+                let counters: Vec<(String, Counters)> = keys.iter().map(|k| (k.id.clone(), k.counters())).collect();
+                if let Err(e) = self.store.save_counters(&counters) {
+                    log::warn!("store: saving key counters failed: {e}");
+                    return;
+                }
+            }
         }
     }
 }
