@@ -3,14 +3,20 @@
 # Authorization rewrite, a bare pingora proxy (examples/bare_pingora.rs: fixed peer, one header
 # rewrite — the framework's ceiling) and ollama-pool with 100 keys, measured side by side in
 # alternating rounds with wrk (non-streaming chat at 8 and 64 connections) and
-# examples/stream_load (streams at 1 and 256 concurrent), plus the RSS of each process and
-# its CPU time per request (utime + stime from /proc, every process of the contender).
+# examples/stream_load (streams at 1 and 256 concurrent; a burst of 256 streams opened at
+# once, 20 events 50 ms apart, a new connection each), plus the RSS of each process, its RSS
+# per open stream with 1,000 streams idle between events, and its CPU time per request
+# (utime + stime from /proc, every process of the contender).
 # Prints a table and the ratios ollama-pool/nginx and ollama-pool/bare, and the latency added
 # versus a direct connection.
 #
 #   benches/load.sh [SECONDS_PER_RUN=5] [ROUNDS=2]
 #   POOL_B=path/to/other/ollama-pool benches/load.sh ...   also measures a second build (e.g. another
 #     release profile) as contender "pool-b" in the same rounds, and prints pool-b / ollama-pool.
+#   PROFILE=1 benches/load.sh ...   afterwards samples each proxy with `perf record` under wrk at 64
+#     connections for SECONDS_PER_RUN and prints where its CPU goes (share of samples by part:
+#     kernel, allocator, libc, tokio, pingora, ollama-pool, other Rust; nginx's own code) and that
+#     share of its CPU time per request. Needs perf (Debian: linux-perf).
 # Needs: nginx and wrk (Debian packages). Every run is bounded by SECONDS_PER_RUN.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -71,7 +77,7 @@ export TOKEN  # read by benches/chat.lua
 ms() { # wrk latency ("812.00us", "1.20ms", "2.00s") -> ms
   awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
 }
-declare -A rps p50 p99 sttfb50 sttfb99 stot50 stot99 cpu
+declare -A rps p50 p99 sttfb50 sttfb99 stot50 stot99 cpu bttfb50 bttfb99 bbroken
 url_of() { case $1 in direct) echo "http://127.0.0.1:$MOCK_PORT";; nginx) echo "http://127.0.0.1:$NGINX_PORT";; bare) echo "http://127.0.0.1:$BARE_PORT";; pool) echo "http://127.0.0.1:$POOL_PORT";; pool_b) echo "http://127.0.0.1:$POOL_B_PORT";; esac; }
 # The processes whose CPU a contender's requests cost (direct: none, the mock serves them all).
 pids_of() { case $1 in direct) ;; nginx) pgrep -f "nginx: (master|worker)";; bare) echo "$BARE_PID";; pool) echo "$POOL_PID";; pool_b) echo "$POOL_B_PID";; esac; }
@@ -104,6 +110,32 @@ for round in $(seq "$ROUNDS"); do
       add stot50 "$t/$c" "$(get total_p50_ms)"; add stot99 "$t/$c" "$(get total_p99_ms)"
     done
   done
+  # The burst: 256 streams opened at the same moment, time to the first event.
+  for t in "${CONTENDERS[@]}"; do
+    out=$("$BIN/examples/stream_load" --burst --url "$(url_of $t)" -c 256 -d 10 --chunk-delay-ms 50 --token "$TOKEN")
+    get() { echo "$out" | tr ' ' '\n' | awk -F= -v k="$1" '$1 == k {print $2}'; }
+    add bttfb50 "$t" "$(get ttfb_p50_ms)"; add bttfb99 "$t" "$(get ttfb_p99_ms)"; add bbroken "$t" "$(get broken)"
+  done
+done
+# 1,000 streams open and idle (2 s between events): RSS while they are open minus before, per
+# stream, summed over the contender's processes (direct: the mock's own).
+IDLE=1000
+declare -A idle_kb
+rss_kb_of() { local sum=0; for p in ${1:-$MOCK_PID}; do sum=$((sum + $(awk '/VmRSS/ {print $2}' "/proc/$p/status"))); done; echo $sum; }
+for t in "${CONTENDERS[@]}"; do
+  pids=$(pids_of "$t"); [ "$t" = direct ] && pids=$MOCK_PID
+  before=$(rss_kb_of "$pids")
+  rm -f "$DIR/open"
+  "$BIN/examples/stream_load" --burst --url "$(url_of $t)" -c $IDLE -d 12 --chunk-delay-ms 2000 --token "$TOKEN" \
+    --ready-file "$DIR/open" > "$DIR/idle.out" & SL=$!
+  for _ in $(seq 100); do [ -f "$DIR/open" ] && break; sleep 0.1; done
+  if [ -f "$DIR/open" ]; then
+    sleep 0.5
+    idle_kb[$t]=$(awk -v a="$before" -v b="$(rss_kb_of "$pids")" -v n=$IDLE 'BEGIN { printf "%.1f", (b - a) / n }')
+  else
+    idle_kb[$t]="n/a"; echo "warning: $t: not all $IDLE streams got their first event" >&2
+  fi
+  kill $SL 2>/dev/null || true; wait $SL 2>/dev/null || true
 done
 rss() { awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 nginx_rss=0
@@ -132,6 +164,12 @@ for c in 1 256; do
   row "TTFB p99 ms, $c streams" $(cells sttfb99 $c)
   row "total p99 ms, $c streams" $(cells stot99 $c)
 done
+bcells() { local -n arr=$1; for t in "${CONTENDERS[@]}"; do printf "%s " "${arr[$t]}"; done; }
+row "burst of 256 (50 ms apart)" $(heads)
+row "first event p50 ms" $(bcells bttfb50)
+row "first event p99 ms" $(bcells bttfb99)
+row "broken or unfinished" $(bcells bbroken)
+row "RSS KiB per idle stream ($IDLE)" $(bcells idle_kb)
 echo
 rss_b=(); [ -n "${POOL_B:-}" ] && rss_b=("$(rss $POOL_B_PID)")
 row "RSS MiB (after the run)" "$(rss $MOCK_PID)" "$nginx_rss" "$(rss $BARE_PID)" "$(rss $POOL_PID)" "${rss_b[@]}"
@@ -143,6 +181,50 @@ echo "ollama-pool / bare requests/s:    8 conns $(ratio "${rps[pool/8]}" "${rps[
 echo "CPU per request, ollama-pool / nginx: 8 conns $(ratio "${cpu[pool/8]}" "${cpu[nginx/8]}"),  64 conns $(ratio "${cpu[pool/64]}" "${cpu[nginx/64]}");  / bare: $(ratio "${cpu[pool/8]}" "${cpu[bare/8]}"), $(ratio "${cpu[pool/64]}" "${cpu[bare/64]}")"
 echo "added vs direct, 8 conns (ms):    p50 $(diff "${p50[pool/8]}" "${p50[direct/8]}"), p99 $(diff "${p99[pool/8]}" "${p99[direct/8]}")  (nginx: p50 $(diff "${p50[nginx/8]}" "${p50[direct/8]}"), p99 $(diff "${p99[nginx/8]}" "${p99[direct/8]}"))"
 echo "stream TTFB added p99 (ms):       1 stream $(diff "${sttfb99[pool/1]}" "${sttfb99[direct/1]}"), 256 streams $(diff "${sttfb99[pool/256]}" "${sttfb99[direct/256]}")"
+echo "burst first event added p99 (ms): ollama-pool $(diff "${bttfb99[pool]}" "${bttfb99[direct]}"), nginx $(diff "${bttfb99[nginx]}" "${bttfb99[direct]}"), bare $(diff "${bttfb99[bare]}" "${bttfb99[direct]}")"
 if [ -n "${POOL_B:-}" ]; then
   echo "pool-b / ollama-pool requests/s:  8 conns $(ratio "${rps[pool_b/8]}" "${rps[pool/8]}"),  64 conns $(ratio "${rps[pool_b/64]}" "${rps[pool/64]}")  (pool-b = $POOL_B)"
+fi
+
+if [ "${PROFILE:-}" = 1 ]; then
+  command -v perf >/dev/null || { echo "load.sh: PROFILE=1 needs perf (apt-get install linux-perf)" >&2; exit 2; }
+  echo
+  echo "where the CPU goes at 64 conns (perf record -F 999, ${SECS}s under wrk; % of samples, and us per request of the CPU time above)"
+  declare -A share
+  parts=(kernel allocator libc tokio pingora ollama-pool nginx other)
+  for t in "${CONTENDERS[@]}"; do
+    [ "$t" = direct ] && continue
+    pids=$(pids_of "$t" | paste -sd, -)
+    wrk -t2 -c64 -d$((SECS + 1))s -s benches/chat.lua "$(url_of $t)/v1/chat/completions" > /dev/null &
+    W=$!
+    sleep 0.5
+    perf record -q -F 999 -p "$pids" -o "$DIR/perf.$t" -- sleep "$SECS" 2>/dev/null
+    wait $W
+    # One line per symbol: "pct dso [k|.] symbol"; each symbol goes to one part.
+    while read -r part pct; do share[$t/$part]=$pct; done < <(
+      perf report -i "$DIR/perf.$t" --stdio --no-children --sort dso,sym 2>/dev/null | awk '
+        /^#/ || NF < 4 { next }
+        { pct = $1 + 0; dso = $2; sym = $0; sub(/^[^]]*\] /, "", sym)
+          if (dso ~ /kernel/) p = "kernel"
+          else if (sym ~ /^_?mi_|mi_free|malloc|free$|^__libc_(malloc|free)/) p = "allocator"
+          else if (dso ~ /^libc/) p = "libc"
+          else if (dso ~ /^nginx/) p = "nginx"
+          else if (sym ~ /ollama_pool::/) p = "ollama-pool"
+          else if (sym ~ /pingora/) p = "pingora"
+          else if (sym ~ /tokio::/) p = "tokio"
+          else p = "other"
+          sum[p] += pct }
+        END { for (p in sum) printf "%s %.1f\n", p, sum[p] }')
+  done
+  printf "%-34s" "part"; for t in "${CONTENDERS[@]}"; do [ "$t" = direct ] || printf " %18s" "$(case $t in pool) echo ollama-pool;; pool_b) echo pool-b;; *) echo $t;; esac)"; done; echo
+  for part in "${parts[@]}"; do
+    printf "%-34s" "$part"
+    for t in "${CONTENDERS[@]}"; do
+      [ "$t" = direct ] && continue
+      pct=${share[$t/$part]:-0}
+      printf " %9s%% %5s us" "$pct" "$(awk -v p="$pct" -v c="${cpu[$t/64]}" 'BEGIN { printf "%.1f", p * c / 100 }')"
+    done
+    echo
+  done
+  echo "(LTO inlines ollama-pool's hooks into pingora's generic proxy code: 'pingora' includes some of ours.)"
 fi

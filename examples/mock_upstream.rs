@@ -129,6 +129,11 @@ async fn serve(mut s: TcpStream, o: Opts) -> std::io::Result<()> {
             o.faults[REQUESTS.fetch_add(1, Ordering::Relaxed) % 100]
         };
         let stream = body.contains("\"stream\":true");
+        // A per-request pace (benches' stream bursts), else the one given at start.
+        let chunk_delay = header("x-mock-chunk-delay-ms:")
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis)
+            .unwrap_or(o.chunk_delay);
         match fault {
             Fault::Reset => return Ok(()),
             Fault::Cut if !stream => return Ok(()),
@@ -164,8 +169,8 @@ async fn serve(mut s: TcpStream, o: Opts) -> std::io::Result<()> {
                 }
                 let ev = format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"tok{i}\"}}}}]}}\n\n");
                 s.write_all(format!("{:x}\r\n{ev}\r\n", ev.len()).as_bytes()).await?;
-                if !o.chunk_delay.is_zero() {
-                    tokio::time::sleep(o.chunk_delay).await;
+                if !chunk_delay.is_zero() {
+                    tokio::time::sleep(chunk_delay).await;
                 }
             }
             let end = "data: [DONE]\n\n";

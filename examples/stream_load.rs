@@ -4,6 +4,13 @@
 //! broken ones (the connection closed mid-answer; it is reopened so the load stays at C).
 //!
 //! `cargo run --release --example stream_load -- --url http://127.0.0.1:18081 -c 256 -d 5 [--token T]`
+//!
+//! `--burst`: instead, C streams opened at the same moment, one request each on a new
+//! connection (issue #14 item 5), timed from just before the connect; ends when all are done
+//! or after D seconds. `--ready-file F` (burst): creates F once every stream has its first
+//! event, so a script can sample the proxy while all C are open and idle between chunks.
+//! `--chunk-delay-ms N` asks the mock upstream (header `x-mock-chunk-delay-ms`) for N ms between
+//! events.
 
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,13 +27,21 @@ async fn main() {
     let conns: usize = arg(&args, "-c", "1").parse().unwrap();
     let secs: u64 = arg(&args, "-d", "5").parse().unwrap();
     let token = arg(&args, "--token", "bench-client-token-123");
+    let delay = arg(&args, "--chunk-delay-ms", "");
     let addr = url.trim_start_matches("http://").trim_end_matches('/').to_string();
     let body = r#"{"model":"m1","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let extra = if delay.is_empty() { String::new() } else { format!("x-mock-chunk-delay-ms: {delay}\r\n") };
     let req = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\ncontent-type: application/json\r\n{extra}content-length: {}\r\n\r\n{body}",
         body.len()
     );
     let deadline = Instant::now() + Duration::from_secs(secs);
+    if args.iter().any(|a| a == "--burst") {
+        let ready_file = args.iter().position(|a| a == "--ready-file").and_then(|i| args.get(i + 1)).cloned();
+        let (all, broken) = burst(&addr, &req, conns, deadline, ready_file).await;
+        report(all, broken);
+        return;
+    }
     let mut tasks = Vec::new();
     for _ in 0..conns {
         let (addr, req) = (addr.clone(), req.clone());
@@ -85,6 +100,67 @@ async fn main() {
         all.extend(done);
         broken += cut;
     }
+    report(all, broken);
+}
+
+/// `n` streams opened at once, one request each: (time to first event, total) of each
+/// complete one, and how many broke or did not finish by `deadline`.
+async fn burst(
+    addr: &str,
+    req: &str,
+    n: usize,
+    deadline: Instant,
+    ready_file: Option<String>,
+) -> (Vec<(Duration, Duration)>, usize) {
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(n));
+    let first = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let (addr, req, start, first, ready_file) =
+            (addr.to_string(), req.to_string(), start.clone(), first.clone(), ready_file.clone());
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            let t0 = Instant::now();
+            let work = async {
+                let mut s = TcpStream::connect(&addr).await.ok()?;
+                let _ = s.set_nodelay(true);
+                s.write_all(req.as_bytes()).await.ok()?;
+                let (mut got, mut buf) = (Vec::new(), vec![0u8; 8192]);
+                let (mut ttfb, mut head_end) = (None, None);
+                loop {
+                    let n_read = s.read(&mut buf).await.ok().filter(|&k| k > 0)?;
+                    got.extend_from_slice(&buf[..n_read]);
+                    if head_end.is_none() {
+                        head_end = got.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+                    }
+                    if let Some(h) = head_end {
+                        if ttfb.is_none() && got.len() > h {
+                            ttfb = Some(t0.elapsed());
+                            let opened = first.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                            if let (true, Some(f)) = (opened == n, &ready_file) {
+                                let _ = std::fs::write(f, b"open\n");
+                            }
+                        }
+                        if got.ends_with(b"0\r\n\r\n") {
+                            return Some((ttfb.unwrap_or_default(), t0.elapsed()));
+                        }
+                    }
+                }
+            };
+            tokio::time::timeout_at(deadline.into(), work).await.ok().flatten()
+        }));
+    }
+    let (mut all, mut broken) = (Vec::new(), 0);
+    for t in tasks {
+        match t.await.ok().flatten() {
+            Some(x) => all.push(x),
+            None => broken += 1,
+        }
+    }
+    (all, broken)
+}
+
+fn report(all: Vec<(Duration, Duration)>, broken: usize) {
     if all.is_empty() {
         println!("requests=0 broken={broken}");
         return;
