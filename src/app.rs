@@ -17,6 +17,7 @@ use arc_swap::ArcSwap;
 use pingora::apps::http_app::HttpServer;
 use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server};
 use pingora::services::background::GenBackgroundService;
@@ -57,6 +58,14 @@ pub struct App {
     mode: RunMode,
     grace_period: std::time::Duration,
     pid_file: std::path::PathBuf,
+}
+
+/// Each plain-TCP client connection reads through a 16 KiB buffer, not pingora's 64 KiB: a
+/// request header and a typical body fit, a big body takes a few more reads, and an open stream
+/// holds 48 KiB less (issue #14 item 5: RSS with 1,000 idle streams, benches/README.md).
+/// TLS listeners keep pingora's default, which batches its 16 KiB record reads.
+fn client_buffers() -> L4BufferSettings {
+    L4BufferSettings::default().read(16 * 1024)
 }
 
 pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<App, AppError> {
@@ -122,7 +131,7 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
     );
     for l in &cfg.listen {
         match l.tls() {
-            None => proxy.add_tcp(l.address()),
+            None => proxy.add_listener(ListenerConfig::tcp(l.address()).l4_buffer(client_buffers())),
             Some(tls) => proxy
                 .add_tls(l.address(), &tls.cert.display().to_string(), &tls.key.display().to_string())
                 .map_err(|e| AppError::Listener { address: l.address().into(), message: e.to_string() })?,
