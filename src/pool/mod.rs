@@ -340,8 +340,7 @@ impl Pool {
         // Read before the view: a view stored after this read is at least as fresh.
         let due = self.building.load(Acquire) || now >= self.due_ms.load(Acquire);
         let mut view = self.view.load();
-        let n = view.keys.len();
-        if n == 0 {
+        if view.keys.is_empty() {
             return Err(NoKey { retry_after: None });
         }
         if self.storm.since_ms.load(Relaxed) != 0 {
@@ -352,10 +351,14 @@ impl Pool {
         let mut whole = false;
         if due {
             if self.rebuild() {
-                view = self.view.load();
+                view = self.view.load(); // (a key may have left meanwhile: n is taken below)
             } else {
                 whole = true;
             }
+        }
+        let n = view.keys.len();
+        if n == 0 {
+            return Err(NoKey { retry_after: None });
         }
         let start = self.cursor.0.fetch_add(1, Relaxed) % n;
         let first = view.first_at(start, whole);
@@ -1057,6 +1060,53 @@ mod tests {
                     proptest::prop_assert_eq!(got, want);
                 }
             }
+        }
+    }
+
+    /// Picks on other threads while keys join, leave, park and return: no pick panics or
+    /// returns a key that was never added, and every thread keeps getting keys.
+    #[test]
+    fn picks_race_adds_removes_and_transitions_safely() {
+        let (p, clock) = pool(64);
+        let p = Arc::new(p);
+        let stop = Arc::new(AtomicBool::new(false));
+        let pickers: Vec<_> = (0..3)
+            .map(|_| {
+                let (p, stop) = (p.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut got = 0u64;
+                    while !stop.load(Relaxed) {
+                        if let Ok(k) = p.pick(&[]) {
+                            assert!(k.id.len() == 12);
+                            got += 1;
+                        }
+                    }
+                    got
+                })
+            })
+            .collect();
+        for i in 0..3000 {
+            let keys = p.keys();
+            let k = &keys[i * 7 % keys.len()];
+            match i % 5 {
+                0 => {
+                    p.remove(&k.id);
+                }
+                1 => {
+                    let _ = p.add(Key::new(Secret::new(format!("race-key-{i:05}")), None, None).unwrap());
+                }
+                2 => {
+                    p.transition(k, Status::Cooling, Reason::RateLimited, p.now_ms() + (i % 300) as u64);
+                }
+                3 => {
+                    p.transition(k, Status::Active, Reason::Probe, 0);
+                }
+                _ => clock.advance(Duration::from_millis(37)),
+            }
+        }
+        stop.store(true, Relaxed);
+        for t in pickers {
+            assert!(t.join().unwrap() > 0);
         }
     }
 
