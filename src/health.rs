@@ -488,7 +488,7 @@ impl Prober {
             crate::upstream::send(&self.connector, &peer, &|| Ok(req.clone()), Bytes::copy_from_slice(body)).await?;
         let body = crate::upstream::read_up_to(&mut s, MAX_PROBE_BODY).await?;
         if s.response_done() {
-            self.connector.release_http_session(s, &peer, Some(self.upstream.idle_timeout())).await;
+            self.connector.release_http_session(s, &*peer, Some(self.upstream.idle_timeout())).await;
         }
         Ok((header.status.as_u16(), header.headers.clone(), body))
     }

@@ -140,7 +140,14 @@ pub struct Upstream {
     last_check: std::sync::Mutex<Option<tokio::time::Instant>>,
     dns_refresh: Duration,
     health_check_interval: Duration,
+    /// The peer of each address seen so far, built once: an attempt takes an `Arc` instead of
+    /// building a peer (its SNI string and options) every time (issue #14 item 2).
+    peers: arc_swap::ArcSwap<Vec<Arc<HttpPeer>>>,
 }
+
+/// Peers kept per upstream; an address set larger than this (DNS with many records) still
+/// works, building the peers it finds no room for.
+const PEER_CACHE: usize = 16;
 
 impl Upstream {
     /// Builds the upstream and its address book. IP literals and pinned addresses are known at
@@ -194,6 +201,7 @@ impl Upstream {
             last_check: std::sync::Mutex::new(None),
             dns_refresh: cfg.dns_refresh.0,
             health_check_interval: cfg.health_check_interval.0,
+            peers: arc_swap::ArcSwap::from_pointee(Vec::new()),
         })
     }
 
@@ -230,9 +238,26 @@ impl Upstream {
 
     /// The peer for one attempt: the next healthy address round-robin (any address if none is
     /// healthy: a wrong health verdict must not take the whole proxy down). None = unresolved.
-    pub fn peer(&self) -> Option<HttpPeer> {
+    pub fn peer(&self) -> Option<Arc<HttpPeer>> {
         let backend = self.lb.select(b"", 16).or_else(|| self.lb.select_with(b"", 16, |_, _| true))?;
         let addr = *backend.addr.as_inet()?;
+        if let Some(p) = self.peers.load().iter().find(|p| p._address.as_inet() == Some(&addr)) {
+            return Some(p.clone());
+        }
+        let peer = Arc::new(self.build_peer(addr));
+        if self.peers.load().len() < PEER_CACHE {
+            self.peers.rcu(|list| {
+                let mut list = Vec::clone(list);
+                if !list.iter().any(|p| p._address.as_inet() == Some(&addr)) {
+                    list.push(peer.clone());
+                }
+                list
+            });
+        }
+        Some(peer)
+    }
+
+    fn build_peer(&self, addr: SocketAddr) -> HttpPeer {
         let mut peer = HttpPeer::new(addr, self.url.tls, self.url.host.clone());
         let o = &mut peer.options;
         o.connection_timeout = Some(self.connect_timeout);
@@ -244,7 +269,7 @@ impl Upstream {
         o.verify_cert = self.verify_tls;
         o.verify_hostname = self.verify_tls;
         o.ca = self.ca.clone();
-        Some(peer)
+        peer
     }
 
     pub fn idle_timeout(&self) -> Duration {
@@ -366,5 +391,25 @@ mod tests {
         let up = Upstream::new(&cfg).unwrap();
         assert!(up.resolved());
         assert_eq!(up.peer().unwrap()._address.to_string(), "127.0.0.1:9");
+    }
+
+    #[test]
+    fn each_address_gets_one_peer_built_once() {
+        let cfg = UpstreamConfig {
+            url: "http://upstream.test".into(),
+            addresses: vec!["127.0.0.1:9".into(), "127.0.0.2:9".into()],
+            ..Default::default()
+        };
+        let up = Upstream::new(&cfg).unwrap();
+        let picks: Vec<Arc<HttpPeer>> = (0..6).map(|_| up.peer().unwrap()).collect();
+        let mut addrs: Vec<String> = picks.iter().map(|p| p._address.to_string()).collect();
+        addrs.sort();
+        addrs.dedup();
+        assert_eq!(addrs, ["127.0.0.1:9", "127.0.0.2:9"], "round-robin over both addresses");
+        for p in &picks {
+            let same = picks.iter().filter(|q| q._address == p._address);
+            assert!(same.clone().all(|q| Arc::ptr_eq(p, q)), "one peer per address");
+            assert_eq!(p.sni, "upstream.test");
+        }
     }
 }
