@@ -188,7 +188,6 @@ fn capped<'a>(seen: &DashMap<String, ()>, value: &'a str, cap: usize) -> &'a str
     value
 }
 
-/// Per-client counters, resolved on the client's first request and kept in the client.
 /// A provider's request counters ([family][status class]), resolved once per provider.
 pub struct ProviderMetrics {
     requests: Vec<Vec<IntCounter>>,
@@ -204,6 +203,7 @@ impl ProviderMetrics {
     }
 }
 
+/// Per-client counters, resolved on the client's first request and kept in the client.
 pub struct ClientMetrics {
     /// [family][status class]
     requests: Vec<Vec<IntCounter>>,
@@ -248,8 +248,8 @@ impl ClientMetrics {
 /// Requests that never authenticated are counted under client `-`.
 static ANONYMOUS: LazyLock<ClientMetrics> = LazyLock::new(|| ClientMetrics::new("-"));
 
-/// Per-key attempt counters, resolved on the key's first attempt and kept in the key.
-/// Kept in the key's sink slot (`Key::sink`), so the request path does no lookup.
+/// Per-key attempt counters, resolved on the key's first attempt and kept in its sink slot
+/// (`Key::sink`), so the request path does no lookup.
 pub struct KeyMetrics {
     attempts: [IntCounter; OUTCOMES.len()],
     stream_errors: IntCounter,

@@ -241,11 +241,12 @@ impl Upstream {
     pub fn peer(&self) -> Option<Arc<HttpPeer>> {
         let backend = self.lb.select(b"", 16).or_else(|| self.lb.select_with(b"", 16, |_, _| true))?;
         let addr = *backend.addr.as_inet()?;
-        if let Some(p) = self.peers.load().iter().find(|p| p._address.as_inet() == Some(&addr)) {
+        let known = self.peers.load();
+        if let Some(p) = known.iter().find(|p| p._address.as_inet() == Some(&addr)) {
             return Some(p.clone());
         }
         let peer = Arc::new(self.build_peer(addr));
-        if self.peers.load().len() < PEER_CACHE {
+        if known.len() < PEER_CACHE {
             self.peers.rcu(|list| {
                 let mut list = Vec::clone(list);
                 if !list.iter().any(|p| p._address.as_inet() == Some(&addr)) {

@@ -98,6 +98,11 @@ impl Drop for Server {
     }
 }
 
+/// One chat request through the proxy on `port` (an empty body: the mock answers anything).
+async fn chat(port: u16, path: &str) -> reqwest::StatusCode {
+    client().post(format!("http://127.0.0.1:{port}{path}")).bearer_auth(TOKEN).body("{}").send().await.unwrap().status()
+}
+
 fn assert_no_secrets(files: &[PathBuf], extra: &[&str]) {
     for f in files {
         let bytes = std::fs::read(f).unwrap_or_default();
@@ -183,14 +188,7 @@ async fn counters_survive_a_graceful_restart() {
     let s = start(&cfg, port, admin, 1).await;
     s.ok(reqwest::Method::POST, "/admin/keys", json!({"key": KEYS[0]})).await;
     for _ in 0..3 {
-        let r = client()
-            .post(format!("http://127.0.0.1:{port}/api/chat"))
-            .bearer_auth(TOKEN)
-            .body("{}")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        assert_eq!(chat(port, "/api/chat").await, 200);
     }
     let log1 = s.terminate(); // flush_interval is 1h: only the shutdown flush can save them
     let s = start(&cfg, port, admin, 2).await;
@@ -215,11 +213,10 @@ async fn parks_survive_a_restart_and_ended_ones_are_dropped() {
     for k in &KEYS {
         s.ok(reqwest::Method::POST, "/admin/keys", json!({ "key": k })).await;
     }
-    let chat = || client().post(format!("http://127.0.0.1:{port}/v1/chat/completions")).bearer_auth(TOKEN).body("{}");
     // Round-robin from the first key: 401, 429 for an hour, 429 for a second (3 attempts, so the
     // last 429 is the answer); the next request finds the good key.
-    assert_eq!(chat().send().await.unwrap().status(), 429);
-    assert_eq!(chat().send().await.unwrap().status(), 200);
+    assert_eq!(chat(port, "/v1/chat/completions").await, 429);
+    assert_eq!(chat(port, "/v1/chat/completions").await, 200);
     let states = |listed: &Value| -> Vec<(String, String)> {
         let mut v: Vec<(String, String)> = listed["keys"]
             .as_array()
@@ -251,7 +248,7 @@ async fn parks_survive_a_restart_and_ended_ones_are_dropped() {
     mock.clear();
     mock.set(KEYS[2], Behavior::Normal);
     for _ in 0..4 {
-        assert_eq!(chat().send().await.unwrap().status(), 200);
+        assert_eq!(chat(port, "/v1/chat/completions").await, 200);
     }
     let used: std::collections::HashSet<Option<String>> = mock.requests().into_iter().map(|r| r.key).collect();
     assert!(
@@ -338,14 +335,7 @@ async fn reload_by_cli_and_by_sighup() {
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
     assert!(reloaded, "SIGHUP reloaded the config");
-    let r = client()
-        .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
-        .bearer_auth(TOKEN)
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "still serving");
+    assert_eq!(chat(port, "/v1/chat/completions").await, 200, "still serving");
     let log = server.terminate();
     assert_no_secrets(&[log], &[]);
 }

@@ -244,6 +244,5 @@ async fn the_balance_probe_parks_until_its_reset_and_is_spaced() {
     proxy.clock.advance(std::time::Duration::from_secs(6));
     proxy.health.tick(true).await;
     assert_eq!(mock.requests_to("/api/balance").len(), 2);
-    assert!(mock.requests_to("/api/balance").len() <= 10);
     assert_probes_cost_no_tokens(&mock);
 }

@@ -351,12 +351,7 @@ impl Key {
     #[inline]
     pub fn serves(&self, model: &str, now: u64) -> bool {
         if self.model_parks_n.load(Relaxed) != 0
-            && self
-                .model_parks
-                .load()
-                .iter()
-                .flat_map(|v| v.iter())
-                .any(|p| p.until_ms > now && same_model(&p.model, model))
+            && self.with_parks(|parks| parks.iter().any(|p| p.until_ms > now && same_model(&p.model, model)))
         {
             return false;
         }
@@ -383,21 +378,16 @@ impl Key {
         if self.model_parks_n.load(Relaxed) == 0 {
             return None;
         }
-        self.model_parks
-            .load()
-            .iter()
-            .flat_map(|v| v.iter())
-            .filter(|p| p.until_ms > now && same_model(&p.model, model))
-            .map(|p| p.until_ms)
-            .max()
+        self.with_parks(|parks| {
+            parks.iter().filter(|p| p.until_ms > now && same_model(&p.model, model)).map(|p| p.until_ms).max()
+        })
     }
 
     /// Parks this key for `model` only, until `until` (it keeps serving other models).
     /// Returns whether this is a new park (not one already running for that model).
     pub(super) fn park_model(&self, model: &str, until: u64, now: u64) -> bool {
         let _guard = self.transition.lock().unwrap_or_else(|p| p.into_inner());
-        let mut parks: Vec<ModelPark> =
-            self.model_parks.load().iter().flat_map(|v| v.iter()).filter(|p| p.until_ms > now).cloned().collect();
+        let mut parks = self.model_parks_at(now);
         let fresh = match parks.iter_mut().find(|p| same_model(&p.model, model)) {
             Some(p) => {
                 p.until_ms = p.until_ms.max(until);
@@ -425,7 +415,12 @@ impl Key {
         if self.model_parks_n.load(Relaxed) == 0 {
             return Vec::new();
         }
-        self.model_parks.load().iter().flat_map(|v| v.iter()).filter(|p| p.until_ms > now).cloned().collect()
+        self.with_parks(|parks| parks.iter().filter(|p| p.until_ms > now).cloned().collect())
+    }
+
+    /// Runs `f` over the model parks (none when the key never had one).
+    fn with_parks<R>(&self, f: impl FnOnce(&[ModelPark]) -> R) -> R {
+        f(self.model_parks.load().as_deref().map_or(&[], |v| v.as_slice()))
     }
 
     /// Past its `expires_at`: never usable again.

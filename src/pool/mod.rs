@@ -169,6 +169,10 @@ impl Pool {
         }));
     }
 
+    fn emit_storm(&self, active: bool, returned: usize, at_ms: u64) {
+        self.events.emit(PoolEvent::Storm { provider: self.provider.clone(), active, returned, at_ms });
+    }
+
     /// The one place a key changes state (SPEC: requests, probes, operators and reloads all come
     /// here): moves `key` to `to` for `reason` until `until` (0 = no scheduled return) and
     /// emits the change. Returns whether the key moved.
@@ -563,12 +567,7 @@ impl Pool {
                  probe succeeds",
                 now.saturating_sub(run) / 1000
             );
-            self.events.emit(PoolEvent::Storm {
-                provider: self.provider.clone(),
-                active: true,
-                returned: 0,
-                at_ms: now,
-            });
+            self.emit_storm(true, 0, now);
             return true;
         }
         false
@@ -602,12 +601,7 @@ impl Pool {
         self.storm.failing_keys.store(0, Relaxed);
         self.storm.failures.store(0, Relaxed);
         self.storm.successes.store(0, Relaxed);
-        self.events.emit(PoolEvent::Storm {
-            provider: self.provider.clone(),
-            active: false,
-            returned: back,
-            at_ms: now,
-        });
+        self.emit_storm(false, back, now);
         log::warn!("pool: upstream storm over after {} s; {back} keys returned", now.saturating_sub(since) / 1000);
         back
     }

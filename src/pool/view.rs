@@ -9,7 +9,8 @@
 //! - a key that was usable, or returns within `RETURN_SLACK_MS`, when the view was built is in
 //!   it (parked ones among them are skipped, as a scan skips them);
 //! - the view is due for a rebuild when the earliest excluded key's time is up
-//!   (`next_return_ms`), and when a transition brings a key back (`Pool::transition`);
+//!   (`next_return_ms`), and when a transition brings a key back or moves a park's end
+//!   sooner (`Pool::transition` lowers `Pool::due_ms`);
 //! - keys joining or leaving build a new view at once (the writer has the list in hand).
 //!
 //! Parks only make the index hold keys that are skipped; the pool rebuilds after them once the
