@@ -55,6 +55,8 @@ pub struct App {
     pub health: Arc<HealthService>,
     pub store: Arc<dyn Store>,
     pub flusher: Arc<CounterFlusher>,
+    /// Saves the usage ledger (periodically, and last at shutdown).
+    pub usage_flusher: Arc<crate::usage::UsageFlusher>,
     mode: RunMode,
     grace_period: std::time::Duration,
     pid_file: std::path::PathBuf,
@@ -86,6 +88,8 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
     for t in store.tokens()? {
         clients.insert(t.hash, ops::to_client(&t));
     }
+    crate::usage::seed_budgets(&clients, &*store, clock.now_ms())?;
+    let usage = Arc::new(crate::usage::Ledger::default());
     lifecycle::return_freed_memory();
     let runtime = Arc::new(ArcSwap::from_pointee(runtime));
 
@@ -123,6 +127,7 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
         max_header_bytes: cfg.server.max_header_bytes.0 as usize,
         max_headers: cfg.server.max_headers,
         keepalive_secs: cfg.server.keepalive_timeout.0.as_secs().max(1),
+        usage: usage.clone(),
     });
     let proxy_app = pingora::proxy::http_proxy(&server.configuration, PoolProxy { state: state.clone() });
     let mut proxy = Service::new(
@@ -152,6 +157,13 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
         interval: cfg.store.flush_interval.0,
     });
     server.add_service(GenBackgroundService::new("counter snapshots".into(), flusher.clone()));
+    let usage_flusher = Arc::new(crate::usage::UsageFlusher {
+        ledger: usage,
+        store: store.clone(),
+        clock: clock.clone(),
+        interval: cfg.store.flush_interval.0,
+    });
+    server.add_service(GenBackgroundService::new("usage".into(), usage_flusher.clone()));
     let weak = Arc::downgrade(&state);
     crate::metrics::PoolCollector::register(Arc::new(move || {
         let Some(state) = weak.upgrade() else { return Vec::new() };
@@ -197,6 +209,7 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
         health,
         store,
         flusher,
+        usage_flusher,
         mode,
         grace_period: cfg.server.grace_period.0,
         pid_file: cfg.server.pid_file.clone(),
@@ -206,13 +219,14 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
 impl App {
     /// Runs until a signal stops the server (see `crate::lifecycle`), then saves the counters.
     pub fn serve(self) {
-        let App { server, state, flusher, mode, grace_period, pid_file, .. } = self;
+        let App { server, state, flusher, usage_flusher, mode, grace_period, pid_file, .. } = self;
         // Pingora writes the pid file itself after a daemon fork; otherwise we do, so that
         // `serve --upgrade` finds this process.
         let own_pid_file = !mode.daemon && lifecycle::write_pid_file(&pid_file);
         // The last step, whichever way the server ends (drained early, or pingora's deadline).
         let finish = Arc::new(move || {
             flusher.flush();
+            usage_flusher.flush();
             if own_pid_file {
                 lifecycle::remove_pid_file(&pid_file);
             }

@@ -58,6 +58,30 @@ pub enum Command {
     /// Manage client tokens in the store.
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// Usage report from the store: requests, errors and tokens by day, client, provider and
+    /// model. While a server runs, the store is up to `store.flush_interval` behind it (the
+    /// admin API's `GET /admin/usage` is not).
+    Usage {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// First day (YYYY-MM-DD, UTC); default: 29 days before --to.
+        #[arg(long)]
+        from: Option<String>,
+        /// Last day (YYYY-MM-DD, UTC); default: today.
+        #[arg(long)]
+        to: Option<String>,
+        /// Group by these fields (comma-separated: day, client, provider, model); default: all.
+        #[arg(long)]
+        by: Option<String>,
+        #[arg(long)]
+        client: Option<String>,
+        #[arg(long)]
+        provider: Option<String>,
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long, value_enum, default_value_t = UsageFormat::Table)]
+        format: UsageFormat,
+    },
     /// See it work without upstream keys: the proxy in front of a simulated upstream, a
     /// scripted burst explained in plain words, then serving on loopback until Ctrl-C.
     Demo {
@@ -71,6 +95,13 @@ pub enum Command {
         #[arg(long)]
         exit_after_script: bool,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum UsageFormat {
+    Table,
+    Csv,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -134,6 +165,15 @@ pub enum TokensCommand {
         /// Requests per minute.
         #[arg(long)]
         rpm: Option<u32>,
+        /// Budget: tokens (prompt + completion) per minute.
+        #[arg(long)]
+        tpm: Option<u64>,
+        /// Budget: tokens per UTC day.
+        #[arg(long)]
+        daily_tokens: Option<u64>,
+        /// Budget: tokens per UTC calendar month.
+        #[arg(long)]
+        monthly_tokens: Option<u64>,
     },
     /// List client tokens (names and ids; never the tokens).
     List {
@@ -360,14 +400,15 @@ pub fn run_tokens(cmd: TokensCommand) -> ExitCode {
         Err(code) => return code,
     };
     match cmd {
-        TokensCommand::Create { name, expires_in, models, rpm, .. } => {
+        TokensCommand::Create { name, expires_in, models, rpm, tpm, daily_tokens, monthly_tokens, .. } => {
             let expires_in = match duration(&expires_in, "expires-in") {
                 Ok(d) => d,
                 Err(code) => return code,
             };
             let models: Vec<String> =
                 models.into_iter().map(|m| m.trim().to_string()).filter(|m| !m.is_empty()).collect();
-            match c.create_token(&name, expires_in, models, rpm) {
+            let budgets = crate::usage::Limits { tpm, daily_tokens, monthly_tokens };
+            match c.create_token(crate::admin::ops::TokenSpec { name, expires_in, models, rpm, budgets }) {
                 Ok((t, token)) => {
                     eprintln!("token {} ({}) created; it is shown only this once:", t.id, t.name);
                     println!("{}", token.expose());
@@ -378,15 +419,23 @@ pub fn run_tokens(cmd: TokensCommand) -> ExitCode {
         }
         TokensCommand::List { .. } => match c.store.tokens() {
             Ok(tokens) => {
-                println!("{:<12}  {:<20}  {:<20}  {:<20}  {:>5}  MODELS", "ID", "NAME", "CREATED", "EXPIRES", "RPM");
+                println!(
+                    "{:<12}  {:<20}  {:<20}  {:<20}  {:>5}  {:<24}  MODELS",
+                    "ID", "NAME", "CREATED", "EXPIRES", "RPM", "BUDGETS"
+                );
                 for t in &tokens {
+                    let budgets: Vec<String> = crate::usage::BudgetKind::ALL
+                        .iter()
+                        .filter_map(|k| t.budgets.get(*k).map(|v| format!("{}={v}", k.as_str())))
+                        .collect();
                     println!(
-                        "{:<12}  {:<20}  {:<20}  {:<20}  {:>5}  {}",
+                        "{:<12}  {:<20}  {:<20}  {:<20}  {:>5}  {:<24}  {}",
                         t.id,
                         t.name,
                         rfc3339(t.created_at_ms),
                         t.expires_at_ms.map(rfc3339).unwrap_or_else(|| "never".into()),
                         t.rpm.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+                        if budgets.is_empty() { "-".to_string() } else { budgets.join(",") },
                         if t.models.is_empty() { "*".to_string() } else { t.models.join(",") }
                     );
                 }
@@ -403,6 +452,45 @@ pub fn run_tokens(cmd: TokensCommand) -> ExitCode {
             Err(e) => op(e),
         },
     }
+}
+
+/// `ollama-pool usage -c FILE …`: the usage report, offline, from the store.
+pub struct UsageArgs {
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub by: Option<String>,
+    pub client: Option<String>,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub format: UsageFormat,
+}
+
+pub fn run_usage(loaded: &Loaded, a: UsageArgs) -> ExitCode {
+    use crate::usage::{calendar, report};
+    let today = calendar::day_of(SystemClock.now_ms());
+    let filters = [a.client.as_deref(), a.provider.as_deref(), a.model.as_deref()];
+    let q = match report::Query::parse(a.from.as_deref(), a.to.as_deref(), a.by.as_deref(), filters, today) {
+        Ok(q) => q,
+        Err(e) => {
+            let flag = if e.param == "group_by" { "by" } else { e.param };
+            return usage(format!("--{flag}: {}", e.message));
+        }
+    };
+    let c = match control(loaded) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let rows = match c.store.usage(q.from, q.to) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    let r = report::build(&q, &rows);
+    match a.format {
+        UsageFormat::Table => print!("{}", r.to_table()),
+        UsageFormat::Csv => print!("{}", r.to_csv()),
+        UsageFormat::Json => println!("{}", serde_json::to_string_pretty(&r.to_json(&q)).unwrap_or_default()),
+    }
+    ExitCode::SUCCESS
 }
 
 /// `ollama-pool reload -c FILE`: `POST /admin/reload` on the running server's admin listener

@@ -37,6 +37,10 @@ fn main() -> ExitCode {
             Some(loaded) => cli::run_reload(&loaded),
             None => ExitCode::from(2),
         },
+        Command::Usage { config, from, to, by, client, provider, model, format } => match cli::load(&config.config) {
+            Some(loaded) => cli::run_usage(&loaded, cli::UsageArgs { from, to, by, client, provider, model, format }),
+            None => ExitCode::from(2),
+        },
         Command::Keys(cmd) => cli::run_keys(cmd),
         Command::Tokens(cmd) => cli::run_tokens(cmd),
         Command::Demo { port, admin_port, exit_after_script } => {

@@ -54,6 +54,7 @@ struct Metrics {
     ttfb_seconds: Vec<Histogram>,
     overhead_seconds: Vec<Histogram>,
     tokens: IntCounterVec,
+    budget_rejections: IntCounterVec,
     transitions: IntCounterVec,
     probes: IntCounterVec,
     usage: prometheus::GaugeVec,
@@ -129,6 +130,12 @@ static M: LazyLock<Metrics> = LazyLock::new(|| {
             "Request duration minus upstream time: what the proxy itself adds.",
             OVERHEAD_BUCKETS,
         ),
+        budget_rejections: register_int_counter_vec!(
+            "ollama_pool_budget_rejections_total",
+            "Requests refused (429) because the client token used up a budget, by client and budget.",
+            &["client", "budget"]
+        )
+        .expect("register budget_rejections_total"),
         tokens: register_int_counter_vec!(
             "ollama_pool_tokens_total",
             "Tokens reported by upstream `usage`, by model, client and kind (prompt|completion).",
@@ -357,6 +364,11 @@ pub fn request_done(r: RequestRecord<'_>) {
         p.inc_by(prompt.unwrap_or(0));
         c.inc_by(completion.unwrap_or(0));
     }
+}
+
+/// A request refused before forwarding because its client used up a token budget.
+pub fn budget_rejected(client: &ClientMetrics, budget: &'static str) {
+    M.budget_rejections.with_label_values(&[client.name.as_str(), budget]).inc();
 }
 
 pub fn stream_started() {

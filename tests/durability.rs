@@ -4,18 +4,12 @@
 
 mod common;
 
+use common::process::start;
 use common::{client, free_port, Behavior, Mock, ADMIN_TOKEN, KEYS, TOKEN};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
-
-struct Server {
-    child: Child,
-    port: u16,
-    admin: u16,
-    log: PathBuf,
-}
 
 fn config(dir: &Path, mock: &Mock, port: u16, admin: u16, encrypted: bool) -> PathBuf {
     let enc = if encrypted { "  encryption_key: \"store-passphrase-0123456789\"\n" } else { "" };
@@ -33,69 +27,6 @@ fn config(dir: &Path, mock: &Mock, port: u16, admin: u16, encrypted: bool) -> Pa
     let path = dir.join("ollama-pool.yaml");
     std::fs::write(&path, yaml).unwrap();
     path
-}
-
-async fn start(cfg: &Path, port: u16, admin: u16, run: usize) -> Server {
-    let log = cfg.with_file_name(format!("server-{run}.log"));
-    let out = std::fs::File::create(&log).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ollama-pool"))
-        .args(["serve", "-c"])
-        .arg(cfg)
-        .env("RUST_LOG", "trace")
-        .stdout(Stdio::from(out.try_clone().unwrap()))
-        .stderr(Stdio::from(out))
-        .spawn()
-        .unwrap();
-    for _ in 0..200 {
-        if let Ok(r) = client().get(format!("http://127.0.0.1:{admin}/healthz")).send().await {
-            if r.status() == 200 {
-                return Server { child, port, admin, log };
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("server did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
-}
-
-impl Server {
-    fn admin(&self, m: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        client().request(m, format!("http://127.0.0.1:{}{path}", self.admin)).bearer_auth(ADMIN_TOKEN)
-    }
-
-    async fn ok(&self, m: reqwest::Method, path: &str, body: Value) -> Value {
-        let r = self.admin(m, path).json(&body).send().await.unwrap();
-        assert!(r.status().is_success(), "{path}: {}", r.status());
-        r.json().await.unwrap_or(Value::Null)
-    }
-
-    fn kill9(mut self) -> PathBuf {
-        self.child.kill().unwrap(); // SIGKILL: no shutdown hook runs
-        self.child.wait().unwrap();
-        self.log.clone()
-    }
-
-    fn terminate(mut self) -> PathBuf {
-        common::signal(&self.child, libc::SIGTERM);
-        for _ in 0..200 {
-            if self.child.try_wait().unwrap().is_some() {
-                return self.log.clone();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("server ignored SIGTERM");
-    }
-}
-
-impl Drop for Server {
-    /// A failed assertion must not leave a server running.
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
 
 /// One chat request through the proxy on `port` (an empty body: the mock answers anything).

@@ -246,8 +246,11 @@ impl AdminApp {
             (Method::DELETE, ["tokens", id]) => self.revoke_token(id),
             (Method::GET, ["stats"]) => Ok(self.stats()),
             (Method::GET, ["providers"]) => Ok(self.providers()),
+            (Method::GET, ["usage"]) => self.usage(s, &q),
             (Method::POST, ["reload"]) => self.reload().await,
-            (_, ["keys" | "tokens" | "stats" | "health-check", ..]) => Err(error(405, "method not allowed here")),
+            (_, ["keys" | "tokens" | "stats" | "health-check" | "usage", ..]) => {
+                Err(error(405, "method not allowed here"))
+            }
             _ => Err(error(404, "no such admin route")),
         };
         result.unwrap_or_else(|a| a)
@@ -286,6 +289,46 @@ impl AdminApp {
             })
             .collect();
         answer(200, json!({ "providers": list, "default": rt.home_provider().name, "generation": rt.generation }))
+    }
+
+    /// `GET /admin/usage`: flushes what this process counted since the last flush, then
+    /// reports from the store, so the answer is exact up to this request.
+    fn usage(&self, s: &ServerSession, q: &[(String, String)]) -> Result<Answer, Answer> {
+        use crate::usage::{calendar, report};
+        let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        let now = self.control.now();
+        let filters = [get("client"), get("provider"), get("model")];
+        let query = report::Query::parse(get("from"), get("to"), get("group_by"), filters, calendar::day_of(now))
+            .map_err(|e| error(400, e.to_string()))?;
+        let csv = match get("format") {
+            None | Some("") => s
+                .req_header()
+                .headers
+                .get(http::header::ACCEPT)
+                .is_some_and(|v| v.to_str().unwrap_or("").split(',').any(|t| t.trim().starts_with("text/csv"))),
+            Some("csv") => true,
+            Some("json") => false,
+            Some(f) => return Err(error(400, format!("format: want json or csv, not {f:?}"))),
+        };
+        let store = &*self.control.store;
+        let rows = self
+            .proxy
+            .usage
+            .flush(store, now)
+            .and_then(|()| store.usage(query.from, query.to))
+            .map_err(|e| op_error(e.into()))?;
+        let r = report::build(&query, &rows);
+        if !csv {
+            return Ok(answer(200, r.to_json(&query)));
+        }
+        let body = r.to_csv().into_bytes();
+        Ok(Response::builder()
+            .status(200)
+            .header("content-type", "text/csv; charset=utf-8")
+            .header("cache-control", "no-store")
+            .header("content-length", body.len())
+            .body(body)
+            .expect("valid response"))
     }
 
     async fn reload(&self) -> Result<Answer, Answer> {
@@ -442,9 +485,25 @@ impl AdminApp {
 
     fn list_tokens(&self) -> Result<Answer, Answer> {
         let tokens = self.control.store.tokens().map_err(|e| op_error(e.into()))?;
+        let now = self.control.now();
         let list: Vec<Value> = tokens
             .iter()
             .map(|t| {
+                let live = self.control.clients.as_ref().and_then(|c| c.get(&t.hash));
+                let budgets: serde_json::Map<String, Value> = live
+                    .map(|c| c.budgets.views(now))
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|b| {
+                        let v = json!({
+                            "limit": b.limit,
+                            "used": b.used,
+                            "remaining": b.remaining(),
+                            "resets_at": time(Some(b.resets_at_ms)),
+                        });
+                        (b.kind.as_str().to_string(), v)
+                    })
+                    .collect();
                 json!({
                     "id": t.id,
                     "name": t.name,
@@ -452,6 +511,10 @@ impl AdminApp {
                     "expires_at": time(t.expires_at_ms),
                     "models": t.models,
                     "rpm": t.rpm,
+                    "tpm": t.budgets.tpm,
+                    "daily_tokens": t.budgets.daily_tokens,
+                    "monthly_tokens": t.budgets.monthly_tokens,
+                    "budgets": budgets,
                 })
             })
             .collect();
@@ -466,11 +529,32 @@ impl AdminApp {
             expires_in: Option<Value>,
             #[serde(default)]
             models: Vec<String>,
-            rpm: Option<u32>,
+            rpm: Option<i64>,
+            tpm: Option<i64>,
+            daily_tokens: Option<i64>,
+            monthly_tokens: Option<i64>,
         }
         let r: Req = parse_json(body)?;
         let expires_in = duration(&r.expires_in, "expires_in")?;
-        let (t, token) = self.control.create_token(&r.name, expires_in, r.models, r.rpm).map_err(op_error)?;
+        let positive = |v: Option<i64>, field: &str, max: i64| -> Result<Option<u64>, Answer> {
+            match v {
+                None => Ok(None),
+                Some(n) if (1..=max).contains(&n) => Ok(Some(n as u64)),
+                Some(n) => Err(error(400, format!("{field}: must be from 1 to {max} (omit it for no limit), not {n}"))),
+            }
+        };
+        let spec = ops::TokenSpec {
+            name: r.name,
+            expires_in,
+            models: r.models,
+            rpm: positive(r.rpm, "rpm", u32::MAX as i64)?.map(|v| v as u32),
+            budgets: crate::usage::Limits {
+                tpm: positive(r.tpm, "tpm", 1 << 37)?,
+                daily_tokens: positive(r.daily_tokens, "daily_tokens", 1 << 37)?,
+                monthly_tokens: positive(r.monthly_tokens, "monthly_tokens", 1 << 37)?,
+            },
+        };
+        let (t, token) = self.control.create_token(spec).map_err(op_error)?;
         Ok(answer(
             201,
             json!({ "id": t.id, "name": t.name, "token": token.expose(), "expires_at": time(t.expires_at_ms) }),

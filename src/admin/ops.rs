@@ -16,6 +16,17 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// What `create_token` makes: a name and optional expiry, model allow-list, rpm and budgets.
+#[derive(Debug, Clone, Default)]
+pub struct TokenSpec {
+    pub name: String,
+    pub expires_in: Option<Duration>,
+    /// Empty = every model.
+    pub models: Vec<String>,
+    pub rpm: Option<u32>,
+    pub budgets: crate::usage::Limits,
+}
+
 /// Keys probed at once by a validated import.
 pub const VALIDATE_CONCURRENCY: usize = 16;
 
@@ -76,7 +87,7 @@ pub struct Control {
 }
 
 impl Control {
-    fn now(&self) -> u64 {
+    pub fn now(&self) -> u64 {
         self.clock.now_ms()
     }
 
@@ -259,19 +270,18 @@ impl Control {
     }
 
     /// Creates a client token; the clear token is returned once and never stored.
-    pub fn create_token(
-        &self,
-        name: &str,
-        expires_in: Option<Duration>,
-        models: Vec<String>,
-        rpm: Option<u32>,
-    ) -> Result<(StoredToken, Secret), OpError> {
-        let name = name.trim();
+    pub fn create_token(&self, spec: TokenSpec) -> Result<(StoredToken, Secret), OpError> {
+        let name = spec.name.trim();
         if name.is_empty() {
             return Err(OpError::Invalid("name must not be empty".into()));
         }
-        if rpm == Some(0) {
+        if spec.rpm == Some(0) {
             return Err(OpError::Invalid("rpm must be at least 1 (omit it for no limit)".into()));
+        }
+        for kind in crate::usage::BudgetKind::ALL {
+            if spec.budgets.get(kind) == Some(0) {
+                return Err(OpError::Invalid(format!("{} must be at least 1 (omit it for no budget)", kind.as_str())));
+            }
         }
         let token = new_token();
         let hash = token.sha256();
@@ -281,13 +291,21 @@ impl Control {
             hash,
             name: name.to_string(),
             created_at_ms: now,
-            expires_at_ms: expires_in.map(|d| now + d.as_millis() as u64),
-            models,
-            rpm,
+            expires_at_ms: spec.expires_in.map(|d| now + d.as_millis() as u64),
+            models: spec.models,
+            rpm: spec.rpm,
+            budgets: spec.budgets,
         };
         self.store.insert_token(&stored)?;
         if let Some(clients) = &self.clients {
-            clients.insert(hash, to_client(&stored));
+            let client = to_client(&stored);
+            // A new token for a client name that already used tokens today starts from that.
+            if !stored.budgets.is_empty() {
+                if let Err(e) = crate::usage::seed_client(&client, &*self.store, now) {
+                    log::warn!("store: reading usage for token {}: {e}; its budgets start at 0", stored.id);
+                }
+            }
+            clients.insert(hash, client);
         }
         Ok((stored, token))
     }
@@ -323,5 +341,5 @@ pub fn to_pool_key(k: &StoredKey, auth: &crate::pool::AuthForm, now: u64) -> Opt
 }
 
 pub fn to_client(t: &StoredToken) -> Client {
-    Client::new(t.name.clone(), t.expires_at_ms, t.models.clone(), t.rpm)
+    Client::new(t.name.clone(), t.expires_at_ms, t.models.clone(), t.rpm).with_budgets(t.budgets)
 }

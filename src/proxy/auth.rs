@@ -24,6 +24,8 @@ pub struct Client {
     /// Fixed one-minute window of the rpm limit: (minute number, requests in it), packed so
     /// one atomic holds both and no lock is taken.
     window: AtomicU64,
+    /// Token budgets (`tpm`, `daily_tokens`, `monthly_tokens`) and what they have used.
+    pub budgets: crate::usage::Budgets,
     /// This client's request counters, resolved on its first request.
     metrics: std::sync::OnceLock<crate::metrics::ClientMetrics>,
 }
@@ -36,7 +38,20 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     pub fn new(name: impl Into<String>, expires_at_ms: Option<u64>, models: Vec<String>, rpm: Option<u32>) -> Client {
-        Client { name: name.into(), expires_at_ms, models, rpm, window: AtomicU64::new(0), metrics: Default::default() }
+        Client {
+            name: name.into(),
+            expires_at_ms,
+            models,
+            rpm,
+            window: AtomicU64::new(0),
+            budgets: Default::default(),
+            metrics: Default::default(),
+        }
+    }
+
+    pub fn with_budgets(mut self, limits: crate::usage::Limits) -> Client {
+        self.budgets = crate::usage::Budgets::new(limits);
+        self
     }
 
     pub fn metrics(&self) -> &crate::metrics::ClientMetrics {
@@ -149,6 +164,18 @@ impl Clients {
 
     pub fn len(&self) -> usize {
         self.by_hash.load().len()
+    }
+
+    /// Calls `f` with every client (admin views, seeding budgets at start).
+    pub fn each(&self, mut f: impl FnMut(&Client)) {
+        for c in self.by_hash.load().values() {
+            f(c);
+        }
+    }
+
+    /// The client of a token hash.
+    pub fn get(&self, hash: &[u8; 32]) -> Option<Arc<Client>> {
+        self.by_hash.load().get(hash).cloned()
     }
 
     pub fn is_empty(&self) -> bool {

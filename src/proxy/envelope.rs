@@ -20,6 +20,8 @@ pub enum ErrorKind {
     ModelNotAllowed,
     /// The client is over its own requests-per-minute limit.
     ClientRateLimited,
+    /// The client token has used up one of its token budgets.
+    BudgetExhausted(crate::usage::BudgetKind),
     /// No key can serve the request now.
     NoUsableKey,
     /// The upstream could not be reached / broke before answering, on every attempt.
@@ -63,7 +65,7 @@ impl ProxyError {
             ErrorKind::BadRequest => 400,
             ErrorKind::RequestTimeout => 408,
             ErrorKind::ModelNotAllowed => 403,
-            ErrorKind::ClientRateLimited => 429,
+            ErrorKind::ClientRateLimited | ErrorKind::BudgetExhausted(_) => 429,
             ErrorKind::NoUsableKey => 503,
             ErrorKind::UpstreamFailed | ErrorKind::UpstreamUnresolved => 502,
             ErrorKind::UpstreamTimeout => 504,
@@ -85,6 +87,15 @@ impl ProxyError {
             ErrorKind::RequestTimeout => "the request body did not arrive in time (server.client_body_timeout)",
             ErrorKind::ModelNotAllowed => "this client token may not use the requested model",
             ErrorKind::ClientRateLimited => "this client token is over its requests-per-minute limit",
+            ErrorKind::BudgetExhausted(crate::usage::BudgetKind::Tpm) => {
+                "this client token has used its tpm budget (tokens per minute); retry after Retry-After"
+            }
+            ErrorKind::BudgetExhausted(crate::usage::BudgetKind::Daily) => {
+                "this client token has used its daily_tokens budget (resets at 00:00 UTC)"
+            }
+            ErrorKind::BudgetExhausted(crate::usage::BudgetKind::Monthly) => {
+                "this client token has used its monthly_tokens budget (resets on the 1st, 00:00 UTC)"
+            }
             ErrorKind::NoUsableKey => "no upstream key is available right now; retry later",
             ErrorKind::UpstreamFailed => "the upstream failed on every attempt",
             ErrorKind::UpstreamTimeout => "the upstream timed out on every attempt",
@@ -104,6 +115,7 @@ impl ProxyError {
             ErrorKind::RequestTimeout => ("invalid_request_error", "request_timeout", "invalid_request_error"),
             ErrorKind::ModelNotAllowed => ("permission_error", "model_not_allowed", "permission_error"),
             ErrorKind::ClientRateLimited => ("rate_limit_error", "rate_limit_exceeded", "rate_limit_error"),
+            ErrorKind::BudgetExhausted(_) => ("rate_limit_error", "budget_exceeded", "rate_limit_error"),
             ErrorKind::NoUsableKey => ("service_unavailable", "no_usable_key", "overloaded_error"),
             ErrorKind::UpstreamFailed | ErrorKind::UpstreamUnresolved => {
                 ("upstream_error", "upstream_failed", "api_error")
@@ -163,6 +175,17 @@ mod tests {
         let a = json(e.body(Family::Anthropic));
         assert_eq!((a["type"].as_str(), a["error"]["type"].as_str()), (Some("error"), Some("authentication_error")));
         assert!(json(e.body(Family::Ollama))["error"].is_string());
+    }
+
+    #[test]
+    fn budget_errors_name_the_budget() {
+        for kind in crate::usage::BudgetKind::ALL {
+            let e = ProxyError::new(ErrorKind::BudgetExhausted(kind));
+            assert_eq!(e.status(), 429);
+            for f in [Family::OpenAi, Family::Anthropic, Family::Ollama] {
+                assert!(String::from_utf8_lossy(&e.body(f)).contains(kind.as_str()), "{f:?} {kind:?}");
+            }
+        }
     }
 
     #[test]

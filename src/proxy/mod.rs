@@ -58,6 +58,8 @@ pub struct ProxyState {
     pub max_headers: usize,
     /// `server.keepalive_timeout` in seconds: idle client connections close after it.
     pub keepalive_secs: u64,
+    /// Usage by (day, client, provider, model), counted as requests finish (`crate::usage`).
+    pub usage: Arc<crate::usage::Ledger>,
 }
 
 impl ProxyState {
@@ -172,6 +174,12 @@ impl PoolProxy {
             return self.refuse(session, ctx, ProxyError::new(ErrorKind::Unauthorized)).await;
         };
         ctx.client = Some(client.clone());
+        // Budgets first: a request refused for its budget does not use up an rpm slot.
+        if let Err((kind, wait)) = client.budgets.check(now) {
+            crate::metrics::budget_rejected(client.metrics(), kind.as_str());
+            let err = ProxyError::new(ErrorKind::BudgetExhausted(kind)).retry_after(Some(wait));
+            return self.refuse(session, ctx, err).await;
+        }
         if let Err(wait) = client.admit(now) {
             let err = ProxyError::new(ErrorKind::ClientRateLimited).retry_after(Some(wait));
             return self.refuse(session, ctx, err).await;
@@ -256,7 +264,16 @@ impl ProxyHttp for PoolProxy {
             return;
         }
         let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
-        ctx.observed.finish(ctx.family, status, ctx.client.as_deref(), ctx.provider.as_deref(), ctx.aborted);
+        let now = crate::pool::Clock::now_ms(&*self.state.clock);
+        let done = observe::Done {
+            family: ctx.family,
+            status,
+            client: ctx.client.as_deref(),
+            provider: ctx.provider.as_deref(),
+            model: ctx.attempts.model().map(|m| &**m),
+            aborted: ctx.aborted,
+        };
+        ctx.observed.finish(&done, &self.state.usage, now);
         if log::log_enabled!(target: "ollama_pool::access", log::Level::Debug) {
             let keys: Vec<&str> = ctx.attempts.tried().iter().map(|k| k.id.as_str()).collect();
             let req = session.req_header();

@@ -76,34 +76,55 @@ impl Observed {
         self.usage.as_ref().is_some_and(|u| u.stream_error)
     }
 
-    /// The request is over: record it.
-    pub fn finish(
-        &mut self,
-        family: Family,
-        status: u16,
-        client: Option<&Client>,
-        provider: Option<&crate::provider::Provider>,
-        aborted: bool,
-    ) {
+    /// The request is over: record it in the metrics and, when it was forwarded for a client,
+    /// in the usage ledger and that client's budgets.
+    pub fn finish(&mut self, d: &Done<'_>, ledger: &crate::usage::Ledger, now_ms: u64) {
         self.attempt_ended();
         if self.streaming {
             self.streaming = false;
             metrics::stream_ended();
         }
-        let tokens = self.usage.as_mut().map(|u| {
+        if let Some(u) = self.usage.as_mut() {
             u.finish();
-            (u.model.as_deref(), u.prompt_tokens, u.completion_tokens)
-        });
+        }
+        let stream_error = self.stream_error_seen();
+        let tokens = self.usage.as_ref().map(|u| (u.model.as_deref(), u.prompt_tokens, u.completion_tokens));
+        let (reported_model, prompt, completion) = tokens.unwrap_or_default();
+        let (prompt, completion) = (prompt.unwrap_or(0), completion.unwrap_or(0));
+        if let (Some(client), Some(provider)) = (d.client, d.provider) {
+            ledger.record(&crate::usage::Used {
+                at_ms: now_ms,
+                client: &client.name,
+                provider: &provider.name,
+                model: d.model.or(reported_model).unwrap_or("unknown"),
+                error: d.aborted || stream_error || !(200..400).contains(&d.status),
+                prompt_tokens: prompt,
+                completion_tokens: completion,
+            });
+            client.budgets.debit(now_ms, prompt + completion);
+        }
         metrics::request_done(RequestRecord {
-            family: family.as_str(),
-            status,
-            client: client.map(Client::metrics),
-            provider: provider.map(|p| &p.metrics),
-            aborted,
+            family: d.family.as_str(),
+            status: d.status,
+            client: d.client.map(Client::metrics),
+            provider: d.provider.map(|p| &p.metrics),
+            aborted: d.aborted,
             total: self.started.elapsed(),
             upstream: self.upstream,
             ttfb: self.ttfb,
             tokens: tokens.filter(|(_, p, c)| p.is_some() || c.is_some()),
         });
     }
+}
+
+/// How a request ended, for `Observed::finish`.
+pub struct Done<'a> {
+    pub family: Family,
+    pub status: u16,
+    pub client: Option<&'a Client>,
+    /// The provider routing chose, if it got that far.
+    pub provider: Option<&'a crate::provider::Provider>,
+    /// The model the request was routed with (after aliases).
+    pub model: Option<&'a str>,
+    pub aborted: bool,
 }

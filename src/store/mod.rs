@@ -1,5 +1,5 @@
-//! Durable state (SPEC §4): upstream keys, client tokens (hashes only), per-key model lists and
-//! counter snapshots. `Store` is the seam (SQLite now; Redis for fleet mode later). Nothing on
+//! Durable state (SPEC §4): upstream keys, client tokens (hashes only, with their limits), per-key
+//! model lists, counter snapshots and usage by day. `Store` is the seam (SQLite now; Redis for fleet mode later). Nothing on
 //! the request path calls it: routing reads the in-memory pool, which every admin write updates
 //! after the store has committed.
 
@@ -10,6 +10,7 @@ pub use crypto::Cipher;
 pub use sqlite::SqliteStore;
 
 use crate::secret::Secret;
+pub use crate::usage::UsageRow;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -57,6 +58,8 @@ pub struct StoredToken {
     /// Empty = every model.
     pub models: Vec<String>,
     pub rpm: Option<u32>,
+    /// Token budgets (`tpm`, `daily_tokens`, `monthly_tokens`); none = unlimited.
+    pub budgets: crate::usage::Limits,
 }
 
 pub trait Store: Send + Sync + 'static {
@@ -77,6 +80,11 @@ pub trait Store: Send + Sync + 'static {
     fn tokens(&self) -> Result<Vec<StoredToken>>;
     fn insert_token(&self, token: &StoredToken) -> Result<()>;
     fn delete_token(&self, id: &str) -> Result<bool>;
+    /// Adds usage counts to what the store holds for each (day, client, provider, model), in
+    /// one transaction.
+    fn add_usage(&self, rows: &[UsageRow]) -> Result<()>;
+    /// Usage rows of the days `from..=to` (days since 1970-01-01, UTC).
+    fn usage(&self, from_day: u32, to_day: u32) -> Result<Vec<UsageRow>>;
 }
 
 /// Saves every key's counters to the store every `interval` and once more at shutdown, so

@@ -2,7 +2,7 @@
 //! power loss), a busy timeout so the CLI works while the server runs, and schema migrations
 //! numbered in code (`PRAGMA user_version`).
 
-use super::{Cipher, Counters, Result, SavedPark, Store, StoreError, StoredKey, StoredToken};
+use super::{Cipher, Counters, Result, SavedPark, Store, StoreError, StoredKey, StoredToken, UsageRow};
 use crate::secret::Secret;
 use rusqlite::{params, Connection};
 use std::path::Path;
@@ -48,6 +48,21 @@ const MIGRATIONS: &[&str] = &[
     // left every file). Keys stored before are the home provider's and count as operator-added.
     "ALTER TABLE keys ADD COLUMN provider TEXT NOT NULL DEFAULT '';
      ALTER TABLE keys ADD COLUMN from_file INTEGER NOT NULL DEFAULT 0;",
+    // 4 -> 5: token budgets and usage by (UTC day, client, provider, model) (SPEC §3.11).
+    "ALTER TABLE tokens ADD COLUMN tpm INTEGER;
+     ALTER TABLE tokens ADD COLUMN daily_tokens INTEGER;
+     ALTER TABLE tokens ADD COLUMN monthly_tokens INTEGER;
+     CREATE TABLE usage (
+        day INTEGER NOT NULL,
+        client TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        model TEXT NOT NULL,
+        requests INTEGER NOT NULL DEFAULT 0,
+        errors INTEGER NOT NULL DEFAULT 0,
+        prompt_tokens INTEGER NOT NULL DEFAULT 0,
+        completion_tokens INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (day, client, provider, model)
+     ) WITHOUT ROWID;",
 ];
 
 pub struct SqliteStore {
@@ -301,7 +316,8 @@ impl Store for SqliteStore {
     fn tokens(&self) -> Result<Vec<StoredToken>> {
         let conn = self.lock();
         let mut stmt = conn.prepare(
-            "SELECT id, hash, name, created_at, expires_at, models, rpm FROM tokens ORDER BY created_at, rowid",
+            "SELECT id, hash, name, created_at, expires_at, models, rpm, tpm, daily_tokens, monthly_tokens
+             FROM tokens ORDER BY created_at, rowid",
         )?;
         let rows = stmt.query_map([], |r| {
             let hash: Vec<u8> = r.get(1)?;
@@ -313,6 +329,11 @@ impl Store for SqliteStore {
                 expires_at_ms: opt(r.get(4)?),
                 models: json_list(r.get(5)?),
                 rpm: r.get::<_, Option<i64>>(6)?.map(|v| v.clamp(0, u32::MAX as i64) as u32),
+                budgets: crate::usage::Limits {
+                    tpm: opt(r.get(7)?),
+                    daily_tokens: opt(r.get(8)?),
+                    monthly_tokens: opt(r.get(9)?),
+                },
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -320,7 +341,8 @@ impl Store for SqliteStore {
 
     fn insert_token(&self, t: &StoredToken) -> Result<()> {
         self.lock().execute(
-            "INSERT INTO tokens (id, hash, name, created_at, expires_at, models, rpm) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO tokens (id, hash, name, created_at, expires_at, models, rpm, tpm, daily_tokens, monthly_tokens)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
                 t.id,
                 t.hash.to_vec(),
@@ -329,6 +351,9 @@ impl Store for SqliteStore {
                 t.expires_at_ms.map(|v| v as i64),
                 serde_json::to_string(&t.models).unwrap_or_else(|_| "[]".into()),
                 t.rpm.map(i64::from),
+                t.budgets.tpm.map(|v| v as i64),
+                t.budgets.daily_tokens.map(|v| v as i64),
+                t.budgets.monthly_tokens.map(|v| v as i64),
             ],
         )?;
         Ok(())
@@ -336,6 +361,57 @@ impl Store for SqliteStore {
 
     fn delete_token(&self, id: &str) -> Result<bool> {
         Ok(self.lock().execute("DELETE FROM tokens WHERE id = ?1", [id])? == 1)
+    }
+
+    fn add_usage(&self, rows: &[UsageRow]) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare(
+                "INSERT INTO usage (day, client, provider, model, requests, errors, prompt_tokens, completion_tokens)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (day, client, provider, model) DO UPDATE SET
+                    requests = requests + excluded.requests,
+                    errors = errors + excluded.errors,
+                    prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+                    completion_tokens = completion_tokens + excluded.completion_tokens",
+            )?;
+            for r in rows {
+                stmt.execute(params![
+                    r.day,
+                    r.client,
+                    r.provider,
+                    r.model,
+                    r.requests as i64,
+                    r.errors as i64,
+                    r.prompt_tokens as i64,
+                    r.completion_tokens as i64,
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn usage(&self, from_day: u32, to_day: u32) -> Result<Vec<UsageRow>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT day, client, provider, model, requests, errors, prompt_tokens, completion_tokens
+             FROM usage WHERE day BETWEEN ?1 AND ?2 ORDER BY day, client, provider, model",
+        )?;
+        let rows = stmt.query_map(params![from_day, to_day], |r| {
+            Ok(UsageRow {
+                day: r.get(0)?,
+                client: r.get(1)?,
+                provider: r.get(2)?,
+                model: r.get(3)?,
+                requests: r.get::<_, i64>(4)?.max(0) as u64,
+                errors: r.get::<_, i64>(5)?.max(0) as u64,
+                prompt_tokens: r.get::<_, i64>(6)?.max(0) as u64,
+                completion_tokens: r.get::<_, i64>(7)?.max(0) as u64,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 }
 

@@ -3,6 +3,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod mock;
+pub mod process;
 
 use async_trait::async_trait;
 use ollama_pool::pool::ManualClock;

@@ -1,0 +1,79 @@
+//! The real binary as a child process: started on a config, waited for on its admin
+//! `/healthz`, stopped with SIGKILL or SIGTERM, killed on drop so a failed test leaves nothing.
+
+use super::{client, ADMIN_TOKEN};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+    pub admin: u16,
+    pub log: PathBuf,
+}
+
+/// Runs `serve -c cfg`; its output goes to `server-{run}.log` beside the config.
+pub async fn start(cfg: &Path, port: u16, admin: u16, run: usize) -> Server {
+    let log = cfg.with_file_name(format!("server-{run}.log"));
+    let out = std::fs::File::create(&log).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ollama-pool"))
+        .args(["serve", "-c"])
+        .arg(cfg)
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::from(out.try_clone().unwrap()))
+        .stderr(Stdio::from(out))
+        .spawn()
+        .unwrap();
+    for _ in 0..200 {
+        if let Ok(r) = client().get(format!("http://127.0.0.1:{admin}/healthz")).send().await {
+            if r.status() == 200 {
+                return Server { child, port, admin, log };
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("server did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
+}
+
+impl Server {
+    pub fn admin(&self, m: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        client().request(m, format!("http://127.0.0.1:{}{path}", self.admin)).bearer_auth(ADMIN_TOKEN)
+    }
+
+    pub async fn ok(&self, m: reqwest::Method, path: &str, body: Value) -> Value {
+        let r = self.admin(m, path).json(&body).send().await.unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        r.json().await.unwrap_or(Value::Null)
+    }
+
+    pub fn kill9(mut self) -> PathBuf {
+        self.child.kill().unwrap(); // SIGKILL: no shutdown hook runs
+        self.child.wait().unwrap();
+        self.log.clone()
+    }
+
+    pub fn terminate(mut self) -> PathBuf {
+        super::signal(&self.child, libc::SIGTERM);
+        for _ in 0..200 {
+            if self.child.try_wait().unwrap().is_some() {
+                return self.log.clone();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("server ignored SIGTERM");
+    }
+}
+
+impl Drop for Server {
+    /// A failed assertion must not leave a server running.
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
