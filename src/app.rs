@@ -14,7 +14,6 @@ use crate::proxy::{PoolProxy, ProxyState};
 use crate::runtime::Runtime;
 use crate::store::{CounterFlusher, SqliteStore, Store, StoredKey};
 use arc_swap::ArcSwap;
-use pingora::apps::http_app::HttpServer;
 use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
@@ -79,6 +78,8 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
 
     let events = Arc::new(crate::pool::Events::default());
     events.subscribe(Arc::new(crate::metrics::EventMetrics));
+    let (intake, notices) = crate::notify::channel();
+    events.subscribe(Arc::new(intake));
     let runtime = Runtime::build(cfg, &|p| loaded.resolve(p), None, clock.clone(), events)
         .map_err(|problems| AppError::Server(problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; ")))?;
     let store: Arc<dyn Store> = Arc::new(open_store(loaded)?);
@@ -171,6 +172,17 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
         rt.providers.iter().map(|p| (p.name.clone(), p.pool.clone())).collect()
     }));
 
+    let notify = Arc::new(crate::notify::NotifyService::new(notices, state.runtime_cell()));
+    let hub = notify.hub();
+    server.add_service(GenBackgroundService::new("notifications".into(), notify));
+    let webhooks = crate::notify::webhooks::WebhookService::new(
+        &hub,
+        state.runtime_cell(),
+        cfg.fleet.instance.clone(),
+        Connector::new(Some(ConnectorOptions::from_server_conf(&server.configuration))),
+    );
+    server.add_service(GenBackgroundService::new("webhooks".into(), Arc::new(webhooks)));
+
     crate::metrics::config_generation(1);
     let reloader = loaded
         .source
@@ -197,8 +209,9 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
             clock,
             max_key_bytes: cfg.keys.max_key_bytes,
         };
-        let app = AdminApp::new(control, health.clone(), state.clone(), reloader.clone(), token);
-        let mut service = Service::new("ollama-pool admin".to_string(), HttpServer::new_app(app));
+        let instance = cfg.fleet.instance.clone();
+        let app = AdminApp::new(control, health.clone(), state.clone(), reloader.clone(), hub, instance, token);
+        let mut service = Service::new("ollama-pool admin".to_string(), app);
         service.add_tcp(&admin.listen);
         server.add_service(service);
     }

@@ -3,8 +3,8 @@
 //! Layout (where each behaviour lives):
 //! - `cli` — command line and the offline `keys …` / `tokens …` commands; `main.rs` only wires it.
 //! - `config` — YAML schema, defaults, `${ENV}` expansion, validation with YAML paths.
-//! - `admin` — the admin API (`ServeHttp`) and `admin::ops`, the key/token operations it
-//!   shares with the CLI.
+//! - `admin` — the admin API (its own connection handler, so `/admin/events` can stream) and
+//!   `admin::ops`, the key/token operations it shares with the CLI.
 //! - `demo` — `ollama-pool demo`: the proxy in front of a simulated upstream, narrated.
 //! - `app` — builds the pingora `Server`: listeners, the proxy service, background services.
 //! - `runtime` — what a reload may change, built from the config as a whole and swapped with
@@ -27,8 +27,12 @@
 //! - `lifecycle` — SIGTERM drains in-flight requests and streams, then exits; `serve --upgrade`
 //!   finds the running instance by its pid file and takes its listeners over (SIGQUIT).
 //! - `import` — key-file parsing shared by start-up, the admin API and the CLI.
-//! - `store` — durable state: `Store` trait + SQLite (keys, hashed tokens, counter snapshots).
-//! - `usage` — token usage read from JSON/SSE/NDJSON responses as they pass.
+//! - `store` — durable state: `Store` trait + SQLite (keys, hashed tokens, counter snapshots, usage).
+//! - `usage` — token usage read from JSON/SSE/NDJSON responses as they pass (`usage::scan`), the
+//!   per (day, client, provider, model) ledger, reports (`usage::report`) and token budgets
+//!   (`usage::budget`).
+//! - `notify` — key and pool events as notices: the SSE stream of `/admin/events`
+//!   (`notify::sse`) and webhooks (`notify::webhooks`).
 //! - `metrics` — every Prometheus metric.
 //! - `secret` — the `Secret` type that never prints.
 //! - `logging` — logger set-up that keeps pingora's header dumps out of the logs.
@@ -43,6 +47,7 @@ pub mod import;
 pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod pool;
 pub mod provider;
 pub mod proxy;

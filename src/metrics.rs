@@ -55,6 +55,8 @@ struct Metrics {
     overhead_seconds: Vec<Histogram>,
     tokens: IntCounterVec,
     budget_rejections: IntCounterVec,
+    webhook_deliveries: IntCounterVec,
+    events_dropped: IntCounter,
     transitions: IntCounterVec,
     probes: IntCounterVec,
     usage: prometheus::GaugeVec,
@@ -130,6 +132,17 @@ static M: LazyLock<Metrics> = LazyLock::new(|| {
             "Request duration minus upstream time: what the proxy itself adds.",
             OVERHEAD_BUCKETS,
         ),
+        webhook_deliveries: register_int_counter_vec!(
+            "ollama_pool_webhook_deliveries_total",
+            "Webhook deliveries by result: ok, retried (an attempt failed), failed (all attempts did), dropped (queue full).",
+            &["result"]
+        )
+        .expect("register webhook_deliveries_total"),
+        events_dropped: register_int_counter!(
+            "ollama_pool_events_dropped_total",
+            "Key and pool events dropped before the notifier saw them (its queue was full)."
+        )
+        .expect("register events_dropped_total"),
         budget_rejections: register_int_counter_vec!(
             "ollama_pool_budget_rejections_total",
             "Requests refused (429) because the client token used up a budget, by client and budget.",
@@ -364,6 +377,17 @@ pub fn request_done(r: RequestRecord<'_>) {
         p.inc_by(prompt.unwrap_or(0));
         c.inc_by(completion.unwrap_or(0));
     }
+}
+
+/// A webhook delivery's outcome: `ok`, `retried` (an attempt failed, another follows), `failed`
+/// (every attempt failed) or `dropped` (no room in its queue).
+pub fn webhook_delivery(result: &str) {
+    M.webhook_deliveries.with_label_values(&[result]).inc();
+}
+
+/// Pool events the notifier had no room for.
+pub fn events_dropped(n: u64) {
+    M.events_dropped.inc_by(n);
 }
 
 /// A request refused before forwarding because its client used up a token budget.

@@ -48,8 +48,8 @@ pub enum ReloadError {
 
 /// Sections that apply on reload, and those that need a restart.
 const RELOADABLE: &[&str] =
-    &["upstream", "providers", "routing", "keys", "pool", "health_check", "clients", "routes", "cors"];
-const RESTART: &[&str] = &["listen", "threads", "admin", "store", "server", "metrics"];
+    &["upstream", "providers", "routing", "keys", "pool", "health_check", "clients", "routes", "cors", "notifications"];
+const RESTART: &[&str] = &["listen", "threads", "admin", "store", "server", "metrics", "fleet"];
 
 impl Reloader {
     pub fn new(path: PathBuf, state: Arc<ProxyState>, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Reloader {
@@ -143,6 +143,26 @@ fn changes(old: &Config, new: &Config) -> (Vec<String>, Vec<String>) {
             }
             "routes" => format!("{:?}", c.routes),
             "cors" => format!("{:?}", c.cors),
+            "notifications" => format!(
+                "{:?}",
+                (
+                    c.notifications.batch_window,
+                    c.notifications
+                        .webhooks
+                        .iter()
+                        .map(|w| (
+                            &w.url,
+                            &w.events,
+                            w.format,
+                            w.secret.as_ref().map(|s| s.sha256()),
+                            w.timeout,
+                            w.max_attempts,
+                            w.retry_backoff
+                        ))
+                        .collect::<Vec<_>>()
+                )
+            ),
+            "fleet" => format!("{:?}", c.fleet),
             "listen" => format!("{:?}", c.listen),
             "threads" => c.threads.to_string(),
             "admin" => format!("{:?}", c.admin.as_ref().map(|a| (&a.listen, a.token.as_ref().map(|t| t.sha256())))),

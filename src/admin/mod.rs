@@ -20,8 +20,9 @@ use async_trait::async_trait;
 use bytes::BytesMut;
 use http::{Method, Response, StatusCode};
 use ops::{Control, OpError};
-use pingora::apps::http_app::ServeHttp;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -36,6 +37,10 @@ pub struct AdminApp {
     pub proxy: Arc<ProxyState>,
     /// `POST /admin/reload` (None: nothing to reload from).
     pub reloader: Option<Arc<crate::reload::Reloader>>,
+    /// Key and pool notices, for `GET /admin/events`.
+    pub events: crate::notify::Hub,
+    /// `fleet.instance`, named in the event stream's greeting.
+    pub instance: String,
     /// SHA-256 of the admin token: compared in constant time, the token itself is not kept.
     token_hash: [u8; 32],
 }
@@ -171,9 +176,11 @@ impl AdminApp {
         health: Arc<HealthService>,
         proxy: Arc<ProxyState>,
         reloader: Option<Arc<crate::reload::Reloader>>,
+        events: crate::notify::Hub,
+        instance: String,
         token: &crate::secret::Secret,
     ) -> Self {
-        AdminApp { control, health, proxy, reloader, token_hash: token.sha256() }
+        AdminApp { control, health, proxy, reloader, events, instance, token_hash: token.sha256() }
     }
 
     fn authorized(&self, s: &ServerSession) -> bool {
@@ -247,8 +254,9 @@ impl AdminApp {
             (Method::GET, ["stats"]) => Ok(self.stats()),
             (Method::GET, ["providers"]) => Ok(self.providers()),
             (Method::GET, ["usage"]) => self.usage(s, &q),
+            // (an authorised GET /admin/events never gets here: it streams, see below)
             (Method::POST, ["reload"]) => self.reload().await,
-            (_, ["keys" | "tokens" | "stats" | "health-check" | "usage", ..]) => {
+            (_, ["keys" | "tokens" | "stats" | "health-check" | "usage" | "events", ..]) => {
                 Err(error(405, "method not allowed here"))
             }
             _ => Err(error(404, "no such admin route")),
@@ -621,13 +629,47 @@ fn metrics() -> Answer {
         .expect("valid response")
 }
 
+/// The admin listener's connections: one whole answer per request (`route`), except
+/// `GET /admin/events`, which streams until the client goes (pingora's `ServeHttp` can only
+/// answer whole, so this implements the connection handler itself).
 #[async_trait]
-impl ServeHttp for AdminApp {
-    async fn response(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
-        let a = self.route(s).await;
-        let status = a.status().as_u16();
-        log::debug!(target: "ollama_pool::admin", "{} {} status={status}", s.req_header().method, s.req_header().uri.path());
-        a
+impl HttpServerApp for AdminApp {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut http: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        match http.read_request().await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                log::debug!(target: "ollama_pool::admin", "reading a request failed: {e}");
+                return None;
+            }
+        }
+        http.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+        let req = http.req_header();
+        let events = req.method == Method::GET && req.uri.path().trim_end_matches('/') == "/admin/events";
+        if events && self.authorized(&http) {
+            log::debug!(target: "ollama_pool::admin", "GET /admin/events: streaming");
+            crate::notify::sse::stream(&self.events, &self.instance, &mut http, shutdown).await;
+            return None;
+        }
+        let a = self.route(&mut http).await;
+        log::debug!(target: "ollama_pool::admin", "{} {} status={}", http.req_header().method, http.req_header().uri.path(), a.status().as_u16());
+        let (parts, body) = a.into_parts();
+        let header: pingora::http::ResponseHeader = parts.into();
+        if http.write_response_header(Box::new(header)).await.is_err() {
+            return None;
+        }
+        if !body.is_empty() && http.write_response_body(body.into(), true).await.is_err() {
+            return None;
+        }
+        let settings = HttpPersistentSettings::for_session(&http);
+        match http.finish().await {
+            Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, settings)),
+            _ => None,
+        }
     }
 }
 

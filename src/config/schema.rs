@@ -29,6 +29,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub server: ServerConfig,
     pub cors: CorsConfig,
+    pub fleet: FleetConfig,
+    pub notifications: NotificationsConfig,
 }
 
 impl Default for Config {
@@ -49,6 +51,8 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             server: ServerConfig::default(),
             cors: CorsConfig::default(),
+            fleet: FleetConfig::default(),
+            notifications: NotificationsConfig::default(),
         }
     }
 }
@@ -531,6 +535,10 @@ impl Config {
         self.clients.validate(&mut e);
         self.routes.validate(&mut e);
         self.cors.validate(&mut e);
+        self.notifications.validate(&mut e);
+        if self.fleet.instance.trim().is_empty() {
+            err(&mut e, "fleet.instance", "must not be empty");
+        }
         if let Some(m) = &self.metrics.listen {
             if m.parse::<std::net::SocketAddr>().is_err() {
                 err(&mut e, "metrics.listen", format!("{m:?} is not an ip:port address"));
@@ -758,6 +766,117 @@ impl PoolConfig {
         }
         if self.storm_window.0.is_zero() {
             err(e, "pool.storm_window", "must be greater than 0s");
+        }
+    }
+}
+
+/// This instance among others (SPEC §2.2.2): its name in events and webhook payloads.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FleetConfig {
+    /// Default: `$HOSTNAME`, else `pool-1`.
+    pub instance: String,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        let host = std::env::var("HOSTNAME").ok().filter(|h| !h.trim().is_empty());
+        FleetConfig { instance: host.unwrap_or_else(|| "pool-1".into()) }
+    }
+}
+
+/// Key and pool events sent to webhooks (SPEC §3.10); `GET /admin/events` needs no config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotificationsConfig {
+    pub webhooks: Vec<WebhookConfig>,
+    /// Events within this window after the first go out in one delivery (0s: one each).
+    pub batch_window: Dur,
+}
+
+impl Default for NotificationsConfig {
+    fn default() -> Self {
+        NotificationsConfig { webhooks: Vec::new(), batch_window: Dur::secs(2) }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    /// `{instance, events:[...]}`
+    Json,
+    /// Slack/Discord-compatible `{"text": "..."}`
+    Slack,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `http://` or `https://` receiver.
+    pub url: String,
+    /// Event types sent to it (`key.invalid`, `pool.storm`, …); empty or absent = all.
+    #[serde(default)]
+    pub events: Vec<String>,
+    #[serde(default = "WebhookConfig::default_format")]
+    pub format: WebhookFormat,
+    /// Signs each body: `X-Ollama-Pool-Signature: sha256=<hex HMAC-SHA256 of the body>`.
+    #[serde(default)]
+    pub secret: Option<Secret>,
+    /// Longest one delivery attempt may take (connect, send, answer).
+    #[serde(default = "WebhookConfig::default_timeout")]
+    pub timeout: Dur,
+    /// Attempts per delivery before it counts as failed.
+    #[serde(default = "WebhookConfig::default_attempts")]
+    pub max_attempts: u32,
+    /// Wait before the first retry; doubles with each one.
+    #[serde(default = "WebhookConfig::default_backoff")]
+    pub retry_backoff: Dur,
+}
+
+impl WebhookConfig {
+    fn default_format() -> WebhookFormat {
+        WebhookFormat::Json
+    }
+    fn default_timeout() -> Dur {
+        Dur::secs(5)
+    }
+    fn default_attempts() -> u32 {
+        5
+    }
+    fn default_backoff() -> Dur {
+        Dur::secs(1)
+    }
+}
+
+impl NotificationsConfig {
+    fn validate(&self, e: &mut Errors) {
+        if self.batch_window.0 > std::time::Duration::from_secs(60) {
+            err(e, "notifications.batch_window", "must be at most 60s");
+        }
+        for (i, w) in self.webhooks.iter().enumerate() {
+            let at = |field: &str| format!("notifications.webhooks[{i}].{field}");
+            if let Err(m) = crate::notify::webhooks::Target::parse(&w.url) {
+                err(e, at("url"), m);
+            }
+            for (j, ev) in w.events.iter().enumerate() {
+                if !crate::notify::EVENT_TYPES.contains(&ev.as_str()) {
+                    let known = crate::notify::EVENT_TYPES.join(", ");
+                    err(
+                        e,
+                        format!("notifications.webhooks[{i}].events[{j}]"),
+                        format!("unknown event {ev:?} (known: {known})"),
+                    );
+                }
+            }
+            if w.timeout.0.is_zero() {
+                err(e, at("timeout"), "must be greater than 0s");
+            }
+            if !(1..=20).contains(&w.max_attempts) {
+                err(e, at("max_attempts"), "must be between 1 and 20");
+            }
+            if w.retry_backoff.0.is_zero() {
+                err(e, at("retry_backoff"), "must be greater than 0s");
+            }
         }
     }
 }

@@ -1,0 +1,267 @@
+//! Notifications (SPEC §3.10): key and pool events reach webhooks (batched, HMAC-signed, key ids
+//! and never secrets) and the `GET /admin/events` SSE stream; a receiver that hangs changes
+//! nothing for clients, and its failures are counted.
+
+mod common;
+
+use common::{client, Behavior, Mock, Proxy, Setup, ADMIN_TOKEN, KEYS};
+use futures_util::StreamExt;
+use hmac::{Hmac, Mac};
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SECRET: &str = "webhook-secret-0123456789";
+const CHAT: &str = r#"{"model":"m1","messages":[]}"#;
+
+/// One delivery as received: its headers (lower-case names) and body.
+type Delivery = (Vec<(String, String)>, Vec<u8>);
+
+#[derive(Clone, Default)]
+struct Received(Arc<Mutex<Vec<Delivery>>>);
+
+impl Received {
+    fn events(&self) -> Vec<Value> {
+        let all = self.0.lock().unwrap().clone();
+        all.iter()
+            .flat_map(|(_, body)| serde_json::from_slice::<Value>(body).unwrap()["events"].as_array().unwrap().clone())
+            .collect()
+    }
+
+    async fn wait_for(&self, kind: &str, key_id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(e) = self.events().into_iter().find(|e| e["type"] == kind && e["key_id"] == key_id) {
+                return e;
+            }
+            assert!(Instant::now() < deadline, "no {kind} for {key_id}; got {:?}", self.events());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A webhook receiver on loopback: records each POST and answers 204, or (`hang`) accepts and
+/// never answers.
+async fn receiver(hang: bool) -> (String, Received) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks/pool?via=test", listener.local_addr().unwrap());
+    let got = Received::default();
+    let rec = got.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { return };
+            let rec = rec.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let mut tmp = [0u8; 8192];
+                    let head_end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match s.read(&mut tmp).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                        }
+                    };
+                    if hang {
+                        std::future::pending::<()>().await;
+                    }
+                    let mut hs = [httparse::EMPTY_HEADER; 32];
+                    let mut req = httparse::Request::new(&mut hs);
+                    req.parse(&buf[..head_end]).unwrap();
+                    let headers: Vec<(String, String)> = req
+                        .headers
+                        .iter()
+                        .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).to_string()))
+                        .collect();
+                    assert_eq!(req.path, Some("/hooks/pool?via=test"));
+                    let len: usize =
+                        headers.iter().find(|(k, _)| k == "content-length").map(|(_, v)| v.parse().unwrap()).unwrap();
+                    while buf.len() < head_end + len {
+                        match s.read(&mut tmp).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                        }
+                    }
+                    let body = buf[head_end..head_end + len].to_vec();
+                    buf.drain(..head_end + len);
+                    rec.0.lock().unwrap().push((headers, body));
+                    if s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, got)
+}
+
+fn notifications(url: &str, extra: &str) -> String {
+    format!(
+        "notifications:\n  batch_window: 100ms\n  webhooks:\n    - url: \"{url}\"\n      secret: \"{SECRET}\"\n      events: [key.invalid, key.returned, key.disabled, pool.empty, pool.recovered]\n{extra}\
+         fleet: {{instance: test-1}}\n"
+    )
+}
+
+async fn metric(proxy: &Proxy, line_start: &str) -> Option<f64> {
+    let text = proxy.admin(Method::GET, "/metrics").send().await.unwrap().text().await.unwrap();
+    text.lines().find(|l| l.starts_with(line_start)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_key_and_its_return_reach_the_webhook_signed() {
+    let mock = Mock::start().await;
+    let (url, got) = receiver(false).await;
+    let setup =
+        Setup { keys: vec![KEYS[0], KEYS[1]], admin: true, extra: notifications(&url, ""), ..Default::default() };
+    let proxy = Proxy::start_with(&mock, setup).await;
+    let id = proxy.key_id(KEYS[0]);
+    mock.set(KEYS[0], Behavior::status(401, r#"{"error":"unauthorized"}"#));
+    for _ in 0..2 {
+        assert_eq!(proxy.post("/v1/chat/completions", CHAT).send().await.unwrap().status(), 200);
+    }
+    let invalid = got.wait_for("key.invalid", &id).await;
+    assert_eq!((invalid["from"].as_str(), invalid["to"].as_str()), (Some("active"), Some("invalid")), "{invalid}");
+    assert_eq!(invalid["provider"], "default");
+
+    mock.set(KEYS[0], Behavior::Normal); // renewed upstream: the next probe brings it back
+    let r = proxy.admin(Method::POST, "/admin/health-check").json(&json!({"ids": [id]})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let back = got.wait_for("key.returned", &id).await;
+    assert_eq!((back["from"].as_str(), back["to"].as_str()), (Some("invalid"), Some("active")));
+
+    for (headers, body) in got.0.lock().unwrap().iter() {
+        let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+        mac.update(body);
+        let want = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+        assert_eq!(get("x-ollama-pool-signature"), Some(want.as_str()), "signed with the secret");
+        assert_eq!(get("content-type"), Some("application/json"));
+        let v: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(v["instance"], "test-1");
+        let text = String::from_utf8_lossy(body);
+        for secret in KEYS.iter().chain([&SECRET, &ADMIN_TOKEN]) {
+            assert!(!text.contains(secret), "a secret in a webhook payload");
+        }
+        assert!(
+            v["events"].as_array().unwrap().iter().all(|e| e["type"] != "key.added"),
+            "the events filter holds: {v}"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&proxy, r#"ollama_pool_webhook_deliveries_total{result="ok"}"#).await.unwrap_or(0.0) < 2.0 {
+        assert!(Instant::now() < deadline, "deliveries are counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_receiver_changes_nothing_for_clients_and_its_failures_are_counted() {
+    let mock = Mock::start().await;
+    let (url, _) = receiver(true).await;
+    let extra = "      timeout: 2s\n      max_attempts: 2\n      retry_backoff: 100ms\n";
+    let setup =
+        Setup { keys: vec![KEYS[0], KEYS[1]], admin: true, extra: notifications(&url, extra), ..Default::default() };
+    let proxy = Proxy::start_with(&mock, setup).await;
+    let id = proxy.key_id(KEYS[1]);
+    // Twenty key events, each a delivery (batch_window 100 ms apart or not) to a receiver that
+    // never answers.
+    for _ in 0..10 {
+        let r = proxy.admin(Method::POST, &format!("/admin/keys/{id}/disable")).json(&json!({})).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let r = proxy.admin(Method::POST, &format!("/admin/keys/{id}/enable")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await; // the first batch is out and waiting
+    for _ in 0..50 {
+        assert_eq!(proxy.post("/v1/chat/completions", CHAT).send().await.unwrap().status(), 200);
+    }
+    // Every request completed while the first delivery (2 s per attempt) was still pending.
+    let done = |m: Option<f64>| m.unwrap_or(0.0);
+    assert_eq!(done(metric(&proxy, r#"ollama_pool_webhook_deliveries_total{result="failed"}"#).await), 0.0);
+    assert_eq!(done(metric(&proxy, r#"ollama_pool_webhook_deliveries_total{result="ok"}"#).await), 0.0);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while done(metric(&proxy, r#"ollama_pool_webhook_deliveries_total{result="failed"}"#).await) < 1.0 {
+        assert!(Instant::now() < deadline, "a delivery that timed out twice is counted as failed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(done(metric(&proxy, r#"ollama_pool_webhook_deliveries_total{result="retried"}"#).await) >= 1.0);
+}
+
+/// Reads SSE events from a response until one of `kind` arrives.
+async fn next_event(
+    stream: &mut (impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
+    buf: &mut String,
+    kind: &str,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let field = |name: &str| block.lines().find_map(|l| l.strip_prefix(name)).map(str::to_string);
+            if field("event: ").as_deref() == Some(kind) {
+                assert!(field("id: ").is_some_and(|id| id.parse::<u64>().is_ok()), "{block}");
+                return serde_json::from_str(&field("data: ").unwrap()).unwrap();
+            }
+        }
+        let chunk =
+            tokio::time::timeout_at(deadline, stream.next()).await.unwrap_or_else(|_| panic!("no {kind} event"));
+        buf.push_str(std::str::from_utf8(&chunk.unwrap().unwrap()).unwrap());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_delivers_the_same_events_live() {
+    let mock = Mock::start().await;
+    let setup = Setup { keys: vec![KEYS[0]], admin: true, ..Default::default() };
+    let proxy = Proxy::start_with(&mock, setup).await;
+    let none = client().get(proxy.admin_url("/admin/events")).send().await.unwrap();
+    assert_eq!(none.status(), 401, "the stream needs the admin token");
+
+    let r = proxy.admin(Method::GET, "/admin/events").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let mut stream = r.bytes_stream();
+    let mut buf = String::new();
+    let first = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap().unwrap().unwrap();
+    buf.push_str(std::str::from_utf8(&first).unwrap());
+    assert!(buf.starts_with(": ollama-pool"), "a greeting first: {buf:?}");
+
+    let id = proxy.key_id(KEYS[0]);
+    let r = proxy
+        .admin(Method::POST, &format!("/admin/keys/{id}/disable"))
+        .json(&json!({"for": "1h"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let e = next_event(&mut stream, &mut buf, "key.disabled").await;
+    assert_eq!((e["key_id"].as_str(), e["reason"].as_str()), (Some(id.as_str()), Some("manual")), "{e}");
+    assert!(e["until"].as_str().is_some(), "{e}");
+    let e = next_event(&mut stream, &mut buf, "pool.empty").await;
+    assert_eq!((e["provider"].as_str(), e["keys"].as_u64()), (Some("default"), Some(0)));
+    assert_eq!(proxy.post("/v1/chat/completions", CHAT).send().await.unwrap().status(), 503);
+
+    let r = proxy.admin(Method::POST, &format!("/admin/keys/{id}/enable")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let e = next_event(&mut stream, &mut buf, "key.returned").await;
+    assert_eq!(e["key_id"], id.as_str());
+    let e = next_event(&mut stream, &mut buf, "pool.recovered").await;
+    assert_eq!(e["keys"], 1);
+    // Other admin requests still work on the same listener while a stream is open.
+    assert_eq!(proxy.admin(Method::GET, "/admin/stats").send().await.unwrap().status(), 200);
+}
+
+#[test]
+fn a_webhook_url_that_is_not_http_is_a_config_error_with_its_path() {
+    let yaml = "upstream: {url: \"http://127.0.0.1:9\"}\n\
+                notifications:\n  webhooks:\n    - url: \"http://ok.example/x\"\n    - url: \"ftp://hooks.example/x\"\n      events: [key.invalid, key.exploded]\n";
+    let errors = ollama_pool::config::parse(yaml, &|_| None).expect_err("invalid");
+    let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    assert!(text.iter().any(|e| e.starts_with("notifications.webhooks[1].url:") && e.contains("http://")), "{text:?}");
+    assert!(text.iter().any(|e| e.starts_with("notifications.webhooks[1].events[1]:")), "{text:?}");
+    assert_eq!(errors.len(), 2, "{text:?}");
+}
