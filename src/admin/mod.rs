@@ -9,7 +9,9 @@
 // the admin path (rare, never per proxied request), so its size does not matter.
 #![allow(clippy::result_large_err)]
 
+pub mod openapi;
 pub mod ops;
+pub mod routes;
 
 use crate::config::units::parse_duration;
 use crate::health::HealthService;
@@ -213,20 +215,13 @@ impl AdminApp {
     }
 
     async fn route(&self, s: &mut ServerSession) -> Answer {
+        use routes::{Matched, Op};
         let method = s.req_header().method.clone();
         let uri = s.req_header().uri.clone();
         let path = uri.path().trim_end_matches('/').to_string();
-        match (method.as_str(), path.as_str()) {
-            ("GET", "/healthz") => return answer(200, json!({"status": "ok"})),
-            ("GET", "/readyz") if self.proxy.ready() => return answer(200, json!({"status": "ready"})),
-            ("GET", "/readyz") => return answer(503, json!({"status": "not ready"})),
-            ("GET", "/metrics") => return metrics(),
-            _ => {}
-        }
-        if !path.starts_with("/admin/") {
-            return error(404, "no such route");
-        }
-        if !self.authorized(s) {
+        let matched = routes::find(method.as_str(), &path);
+        let public = matches!(matched, Matched::Route(op, _) if op.is_public());
+        if !public && path.starts_with("/admin/") && !self.authorized(s) {
             return Response::builder()
                 .status(401)
                 .header("www-authenticate", "Bearer")
@@ -234,32 +229,43 @@ impl AdminApp {
                 .body(json!({"error": "missing or wrong admin token"}).to_string().into_bytes())
                 .expect("valid response");
         }
+        let (op, id) = match matched {
+            Matched::Route(op, id) => (op, id.unwrap_or("")),
+            Matched::WrongMethod(allowed) => {
+                let mut a = error(405, format!("method not allowed here (allowed: {})", allowed.join(", ")));
+                a.headers_mut().insert(http::header::ALLOW, allowed.join(", ").parse().expect("method names"));
+                return a;
+            }
+            Matched::NotFound if path.starts_with("/admin/") => return error(404, "no such admin route"),
+            Matched::NotFound => return error(404, "no such route"),
+        };
         let body = match Self::read_body(s).await {
             Ok(b) => b,
             Err(a) => return a,
         };
         let q = query(&uri);
-        let segments: Vec<&str> = path.trim_start_matches("/admin/").split('/').collect();
-        let result = match (method, segments.as_slice()) {
-            (Method::GET, ["keys"]) => self.list_keys(&q),
-            (Method::POST, ["keys"]) => self.add_key(&body),
-            (Method::POST, ["keys", "import"]) => self.import(s, &body, &q).await,
-            (Method::DELETE, ["keys", id]) => self.remove_key(id),
-            (Method::POST, ["keys", id, "disable"]) => self.disable_key(id, &body),
-            (Method::POST, ["keys", id, "enable"]) => self.enable_key(id),
-            (Method::POST, ["health-check"]) => self.health_check(&body).await,
-            (Method::GET, ["tokens"]) => self.list_tokens(),
-            (Method::POST, ["tokens"]) => self.create_token(&body),
-            (Method::DELETE, ["tokens", id]) => self.revoke_token(id),
-            (Method::GET, ["stats"]) => Ok(self.stats()),
-            (Method::GET, ["providers"]) => Ok(self.providers()),
-            (Method::GET, ["usage"]) => self.usage(s, &q),
-            // (an authorised GET /admin/events never gets here: it streams, see below)
-            (Method::POST, ["reload"]) => self.reload().await,
-            (_, ["keys" | "tokens" | "stats" | "health-check" | "usage" | "events", ..]) => {
-                Err(error(405, "method not allowed here"))
-            }
-            _ => Err(error(404, "no such admin route")),
+        let result = match op {
+            Op::Healthz => Ok(answer(200, json!({"status": "ok"}))),
+            Op::Readyz if self.proxy.ready() => Ok(answer(200, json!({"status": "ready"}))),
+            Op::Readyz => Ok(answer(503, json!({"status": "not ready"}))),
+            Op::Metrics => Ok(metrics()),
+            Op::OpenApi => Ok(answer(200, openapi::document())),
+            Op::ListKeys => self.list_keys(&q),
+            Op::AddKey => self.add_key(&body),
+            Op::Import => self.import(s, &body, &q).await,
+            Op::RemoveKey => self.remove_key(id),
+            Op::DisableKey => self.disable_key(id, &body),
+            Op::EnableKey => self.enable_key(id),
+            Op::HealthCheck => self.health_check(&body).await,
+            Op::ListTokens => self.list_tokens(),
+            Op::CreateToken => self.create_token(&body),
+            Op::RevokeToken => self.revoke_token(id),
+            Op::Stats => Ok(self.stats()),
+            Op::Providers => Ok(self.providers()),
+            Op::Usage => self.usage(s, &q),
+            Op::Reload => self.reload().await,
+            // An authorised GET /admin/events streams from `process_new_http` and never gets here.
+            Op::Events => Err(error(500, "the event stream is served by the connection handler")),
         };
         result.unwrap_or_else(|a| a)
     }
