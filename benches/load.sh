@@ -13,6 +13,9 @@
 #   benches/load.sh [SECONDS_PER_RUN=5] [ROUNDS=2]
 #   POOL_B=path/to/other/ollama-pool benches/load.sh ...   also measures a second build (e.g. another
 #     release profile) as contender "pool-b" in the same rounds, and prints pool-b / ollama-pool.
+#   BUDGETS=1 benches/load.sh ...   ollama-pool's client token gets tpm, daily_tokens and monthly_tokens
+#     budgets (too large to refuse anything), so every request is checked and debited (issue #12);
+#     pool-b's config stays without them (an older build may not know the fields).
 #   PROFILE=1 benches/load.sh ...   afterwards samples each proxy with `perf record` under wrk at 64
 #     connections for SECONDS_PER_RUN and prints where its CPU goes (share of samples by part:
 #     kernel, allocator, libc, tokio, pingora, ollama-pool, other Rust; nginx's own code) and that
@@ -34,6 +37,8 @@ MOCK_PORT=18180 NGINX_PORT=18182 POOL_PORT=18181 ADMIN_PORT=18183 POOL_B_PORT=18
 CONTENDERS=(direct nginx bare pool)
 [ -n "${POOL_B:-}" ] && CONTENDERS+=(pool_b)
 TOKEN=bench-client-token-123
+LIMITS=""
+[ -n "${BUDGETS:-}" ] && LIMITS=", tpm: 100000000000, daily_tokens: 100000000000, monthly_tokens: 100000000000"
 cleanup() {
   [ -f "$DIR/nginx.pid" ] && kill "$(cat "$DIR/nginx.pid")" 2>/dev/null || true
   kill "${MOCK_PID:-}" "${POOL_PID:-}" "${POOL_B_PID:-}" "${BARE_PID:-}" 2>/dev/null || true
@@ -53,7 +58,7 @@ listen: ["127.0.0.1:$POOL_PORT"]
 threads: 2
 upstream: {url: "http://127.0.0.1:$MOCK_PORT", health_check_interval: 0s}
 keys: {files: [keys.txt]}
-clients: {tokens: [{name: bench, token: "$TOKEN"}]}
+clients: {tokens: [{name: bench, token: "$TOKEN"$LIMITS}]}
 admin: {listen: "127.0.0.1:$ADMIN_PORT", token: "bench-admin-token-0123456789"}
 server: {grace_period: 0s, shutdown_timeout: 1s, pid_file: $DIR/pool.pid, upgrade_sock: $DIR/upgrade.sock}
 YAML
@@ -66,7 +71,9 @@ RUST_LOG=warn "$BIN/ollama-pool" serve -c "$DIR/pool.yaml" > "$DIR/pool.log" 2>&
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null && break; sleep 0.1; done
 if [ -n "${POOL_B:-}" ]; then
   mkdir -p "$DIR/b" && cp "$DIR/keys.txt" "$DIR/b/"
+  no_limits=(); [ -n "$LIMITS" ] && no_limits=(-e "s|$LIMITS||")
   sed -e "s/$POOL_PORT/$POOL_B_PORT/; s/$ADMIN_PORT/$ADMIN_B_PORT/; s|$DIR/pool.pid|$DIR/b/pool.pid|; s|$DIR/upgrade.sock|$DIR/b/upgrade.sock|" \
+    "${no_limits[@]}" \
     "$DIR/pool.yaml" > "$DIR/b/pool.yaml"
   RUST_LOG=warn "$POOL_B" serve -c "$DIR/b/pool.yaml" > "$DIR/b/pool.log" 2>&1 & POOL_B_PID=$!
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$ADMIN_B_PORT/readyz" >/dev/null && break; sleep 0.1; done

@@ -84,7 +84,7 @@ fn usage(c: &mut Criterion) {
 
 fn token_lookup(c: &mut Criterion) {
     let tokens: Vec<StaticToken> = (0..1000)
-        .map(|i| StaticToken { name: format!("app{i}"), token: Secret::new(format!("sk-client-token-{i:040}")) })
+        .map(|i| StaticToken::new(format!("app{i}"), Secret::new(format!("sk-client-token-{i:040}"))))
         .collect();
     let clients = Clients::from_static(&tokens);
     let mut h = http::HeaderMap::new();

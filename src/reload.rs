@@ -139,7 +139,8 @@ fn changes(old: &Config, new: &Config) -> (Vec<String>, Vec<String>) {
             "pool" => format!("{:?}", c.pool),
             "health_check" => format!("{:?}", c.health_check),
             "clients" => {
-                format!("{:?}", c.clients.tokens.iter().map(|t| (&t.name, t.token.sha256())).collect::<Vec<_>>())
+                let tokens = c.clients.tokens.iter().map(|t| (&t.name, t.token.sha256(), t.rpm, t.budgets()));
+                format!("{:?}", tokens.collect::<Vec<_>>())
             }
             "routes" => format!("{:?}", c.routes),
             "cors" => format!("{:?}", c.cors),

@@ -87,7 +87,8 @@ fn grafana(expr: &str) -> String {
         .replace("\"$provider\"", "\".*\"")
 }
 
-async fn traffic(proxy: &Proxy) {
+/// `capped`: a client token whose 1-token tpm budget the first request uses up.
+async fn traffic(proxy: &Proxy, capped: &str) {
     for body in [r#"{"model":"m1","messages":[]}"#, r#"{"model":"m1","stream":true,"messages":[]}"#] {
         for _ in 0..4 {
             proxy.post("/v1/chat/completions", body).send().await.unwrap().text().await.unwrap();
@@ -97,6 +98,17 @@ async fn traffic(proxy: &Proxy) {
     proxy.post("/api/chat", r#"{"model":"premium"}"#).send().await.unwrap().text().await.unwrap();
     client().post(proxy.url("/v1/messages")).header("x-api-key", TOKEN).body("{}").send().await.unwrap();
     client().post(proxy.url("/v1/chat/completions")).bearer_auth("not-a-client-token").send().await.unwrap();
+    for _ in 0..2 {
+        let r = client().post(proxy.url("/v1/chat/completions")).bearer_auth(capped).body(r#"{"model":"m1"}"#);
+        r.send().await.unwrap().text().await.unwrap();
+    }
+    // Two key events for the webhook, whose receiver refuses connections.
+    let id = proxy.key_id(K_OK2);
+    for action in ["disable", "enable"] {
+        let r =
+            proxy.admin(reqwest::Method::POST, &format!("/admin/keys/{id}/{action}")).body("{}").send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,14 +149,19 @@ async fn dashboard_and_alerts_evaluate_against_a_real_prometheus() {
         Setup {
             keys: vec![K_REVOKED, K_LIMITED, K_EXHAUSTED, K_OK1, K_OK2],
             admin: true,
-            extra: "health_check: {usage_probe: true, jitter: 0s}\n".into(),
+            extra: "health_check: {usage_probe: true, jitter: 0s}\n\
+                    notifications:\n  batch_window: 0s\n  webhooks: [{url: \"http://127.0.0.1:9/hook\", max_attempts: 1}]\n"
+                .into(),
             ..Default::default()
         },
     )
     .await;
     let probed = proxy.admin(reqwest::Method::POST, "/admin/health-check").body("{}").send().await.unwrap();
     assert_eq!(probed.status(), 200);
-    traffic(&proxy).await;
+    let capped = proxy.admin(reqwest::Method::POST, "/admin/tokens").body(r#"{"name":"capped","tpm":1}"#).send();
+    let capped: Value = capped.await.unwrap().json().await.unwrap();
+    let capped = capped["token"].as_str().unwrap().to_string();
+    traffic(&proxy, &capped).await;
 
     let prom = start_prometheus(&proxy.admin.unwrap().to_string());
     // Wait for a few scrapes, add traffic so rates are non-zero, wait for a few more.
@@ -168,7 +185,7 @@ async fn dashboard_and_alerts_evaluate_against_a_real_prometheus() {
         }
         assert!(scrapes >= 3.0, "Prometheus did not scrape the admin /metrics");
         if round == 0 {
-            traffic(&proxy).await;
+            traffic(&proxy, &capped).await;
         }
     }
     let up = query(&prom, "up{job=\"ollama-pool\"}").await;

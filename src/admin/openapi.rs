@@ -87,22 +87,25 @@ pub fn document() -> Value {
             "Prometheus metrics (text exposition format).",
             vec![],
             None,
-            vec![("200", json!({"description": "Metrics.", "content": {"text/plain": {"schema": {"type": "string"}}}}))],
+            vec![(
+                "200",
+                json!({"description": "Metrics.", "content": {"text/plain": {"schema": {"type": "string"}}}}),
+            )],
             true,
         ),
     );
-    add(
-        "/admin/openapi.json",
-        "get",
-        op("This document.", vec![], None, vec![("200", ok_json("OpenAPI 3.1."))], true),
-    );
+    add("/admin/openapi.json", "get", op("This document.", vec![], None, vec![("200", ok_json("OpenAPI 3.1."))], true));
     add(
         "/admin/keys",
         "get",
         op(
             "List keys (masked; never the key itself).",
             vec![
-                query("status", "Only keys in this state.", json!({"enum": ["active", "cooling", "disabled", "invalid", "expired"]})),
+                query(
+                    "status",
+                    "Only keys in this state.",
+                    json!({"enum": ["active", "cooling", "disabled", "invalid", "expired"]}),
+                ),
                 query("search", "Id, label or category contains this.", json!({"type": "string"})),
                 query("provider", "Only this provider's keys.", json!({"type": "string"})),
                 query("page", "Page number, from 1.", json!({"type": "integer", "minimum": 1})),
@@ -125,7 +128,10 @@ pub fn document() -> Value {
             Some(json!({"required": true, "content": {"application/json": {"schema": {
                 "type": "object", "additionalProperties": false, "required": ["key"],
                 "properties": {
-                    "key": {"type": "string", "minLength": 1},
+                    "key": {
+                        "type": "string", "minLength": 8, "pattern": "^[!-~]+$",
+                        "description": "8 to keys.max_key_bytes bytes of printable ASCII, no spaces."
+                    },
                     "label": {"type": ["string", "null"]},
                     "ttl": duration_schema(),
                     "provider": {"type": ["string", "null"]}
@@ -181,8 +187,14 @@ pub fn document() -> Value {
         op(
             "Disable a key, for a while or until enabled.",
             vec![id_param("key")],
-            Some(json_body(json!({"type": "object", "additionalProperties": false, "properties": {"for": duration_schema()}}))),
-            vec![("200", key_written()), ("400", error_response("A bad duration.")), ("404", error_response("No such key."))],
+            Some(json_body(
+                json!({"type": "object", "additionalProperties": false, "properties": {"for": duration_schema()}}),
+            )),
+            vec![
+                ("200", key_written()),
+                ("400", error_response("A bad duration.")),
+                ("404", error_response("No such key.")),
+            ],
             false,
         ),
     );
@@ -244,10 +256,16 @@ pub fn document() -> Value {
                 }
             }}}})),
             vec![
-                ("201", json_response("Created.", json!({"type": "object", "required": ["id", "name", "token"], "properties": {
-                    "id": {"type": "string"}, "name": {"type": "string"}, "token": {"type": "string"},
-                    "expires_at": {"type": ["string", "null"]}
-                }}))),
+                (
+                    "201",
+                    json_response(
+                        "Created.",
+                        json!({"type": "object", "required": ["id", "name", "token"], "properties": {
+                            "id": {"type": "string"}, "name": {"type": "string"}, "token": {"type": "string"},
+                            "expires_at": {"type": ["string", "null"]}
+                        }}),
+                    ),
+                ),
                 ("400", error_response("A bad field (named in the message): empty name, a limit below 1.")),
             ],
             false,
@@ -272,7 +290,13 @@ pub fn document() -> Value {
     add(
         "/admin/providers",
         "get",
-        op("Per provider: name, kind, URL, keys by status, known models.", vec![], None, vec![("200", ok_json("Providers."))], false),
+        op(
+            "Per provider: name, kind, URL, keys by status, known models.",
+            vec![],
+            None,
+            vec![("200", ok_json("Providers."))],
+            false,
+        ),
     );
     add(
         "/admin/usage",
@@ -280,20 +304,31 @@ pub fn document() -> Value {
         op(
             "Usage by UTC day, client, provider and model: requests, errors, prompt and completion tokens.",
             vec![
-                query("from", "First day, YYYY-MM-DD (default: 29 days before `to`).", json!({"type": "string", "format": "date"})),
+                query(
+                    "from",
+                    "First day, YYYY-MM-DD (default: 29 days before `to`).",
+                    json!({"type": "string", "format": "date"}),
+                ),
                 query("to", "Last day, YYYY-MM-DD (default: today, UTC).", json!({"type": "string", "format": "date"})),
                 query("client", "Only this client name.", json!({"type": "string"})),
                 query("provider", "Only this provider.", json!({"type": "string"})),
                 query("model", "Only this model.", json!({"type": "string"})),
-                query("group_by", "Comma-separated: day, client, provider, model (default: all four).", json!({"type": "string"})),
+                query(
+                    "group_by",
+                    "Comma-separated: day, client, provider, model (default: all four).",
+                    json!({"type": "string"}),
+                ),
                 query("format", "json (default) or csv (also Accept: text/csv).", json!({"enum": ["json", "csv"]})),
             ],
             None,
             vec![
-                ("200", json!({"description": "The report.", "content": {
-                    "application/json": {"schema": {"$ref": "#/components/schemas/Usage"}},
-                    "text/csv": {"schema": {"type": "string"}}
-                }})),
+                (
+                    "200",
+                    json!({"description": "The report.", "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Usage"}},
+                        "text/csv": {"schema": {"type": "string"}}
+                    }}),
+                ),
                 ("400", error_response("A bad parameter (named first in the message).")),
             ],
             false,
@@ -307,17 +342,29 @@ pub fn document() -> Value {
             vec![],
             None,
             vec![
-                ("200", json_response("Applied.", json!({"type": "object", "properties": {
-                    "generation": {"type": "integer"},
-                    "applied": {"type": "array", "items": {"type": "string"}},
-                    "restart_required": {"type": "array", "items": {"type": "string"}},
-                    "keys_added": {"type": "integer"}, "keys_removed": {"type": "integer"}
-                }}))),
-                ("400", json_response("Problems; nothing changed.", json!({"type": "object", "properties": {
-                    "problems": {"type": "array", "items": {"type": "object", "properties": {
-                        "path": {"type": "string"}, "message": {"type": "string"}
-                    }}}
-                }}))),
+                (
+                    "200",
+                    json_response(
+                        "Applied.",
+                        json!({"type": "object", "properties": {
+                            "generation": {"type": "integer"},
+                            "applied": {"type": "array", "items": {"type": "string"}},
+                            "restart_required": {"type": "array", "items": {"type": "string"}},
+                            "keys_added": {"type": "integer"}, "keys_removed": {"type": "integer"}
+                        }}),
+                    ),
+                ),
+                (
+                    "400",
+                    json_response(
+                        "Problems; nothing changed.",
+                        json!({"type": "object", "properties": {
+                            "problems": {"type": "array", "items": {"type": "object", "properties": {
+                                "path": {"type": "string"}, "message": {"type": "string"}
+                            }}}
+                        }}),
+                    ),
+                ),
                 ("404", error_response("The server was not started from a config file.")),
             ],
             false,
@@ -330,7 +377,10 @@ pub fn document() -> Value {
             "Key and pool events, live, as Server-Sent Events (`event: <type>`, `data: <notice>`).",
             vec![],
             None,
-            vec![("200", json!({"description": "An endless event stream.", "content": {"text/event-stream": {"schema": {"type": "string"}}}}))],
+            vec![(
+                "200",
+                json!({"description": "An endless event stream.", "content": {"text/event-stream": {"schema": {"type": "string"}}}}),
+            )],
             false,
         ),
     );

@@ -369,6 +369,27 @@ pub struct ClientsConfig {
 pub struct StaticToken {
     pub name: String,
     pub token: Secret,
+    /// Requests per minute; absent = unlimited.
+    #[serde(default)]
+    pub rpm: Option<u32>,
+    /// Token budgets (SPEC §3.11); absent = none.
+    #[serde(default)]
+    pub tpm: Option<u64>,
+    #[serde(default)]
+    pub daily_tokens: Option<u64>,
+    #[serde(default)]
+    pub monthly_tokens: Option<u64>,
+}
+
+impl StaticToken {
+    /// A token with no limits.
+    pub fn new(name: impl Into<String>, token: Secret) -> StaticToken {
+        StaticToken { name: name.into(), token, rpm: None, tpm: None, daily_tokens: None, monthly_tokens: None }
+    }
+
+    pub fn budgets(&self) -> crate::usage::Limits {
+        crate::usage::Limits { tpm: self.tpm, daily_tokens: self.daily_tokens, monthly_tokens: self.monthly_tokens }
+    }
 }
 
 /// CORS for browser clients: off (no CORS headers) unless origins are listed.
@@ -893,6 +914,18 @@ impl ClientsConfig {
             }
             if !seen.insert(t.token.sha256()) {
                 err(e, format!("clients.tokens[{i}].token"), "duplicates an earlier token");
+            }
+            if t.rpm == Some(0) {
+                err(e, format!("clients.tokens[{i}].rpm"), "must be at least 1 (omit it for no limit)");
+            }
+            for kind in crate::usage::BudgetKind::ALL {
+                if t.budgets().get(kind) == Some(0) {
+                    err(
+                        e,
+                        format!("clients.tokens[{i}].{}", kind.as_str()),
+                        "must be at least 1 (omit it for no budget)",
+                    );
+                }
             }
         }
     }

@@ -115,10 +115,7 @@ pub struct Clients {
 
 impl Clients {
     pub fn from_static(tokens: &[StaticToken]) -> Clients {
-        let map = tokens
-            .iter()
-            .map(|t| (t.token.sha256(), Arc::new(Client::new(t.name.clone(), None, vec![], None))))
-            .collect();
+        let map = tokens.iter().map(|t| (t.token.sha256(), Arc::new(static_client(t)))).collect();
         Clients { by_hash: ArcSwap::from_pointee(map) }
     }
 
@@ -141,7 +138,8 @@ impl Clients {
     }
 
     /// A reload changed `clients.tokens`: tokens no longer listed stop working, new ones start;
-    /// a token listed in both keeps its client (and its rpm window).
+    /// a token listed in both keeps its client (its rpm window and what its budgets used), or,
+    /// when its name or limits changed, gets a new one that carries over what the budgets used.
     pub fn replace_static(&self, old: &[StaticToken], new: &[StaticToken]) {
         let keep: std::collections::HashSet<[u8; 32]> = new.iter().map(|t| t.token.sha256()).collect();
         self.by_hash.rcu(|m| {
@@ -154,8 +152,16 @@ impl Clients {
             }
             for t in new {
                 let h = t.token.sha256();
-                if m.get(&h).is_none_or(|c| c.name != t.name) {
-                    m.insert(h, Arc::new(Client::new(t.name.clone(), None, vec![], None)));
+                match m.get(&h) {
+                    Some(c) if c.name == t.name && c.rpm == t.rpm && c.budgets.limits == t.budgets() => {}
+                    Some(c) if c.name == t.name => {
+                        let fresh = static_client(t);
+                        fresh.budgets.carry_from(&c.budgets);
+                        m.insert(h, Arc::new(fresh));
+                    }
+                    _ => {
+                        m.insert(h, Arc::new(static_client(t)));
+                    }
                 }
             }
             m
@@ -193,6 +199,11 @@ impl Clients {
     }
 }
 
+/// The client of a `clients.tokens` entry.
+fn static_client(t: &StaticToken) -> Client {
+    Client::new(t.name.clone(), None, vec![], t.rpm).with_budgets(t.budgets())
+}
+
 /// `Authorization: Bearer <t>` (scheme case-insensitive), else `x-api-key: <t>`.
 pub fn presented_token(headers: &HeaderMap) -> Option<&[u8]> {
     if let Some(v) = headers.get(http::header::AUTHORIZATION) {
@@ -222,13 +233,34 @@ mod tests {
 
     #[test]
     fn bearer_or_x_api_key() {
-        let c = Clients::from_static(&[StaticToken { name: "app".into(), token: Secret::new("tok-1234567") }]);
+        let c = Clients::from_static(&[StaticToken::new("app", Secret::new("tok-1234567"))]);
         assert_eq!(c.authenticate(&headers(&[("authorization", "Bearer tok-1234567")]), 0).unwrap().name, "app");
         assert!(c.authenticate(&headers(&[("authorization", "bearer tok-1234567")]), 0).is_some());
         assert!(c.authenticate(&headers(&[("x-api-key", "tok-1234567")]), 0).is_some());
         assert!(c.authenticate(&headers(&[("authorization", "Bearer nope")]), 0).is_none());
         assert!(c.authenticate(&headers(&[("authorization", "Basic tok-1234567")]), 0).is_none());
         assert!(c.authenticate(&HeaderMap::new(), 0).is_none());
+    }
+
+    #[test]
+    fn static_tokens_carry_limits_and_a_reload_keeps_what_their_budgets_used() {
+        let t = |daily| StaticToken {
+            rpm: Some(5),
+            daily_tokens: daily,
+            ..StaticToken::new("app", Secret::new("tok-1234567"))
+        };
+        let h = headers(&[("x-api-key", "tok-1234567")]);
+        let now = 1_796_083_200_000;
+        let c = Clients::from_static(&[t(Some(100))]);
+        let before = c.authenticate(&h, now).unwrap();
+        assert_eq!((before.rpm, before.budgets.limits.daily_tokens), (Some(5), Some(100)));
+        before.budgets.debit(now, 90);
+        c.replace_static(&[t(Some(100))], &[t(Some(80))]);
+        let after = c.authenticate(&h, now).unwrap();
+        assert_eq!(after.budgets.limits.daily_tokens, Some(80));
+        assert!(after.budgets.check(now).is_err(), "90 used of the new 80");
+        c.replace_static(&[t(Some(80))], &[t(Some(80))]);
+        assert!(Arc::ptr_eq(&after, &c.authenticate(&h, now).unwrap()), "unchanged: the same client");
     }
 
     #[test]

@@ -172,6 +172,13 @@ impl Budgets {
         self.add(BudgetKind::Monthly, BudgetKind::Monthly.period(now_ms), this_month);
     }
 
+    /// Takes over what `old` used (a client rebuilt by a reload keeps its budgets' use).
+    pub fn carry_from(&self, old: &Budgets) {
+        for (w, o) in self.windows.iter().zip(&old.windows) {
+            w.store(o.load(Relaxed), Relaxed);
+        }
+    }
+
     pub fn views(&self, now_ms: u64) -> Vec<BudgetView> {
         BudgetKind::ALL
             .into_iter()
