@@ -497,30 +497,35 @@ impl AdminApp {
         Ok(answer(200, json!({ "results": results })))
     }
 
+    /// Stored tokens (`source: "store"`) and the config's `clients.tokens` (`source: "config"`,
+    /// revoked by editing the config), with their limits and what their budgets used.
     fn list_tokens(&self) -> Result<Answer, Answer> {
         let tokens = self.control.store.tokens().map_err(|e| op_error(e.into()))?;
         let now = self.control.now();
-        let list: Vec<Value> = tokens
+        let budgets = |hash: &[u8; 32]| -> Value {
+            let live = self.control.clients.as_ref().and_then(|c| c.get(hash));
+            let views = live.map(|c| c.budgets.views(now)).unwrap_or_default();
+            let m: serde_json::Map<String, Value> = views
+                .iter()
+                .map(|b| {
+                    let v = json!({
+                        "limit": b.limit,
+                        "used": b.used,
+                        "remaining": b.remaining(),
+                        "resets_at": time(Some(b.resets_at_ms)),
+                    });
+                    (b.kind.as_str().to_string(), v)
+                })
+                .collect();
+            Value::Object(m)
+        };
+        let mut list: Vec<Value> = tokens
             .iter()
             .map(|t| {
-                let live = self.control.clients.as_ref().and_then(|c| c.get(&t.hash));
-                let budgets: serde_json::Map<String, Value> = live
-                    .map(|c| c.budgets.views(now))
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|b| {
-                        let v = json!({
-                            "limit": b.limit,
-                            "used": b.used,
-                            "remaining": b.remaining(),
-                            "resets_at": time(Some(b.resets_at_ms)),
-                        });
-                        (b.kind.as_str().to_string(), v)
-                    })
-                    .collect();
                 json!({
                     "id": t.id,
                     "name": t.name,
+                    "source": "store",
                     "created_at": time(Some(t.created_at_ms)),
                     "expires_at": time(t.expires_at_ms),
                     "models": t.models,
@@ -528,10 +533,26 @@ impl AdminApp {
                     "tpm": t.budgets.tpm,
                     "daily_tokens": t.budgets.daily_tokens,
                     "monthly_tokens": t.budgets.monthly_tokens,
-                    "budgets": budgets,
+                    "budgets": budgets(&t.hash),
                 })
             })
             .collect();
+        for t in &self.proxy.runtime.load().static_tokens {
+            let hash = t.token.sha256();
+            list.push(json!({
+                "id": hex::encode(&hash[..6]),
+                "name": t.name,
+                "source": "config",
+                "created_at": null,
+                "expires_at": null,
+                "models": [],
+                "rpm": t.rpm,
+                "tpm": t.tpm,
+                "daily_tokens": t.daily_tokens,
+                "monthly_tokens": t.monthly_tokens,
+                "budgets": budgets(&hash),
+            }));
+        }
         Ok(answer(200, json!({ "tokens": list })))
     }
 

@@ -413,6 +413,7 @@ pub fn document() -> Value {
                 }},
                 "TokenList": {"type": "object", "properties": {"tokens": {"type": "array", "items": {"type": "object", "properties": {
                     "id": {"type": "string"}, "name": {"type": "string"},
+                    "source": {"enum": ["store", "config"]},
                     "rpm": {"type": ["integer", "null"]}, "tpm": {"type": ["integer", "null"]},
                     "daily_tokens": {"type": ["integer", "null"]}, "monthly_tokens": {"type": ["integer", "null"]},
                     "budgets": {"type": "object", "additionalProperties": {"type": "object", "properties": {

@@ -217,7 +217,12 @@ impl pingora::services::background::BackgroundService for NotifyService {
         loop {
             let got = tokio::select! {
                 _ = shutdown.changed() => return,
-                n = rx.recv_many(&mut batch, 1024) => n,
+                n = rx.recv_many(&mut batch, 1024) => {
+                    if n == 0 {
+                        return; // every sender is gone: the process is stopping
+                    }
+                    n
+                }
                 // Keys come back by the clock too (a cooldown ends with no event until a pick):
                 // an empty provider is looked at again every second.
                 _ = tokio::time::sleep(Duration::from_secs(1)) => 0,

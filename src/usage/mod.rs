@@ -40,6 +40,8 @@ pub struct UsageRow {
 /// Distinct (day, client, provider, model) cells kept in memory between flushes; past it, new
 /// models of a day are counted under `other` (a client inventing model names cannot grow it).
 const MAX_CELLS: usize = 4096;
+/// Longest model name kept; a longer one (a client's, not a real model) counts as `other`.
+const MAX_MODEL: usize = 200;
 
 struct Cell {
     day: u32,
@@ -89,7 +91,8 @@ pub struct Ledger {
 impl Ledger {
     pub fn record(&self, u: &Used<'_>) {
         let day = calendar::day_of(u.at_ms);
-        let cell = self.cell(day, u.client, u.provider, u.model);
+        let model = if u.model.len() > MAX_MODEL { "other" } else { u.model };
+        let cell = self.cell(day, u.client, u.provider, model);
         cell.requests.fetch_add(1, Relaxed);
         if u.error {
             cell.errors.fetch_add(1, Relaxed);
@@ -314,5 +317,9 @@ mod tests {
         let other = rows.iter().find(|r| r.model == "other").unwrap();
         assert_eq!(other.requests, 10);
         assert_eq!(rows.iter().map(|r| r.requests).sum::<u64>(), MAX_CELLS as u64 + 11);
+        let long = "m".repeat(MAX_MODEL + 1);
+        let l = Ledger::default();
+        l.record(&used(t, "app", &long, 1, 0));
+        assert!(l.find(calendar::day_of(t), "app", "ollama", "other").is_some(), "a huge model name is not kept");
     }
 }

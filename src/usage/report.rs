@@ -197,12 +197,15 @@ impl Report {
     }
 
     /// RFC 4180 CSV with a header line; client and model names are quoted when they need it.
+    /// A name a spreadsheet would run as a formula (`=`, `+`, `-`, `@` first: model names come
+    /// from clients) gets a leading `'`.
     pub fn to_csv(&self) -> String {
         let quote = |s: &str| {
+            let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{s}") } else { s.to_string() };
             if s.contains([',', '"', '\n', '\r']) {
                 format!("\"{}\"", s.replace('"', "\"\""))
             } else {
-                s.to_string()
+                s
             }
         };
         let mut out = self.header().join(",");
@@ -310,5 +313,8 @@ mod tests {
             [("m1", 10), ("m2", 20)]
         );
         assert!(r.to_table().lines().last().unwrap().starts_with("total"));
+        let q = Query::parse(None, None, Some("model"), [None; 3], d).unwrap();
+        let csv = build(&q, &[row(d, "a", "=HYPERLINK(\"x\")", 1, 1)]).to_csv();
+        assert!(csv.contains("\r\n\"'=HYPERLINK(\"\"x\"\")\",1,"), "{csv}");
     }
 }
