@@ -466,7 +466,8 @@ pub struct UsageArgs {
 }
 
 pub fn run_usage(loaded: &Loaded, a: UsageArgs) -> ExitCode {
-    use crate::usage::{calendar, report};
+    use crate::pool::calendar;
+    use crate::usage::report;
     let today = calendar::day_of(SystemClock.now_ms());
     let filters = [a.client.as_deref(), a.provider.as_deref(), a.model.as_deref()];
     let q = match report::Query::parse(a.from.as_deref(), a.to.as_deref(), a.by.as_deref(), filters, today) {

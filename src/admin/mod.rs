@@ -308,7 +308,8 @@ impl AdminApp {
     /// `GET /admin/usage`: flushes what this process counted since the last flush, then
     /// reports from the store, so the answer is exact up to this request.
     fn usage(&self, s: &ServerSession, q: &[(String, String)]) -> Result<Answer, Answer> {
-        use crate::usage::{calendar, report};
+        use crate::pool::calendar;
+        use crate::usage::report;
         let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         let now = self.control.now();
         let filters = [get("client"), get("provider"), get("model")];

@@ -4,6 +4,7 @@
 //! Not here: how keys get in (import.rs, store/, admin/ops.rs) and what is sent upstream (proxy/).
 
 pub mod attempt;
+pub mod calendar;
 pub mod clock;
 pub mod events;
 pub mod key;

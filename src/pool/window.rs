@@ -37,9 +37,8 @@ impl Window {
                 (day + 7 - (day + 3) % 7) * DAY
             }
             Window::Monthly => {
-                let (y, m, _) = civil_from_days((now_ms / DAY) as i64);
-                let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-                days_from_civil(ny, nm, 1) as u64 * DAY
+                let month = super::calendar::month_of_day((now_ms / DAY) as u32);
+                u64::from(super::calendar::first_day_of_month(month + 1)) * DAY
             }
         }
     }
@@ -60,29 +59,6 @@ impl Window {
         .find(|(word, _)| t.contains(word))
         .map(|(_, w)| w)
     }
-}
-
-/// (year, month 1-12, day 1-31) of a day count since 1970-01-01 (proleptic Gregorian).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = if m > 2 { m - 3 } else { m + 9 } as i64;
-    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]
@@ -130,14 +106,5 @@ mod tests {
         assert_eq!(Window::named_in("session usage limit reached"), Some(Window::Session));
         assert_eq!(Window::named_in("hourly quota exceeded"), Some(Window::Hourly));
         assert_eq!(Window::named_in("weekly newsletter"), None);
-    }
-
-    #[test]
-    fn civil_round_trip() {
-        for day in [-1000i64, 0, 59, 60, 365, 10_000, 20_783, 40_000] {
-            let (y, m, d) = civil_from_days(day);
-            assert_eq!(days_from_civil(y, m, d), day);
-        }
-        assert_eq!(civil_from_days(20_783), (2026, 11, 26));
     }
 }

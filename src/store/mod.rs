@@ -114,13 +114,23 @@ impl CounterFlusher {
 
 #[async_trait::async_trait]
 impl pingora::services::background::BackgroundService for CounterFlusher {
-    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => break,
-                _ = tokio::time::sleep(self.interval) => self.flush(),
-            }
-        }
-        self.flush();
+    async fn start(&self, shutdown: pingora::server::ShutdownWatch) {
+        flush_every(self.interval, shutdown, || self.flush()).await;
     }
+}
+
+/// Runs `flush` every `interval` until shutdown, and once more then (the store's periodic
+/// writers: key counters, usage).
+pub async fn flush_every(
+    interval: std::time::Duration,
+    mut shutdown: pingora::server::ShutdownWatch,
+    flush: impl Fn() + Send + Sync,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            _ = tokio::time::sleep(interval) => flush(),
+        }
+    }
+    flush();
 }

@@ -3,7 +3,7 @@
 //! usage is known; a stream that started is never cut. Each window is one atomic holding
 //! (period number, tokens used), so checking and debiting take no lock.
 
-use super::calendar::{self, DAY_MS};
+use crate::pool::calendar::{self, DAY_MS};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 

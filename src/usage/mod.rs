@@ -9,13 +9,13 @@
 //! - `budget`: a token's `tpm` / `daily_tokens` / `monthly_tokens`, checked before forwarding.
 
 pub mod budget;
-pub mod calendar;
 pub mod report;
 mod scan;
 
 pub use budget::{BudgetKind, Budgets, Limits};
 pub use scan::UsageScanner;
 
+use crate::pool::calendar;
 use crate::store::Store;
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
@@ -220,14 +220,8 @@ impl UsageFlusher {
 
 #[async_trait::async_trait]
 impl pingora::services::background::BackgroundService for UsageFlusher {
-    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => break,
-                _ = tokio::time::sleep(self.interval) => self.flush(),
-            }
-        }
-        self.flush();
+    async fn start(&self, shutdown: pingora::server::ShutdownWatch) {
+        crate::store::flush_every(self.interval, shutdown, || self.flush()).await;
     }
 }
 

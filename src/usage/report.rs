@@ -3,7 +3,8 @@
 //! and its JSON, CSV and table forms. Both callers parse their parameters here, so a bad one
 //! gets the same message from either.
 
-use super::{calendar, UsageRow};
+use super::UsageRow;
+use crate::pool::calendar;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 

@@ -14,7 +14,8 @@ pub struct Server {
     pub log: PathBuf,
 }
 
-/// Runs `serve -c cfg`; its output goes to `server-{run}.log` beside the config.
+/// Runs `serve -c cfg` and waits until its proxy and admin listeners answer `/healthz`; its
+/// output goes to `server-{run}.log` beside the config.
 pub async fn start(cfg: &Path, port: u16, admin: u16, run: usize) -> Server {
     let log = cfg.with_file_name(format!("server-{run}.log"));
     let out = std::fs::File::create(&log).unwrap();
@@ -26,11 +27,13 @@ pub async fn start(cfg: &Path, port: u16, admin: u16, run: usize) -> Server {
         .stderr(Stdio::from(out))
         .spawn()
         .unwrap();
+    // Both listeners: each service binds its own, so the admin one can be up first.
+    let up = |p: u16| async move {
+        client().get(format!("http://127.0.0.1:{p}/healthz")).send().await.is_ok_and(|r| r.status() == 200)
+    };
     for _ in 0..200 {
-        if let Ok(r) = client().get(format!("http://127.0.0.1:{admin}/healthz")).send().await {
-            if r.status() == 200 {
-                return Server { child, port, admin, log };
-            }
+        if up(admin).await && up(port).await {
+            return Server { child, port, admin, log };
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }

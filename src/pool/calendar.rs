@@ -1,5 +1,5 @@
-//! UTC calendar arithmetic for usage days and budget periods: days since the epoch, months
-//! since year 0, and `YYYY-MM-DD`. Proleptic Gregorian, no time zones (SPEC §3.11: UTC days
+//! UTC calendar arithmetic for usage windows, usage days and budget periods: days since the
+//! epoch, months since year 0, and `YYYY-MM-DD`. Proleptic Gregorian, no time zones (SPEC §3.11: UTC days
 //! and calendar months).
 
 pub const DAY_MS: u64 = 86_400_000;
@@ -82,6 +82,7 @@ mod tests {
         assert_eq!(date(0), "1970-01-01");
         assert_eq!(parse_date("2026-12-01"), Some(20_788));
         assert_eq!(date(20_788), "2026-12-01");
+        assert_eq!(civil(20_783), (2026, 11, 26));
         for day in (0..40_000).step_by(17) {
             assert_eq!(parse_date(&date(day)), Some(day));
             assert!(first_day_of_month(month_of_day(day)) <= day);
