@@ -106,10 +106,16 @@ fn notifications(url: &str, extra: &str) -> String {
     )
 }
 
-async fn metric(proxy: &Proxy, line_start: &str) -> Option<f64> {
+/// A metric's value (0 when absent). The registry is the test process's: `cargo test` runs this
+/// file's tests in one process, so tests compare against what they read before.
+async fn metric(proxy: &Proxy, line_start: &str) -> f64 {
     let text = proxy.admin(Method::GET, "/metrics").send().await.unwrap().text().await.unwrap();
-    text.lines().find(|l| l.starts_with(line_start)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    text.lines().find(|l| l.starts_with(line_start)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0.0)
 }
+
+const OK: &str = r#"ollama_pool_webhook_deliveries_total{result="ok"}"#;
+const FAILED: &str = r#"ollama_pool_webhook_deliveries_total{result="failed"}"#;
+const RETRIED: &str = r#"ollama_pool_webhook_deliveries_total{result="retried"}"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_key_and_its_return_reach_the_webhook_signed() {
@@ -118,6 +124,7 @@ async fn a_revoked_key_and_its_return_reach_the_webhook_signed() {
     let setup =
         Setup { keys: vec![KEYS[0], KEYS[1]], admin: true, extra: notifications(&url, ""), ..Default::default() };
     let proxy = Proxy::start_with(&mock, setup).await;
+    let ok_before = metric(&proxy, OK).await;
     let id = proxy.key_id(KEYS[0]);
     mock.set(KEYS[0], Behavior::status(401, r#"{"error":"unauthorized"}"#));
     for _ in 0..2 {
@@ -152,7 +159,7 @@ async fn a_revoked_key_and_its_return_reach_the_webhook_signed() {
         );
     }
     let deadline = Instant::now() + Duration::from_secs(5);
-    while metric(&proxy, r#"ollama_pool_webhook_deliveries_total{result="ok"}"#).await.unwrap_or(0.0) < 2.0 {
+    while metric(&proxy, OK).await - ok_before < 2.0 {
         assert!(Instant::now() < deadline, "deliveries are counted");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -166,6 +173,7 @@ async fn a_hanging_receiver_changes_nothing_for_clients_and_its_failures_are_cou
     let setup =
         Setup { keys: vec![KEYS[0], KEYS[1]], admin: true, extra: notifications(&url, extra), ..Default::default() };
     let proxy = Proxy::start_with(&mock, setup).await;
+    let (failed_before, retried_before) = (metric(&proxy, FAILED).await, metric(&proxy, RETRIED).await);
     let id = proxy.key_id(KEYS[1]);
     // Twenty key events, each a delivery (batch_window 100 ms apart or not) to a receiver that
     // never answers.
@@ -180,15 +188,13 @@ async fn a_hanging_receiver_changes_nothing_for_clients_and_its_failures_are_cou
         assert_eq!(proxy.post("/v1/chat/completions", CHAT).send().await.unwrap().status(), 200);
     }
     // Every request completed while the first delivery (2 s per attempt) was still pending.
-    let done = |m: Option<f64>| m.unwrap_or(0.0);
-    assert_eq!(done(metric(&proxy, r#"ollama_pool_webhook_deliveries_total{result="failed"}"#).await), 0.0);
-    assert_eq!(done(metric(&proxy, r#"ollama_pool_webhook_deliveries_total{result="ok"}"#).await), 0.0);
+    assert_eq!(metric(&proxy, FAILED).await - failed_before, 0.0, "no delivery has finished failing yet");
     let deadline = Instant::now() + Duration::from_secs(15);
-    while done(metric(&proxy, r#"ollama_pool_webhook_deliveries_total{result="failed"}"#).await) < 1.0 {
+    while metric(&proxy, FAILED).await - failed_before < 1.0 {
         assert!(Instant::now() < deadline, "a delivery that timed out twice is counted as failed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(done(metric(&proxy, r#"ollama_pool_webhook_deliveries_total{result="retried"}"#).await) >= 1.0);
+    assert!(metric(&proxy, RETRIED).await - retried_before >= 1.0);
 }
 
 /// Reads SSE events from a response until one of `kind` arrives.
