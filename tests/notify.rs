@@ -125,6 +125,7 @@ async fn a_revoked_key_and_its_return_reach_the_webhook_signed() {
         Setup { keys: vec![KEYS[0], KEYS[1]], admin: true, extra: notifications(&url, ""), ..Default::default() };
     let proxy = Proxy::start_with(&mock, setup).await;
     let ok_before = metric(&proxy, OK).await;
+    let (mut sse, mut buf) = subscribe(&proxy).await;
     let id = proxy.key_id(KEYS[0]);
     mock.set(KEYS[0], Behavior::status(401, r#"{"error":"unauthorized"}"#));
     for _ in 0..2 {
@@ -139,6 +140,9 @@ async fn a_revoked_key_and_its_return_reach_the_webhook_signed() {
     assert_eq!(r.status(), 200);
     let back = got.wait_for("key.returned", &id).await;
     assert_eq!((back["from"].as_str(), back["to"].as_str()), (Some("invalid"), Some("active")));
+    // The event stream carried the very same notices.
+    assert_eq!(next_event(&mut sse, &mut buf, "key.invalid").await, invalid);
+    assert_eq!(next_event(&mut sse, &mut buf, "key.returned").await, back);
 
     for (headers, body) in got.0.lock().unwrap().iter() {
         let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
@@ -197,12 +201,22 @@ async fn a_hanging_receiver_changes_nothing_for_clients_and_its_failures_are_cou
     assert!(metric(&proxy, RETRIED).await - retried_before >= 1.0);
 }
 
+type Sse = std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
+
+/// Opens `GET /admin/events` and reads its greeting (so the stream is subscribed).
+async fn subscribe(proxy: &Proxy) -> (Sse, String) {
+    let r = proxy.admin(Method::GET, "/admin/events").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let mut stream: Sse = Box::pin(r.bytes_stream());
+    let first = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap().unwrap().unwrap();
+    let buf = String::from_utf8(first.to_vec()).unwrap();
+    assert!(buf.starts_with(": ollama-pool"), "a greeting first: {buf:?}");
+    (stream, buf)
+}
+
 /// Reads SSE events from a response until one of `kind` arrives.
-async fn next_event(
-    stream: &mut (impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
-    buf: &mut String,
-    kind: &str,
-) -> Value {
+async fn next_event(stream: &mut Sse, buf: &mut String, kind: &str) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         while let Some(end) = buf.find("\n\n") {
@@ -227,14 +241,7 @@ async fn the_event_stream_delivers_the_same_events_live() {
     let none = client().get(proxy.admin_url("/admin/events")).send().await.unwrap();
     assert_eq!(none.status(), 401, "the stream needs the admin token");
 
-    let r = proxy.admin(Method::GET, "/admin/events").send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["content-type"], "text/event-stream");
-    let mut stream = r.bytes_stream();
-    let mut buf = String::new();
-    let first = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap().unwrap().unwrap();
-    buf.push_str(std::str::from_utf8(&first).unwrap());
-    assert!(buf.starts_with(": ollama-pool"), "a greeting first: {buf:?}");
+    let (mut stream, mut buf) = subscribe(&proxy).await;
 
     let id = proxy.key_id(KEYS[0]);
     let r = proxy
@@ -259,6 +266,33 @@ async fn the_event_stream_delivers_the_same_events_live() {
     assert_eq!(e["keys"], 1);
     // Other admin requests still work on the same listener while a stream is open.
     assert_eq!(proxy.admin(Method::GET, "/admin/stats").send().await.unwrap().status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_moves_deliveries_to_the_new_webhook() {
+    let mock = Mock::start().await;
+    let (old_url, old) = receiver(false).await;
+    let (new_url, new) = receiver(false).await;
+    let setup =
+        Setup { keys: vec![KEYS[0], KEYS[1]], admin: true, extra: notifications(&old_url, ""), ..Default::default() };
+    let proxy = Proxy::start_with(&mock, setup).await;
+    let id = proxy.key_id(KEYS[1]);
+    let disable = || proxy.admin(Method::POST, &format!("/admin/keys/{id}/disable")).json(&json!({})).send();
+    let enable = || proxy.admin(Method::POST, &format!("/admin/keys/{id}/enable")).send();
+    assert_eq!(disable().await.unwrap().status(), 200);
+    old.wait_for("key.disabled", &id).await;
+
+    let cfg = proxy.dir.join("ollama-pool.yaml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace(&old_url, &new_url)).unwrap();
+    let r = proxy.admin(Method::POST, "/admin/reload").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let done: Value = r.json().await.unwrap();
+    assert!(done["applied"].as_array().unwrap().iter().any(|a| a == "notifications"), "{done}");
+    assert_eq!(enable().await.unwrap().status(), 200);
+    new.wait_for("key.returned", &id).await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // two batch windows
+    assert!(old.events().iter().all(|e| e["type"] != "key.returned"), "the old webhook got nothing after the reload");
 }
 
 #[test]
