@@ -22,10 +22,12 @@ build_needs() {
 }
 
 # What the tests need besides: Prometheus and promtool (tests/prometheus.rs), systemd-analyze
-# (tests/packaging.rs verifies the unit file).
+# (tests/packaging.rs verifies the unit file), redis-server and redis-cli (tests/redis_store.rs
+# starts its own on a free port; the package's system service is never used).
 test_needs() {
   command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || echo prometheus
   command -v systemd-analyze >/dev/null 2>&1 || echo systemd
+  command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 || echo redis-server
 }
 
 install() {

@@ -82,7 +82,7 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
     events.subscribe(Arc::new(intake));
     let runtime = Runtime::build(cfg, &|p| loaded.resolve(p), None, clock.clone(), events)
         .map_err(|problems| AppError::Server(problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; ")))?;
-    let store: Arc<dyn Store> = Arc::new(open_store(loaded)?);
+    let store: Arc<dyn Store> = open_store(loaded)?;
     load_key_files(loaded, &runtime, &*store, clock.now_ms())?;
     fill_pools(&runtime, &store.keys()?, clock.now_ms());
     let clients = Arc::new(Clients::from_static(&cfg.clients.tokens));
@@ -257,10 +257,17 @@ impl App {
     }
 }
 
-/// Opens `store.path` (relative to the config file), decrypting with `store.encryption_key`.
-pub fn open_store(loaded: &Loaded) -> Result<SqliteStore, AppError> {
+/// Opens the store the config names: SQLite at `store.path` (relative to the config file) or
+/// Redis at `store.url` under `store.prefix`; upstream keys sealed with `store.encryption_key`.
+/// An unreachable Redis is an error here: without it there is no key state to start from.
+pub fn open_store(loaded: &Loaded) -> Result<Arc<dyn Store>, AppError> {
     let cfg = &loaded.config.store;
-    Ok(SqliteStore::open(&loaded.resolve(&cfg.path), cfg.encryption_key.as_ref())?)
+    Ok(match (cfg.kind, &cfg.url) {
+        (crate::config::StoreKind::Redis, Some(url)) => {
+            Arc::new(crate::store::RedisStore::open(url, &cfg.prefix, cfg.encryption_key.as_ref())?)
+        }
+        _ => Arc::new(SqliteStore::open(&loaded.resolve(&cfg.path), cfg.encryption_key.as_ref())?),
+    })
 }
 
 /// Puts every stored key into its provider's pool (keys of a provider the config no longer

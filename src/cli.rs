@@ -237,7 +237,7 @@ fn usage(message: impl std::fmt::Display) -> ExitCode {
 fn control(loaded: &Loaded) -> Result<Control, ExitCode> {
     let store = crate::app::open_store(loaded).map_err(fail)?;
     Ok(Control {
-        store: Arc::new(store),
+        store,
         runtime: None,
         providers: loaded.config.provider_entries().into_iter().map(|(_, p)| p.name).collect(),
         clients: None,

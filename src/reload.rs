@@ -169,7 +169,14 @@ fn changes(old: &Config, new: &Config) -> (Vec<String>, Vec<String>) {
             "admin" => format!("{:?}", c.admin.as_ref().map(|a| (&a.listen, a.token.as_ref().map(|t| t.sha256())))),
             "store" => format!(
                 "{:?}",
-                (&c.store.path, c.store.flush_interval.0, c.store.encryption_key.as_ref().map(|k| k.sha256()))
+                (
+                    c.store.kind,
+                    &c.store.path,
+                    c.store.url.as_ref().map(|u| crate::secret::sha256(u.as_bytes())),
+                    &c.store.prefix,
+                    c.store.flush_interval.0,
+                    c.store.encryption_key.as_ref().map(|k| k.sha256())
+                )
             ),
             "server" => format!("{:?}", c.server),
             "metrics" => format!("{:?}", c.metrics),

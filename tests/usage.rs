@@ -100,7 +100,15 @@ async fn usage_matches_what_the_upstream_reported_and_survives_a_restart() {
         assert_eq!(status, want, "{path} {body}: {text}");
     }
 
-    let live = s.ok(Method::GET, "/admin/usage?group_by=client,model", Value::Null).await;
+    // A request is counted once it has finished, just after its answer went out.
+    let mut live = Value::Null;
+    for _ in 0..100 {
+        live = s.ok(Method::GET, "/admin/usage?group_by=client,model", Value::Null).await;
+        if live["totals"]["requests"] == 8 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(by_client_model(&live), expected(), "{live}");
     assert_eq!(live["totals"]["prompt_tokens"], 27);
     assert_eq!(live["totals"]["requests"], 8);
@@ -174,6 +182,20 @@ async fn usage_matches_what_the_upstream_reported_and_survives_a_restart() {
     }
 }
 
+/// Waits until `GET /admin/tokens` shows `want` used of a token's budget: a request is debited
+/// when it has finished, just after its answer went out.
+async fn used(proxy: &Proxy, name: &str, budget: &str, want: u64) {
+    for _ in 0..100 {
+        let v: Value = proxy.admin(Method::GET, "/admin/tokens").send().await.unwrap().json().await.unwrap();
+        let t = v["tokens"].as_array().unwrap().iter().find(|t| t["name"] == name).cloned().unwrap_or_default();
+        if t["budgets"][budget]["used"] == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{name}'s {budget} never showed {want} used");
+}
+
 async fn create_token(proxy: &Proxy, body: Value) -> String {
     let r = proxy.admin(Method::POST, "/admin/tokens").json(&body).send().await.unwrap();
     assert_eq!(r.status(), 201, "{body}");
@@ -190,6 +212,7 @@ async fn budgets_refuse_with_429_naming_the_budget_and_never_cut_a_stream() {
     for _ in 0..3 {
         assert_eq!(send(port, &daily, "/v1/chat/completions", chat).await.0, 200);
     }
+    used(&proxy, "capped", "daily_tokens", 12).await;
     let r = client().post(proxy.url("/v1/chat/completions")).bearer_auth(&daily).body(chat).send().await.unwrap();
     assert_eq!(r.status(), 429);
     let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
@@ -211,6 +234,7 @@ async fn budgets_refuse_with_429_naming_the_budget_and_never_cut_a_stream() {
     let (status, body) = send(port, &small, "/v1/chat/completions", r#"{"model":"m1","stream":true}"#).await;
     assert_eq!(status, 200);
     assert!(body.contains("[DONE]"), "the stream ran to its end: {body}");
+    used(&proxy, "streamer", "tpm", 7).await;
     let (status, text) = send(port, &small, "/v1/chat/completions", chat).await;
     assert_eq!(status, 429, "7 of 5 tokens this minute");
     assert!(text.contains("tpm"), "{text}");

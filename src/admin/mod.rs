@@ -88,6 +88,10 @@ fn op_error(e: OpError) -> Answer {
         OpError::Invalid(m) => error(400, m),
         OpError::Duplicate(id) => answer(409, json!({ "error": "key already present", "id": id })),
         e @ OpError::UnknownProvider(_) => error(400, format!("provider: {e}")),
+        OpError::Store(e @ crate::store::StoreError::Unavailable(_)) => {
+            log::warn!("admin: {e}");
+            error(503, "store unavailable; nothing was changed")
+        }
         OpError::Store(e) => {
             log::error!("admin: {e}");
             error(500, "the store failed; nothing was changed")

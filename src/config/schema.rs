@@ -232,8 +232,14 @@ impl Default for AdminConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
+    /// `sqlite` (one instance) or `redis` (a fleet sharing one Redis, SPEC §3.9).
+    pub kind: StoreKind,
     /// SQLite file, created if missing; relative paths are relative to the config file.
     pub path: PathBuf,
+    /// `kind: redis`: `redis://[:password@]host[:port][/db]`.
+    pub url: Option<String>,
+    /// `kind: redis`: every Redis key this instance writes starts with `<prefix>:`.
+    pub prefix: String,
     /// Encrypt upstream keys at rest with this passphrase (AES-256-GCM).
     pub encryption_key: Option<Secret>,
     /// How often per-key counters are saved (and once more at shutdown).
@@ -242,7 +248,45 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { path: "data/ollama-pool.db".into(), encryption_key: None, flush_interval: Dur::secs(30) }
+        StoreConfig {
+            kind: StoreKind::Sqlite,
+            path: "data/ollama-pool.db".into(),
+            url: None,
+            prefix: "ollama-pool".into(),
+            encryption_key: None,
+            flush_interval: Dur::secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    Sqlite,
+    Redis,
+}
+
+impl StoreConfig {
+    fn validate(&self, e: &mut Errors) {
+        if self.flush_interval.0.is_zero() {
+            err(e, "store.flush_interval", "must be greater than 0s");
+        }
+        if self.encryption_key.as_ref().is_some_and(|k| k.len() < 16) {
+            err(e, "store.encryption_key", "must be at least 16 characters");
+        }
+        match (self.kind, &self.url) {
+            (StoreKind::Redis, None) => err(e, "store.url", "required with store.kind: redis (redis://host:6379/0)"),
+            (StoreKind::Redis, Some(u)) => {
+                if let Err(m) = crate::store::redis_url_problem(u) {
+                    err(e, "store.url", m);
+                }
+            }
+            (StoreKind::Sqlite, Some(_)) => err(e, "store.url", "only used with store.kind: redis"),
+            (StoreKind::Sqlite, None) => {}
+        }
+        if self.prefix.is_empty() || self.prefix.contains(|c: char| c.is_whitespace() || c == ':' || c.is_control()) {
+            err(e, "store.prefix", "must be a non-empty name without spaces or ':'");
+        }
     }
 }
 
@@ -543,12 +587,7 @@ impl Config {
         if let Some(a) = &self.admin {
             a.validate(&mut e);
         }
-        if self.store.flush_interval.0.is_zero() {
-            err(&mut e, "store.flush_interval", "must be greater than 0s");
-        }
-        if self.store.encryption_key.as_ref().is_some_and(|k| k.len() < 16) {
-            err(&mut e, "store.encryption_key", "must be at least 16 characters");
-        }
+        self.store.validate(&mut e);
         if !(8..=65536).contains(&self.keys.max_key_bytes) {
             err(&mut e, "keys.max_key_bytes", "must be between 8 and 65536");
         }

@@ -1,12 +1,15 @@
 //! Durable state (SPEC §4): upstream keys, client tokens (hashes only, with their limits), per-key
-//! model lists, counter snapshots and usage by day. `Store` is the seam (SQLite now; Redis for fleet mode later). Nothing on
-//! the request path calls it: routing reads the in-memory pool, which every admin write updates
-//! after the store has committed.
+//! model lists, counter snapshots and usage by day. `Store` is the seam: SQLite (`sqlite`, one
+//! instance) or Redis (`redis_store`, a fleet sharing one Redis). Nothing on the request path
+//! calls it: routing reads the in-memory pool, which every admin write updates after the store
+//! has committed.
 
 mod crypto;
+mod redis_store;
 mod sqlite;
 
 pub use crypto::Cipher;
+pub use redis_store::{redact as redact_url, url_problem as redis_url_problem, RedisStore};
 pub use sqlite::SqliteStore;
 
 use crate::secret::Secret;
@@ -20,6 +23,11 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("store: {0}")]
     Crypto(String),
+    #[error("store: {0}")]
+    Redis(String),
+    /// The store cannot be reached now (Redis down): nothing was written.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
