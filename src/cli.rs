@@ -58,6 +58,9 @@ pub enum Command {
     /// Manage client tokens in the store.
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// Work on stores as a whole.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Usage report from the store: requests, errors and tokens by day, client, provider and
     /// model. While a server runs, the store is up to `store.flush_interval` behind it (the
     /// admin API's `GET /admin/usage` is not).
@@ -94,6 +97,20 @@ pub enum Command {
         /// Exit after the scripted burst instead of serving until Ctrl-C.
         #[arg(long)]
         exit_after_script: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy keys (provider, labels, state, counters), tokens and usage from the store of one
+    /// config to the store of another (e.g. SQLite to Redis). Running it again changes nothing.
+    Migrate {
+        /// The config whose store is read.
+        #[arg(long)]
+        from: PathBuf,
+        /// The config whose store is written.
+        #[arg(long)]
+        to: PathBuf,
     },
 }
 
@@ -451,6 +468,36 @@ pub fn run_tokens(cmd: TokensCommand) -> ExitCode {
             Ok(false) => fail(format!("no token with id {id}")),
             Err(e) => op(e),
         },
+    }
+}
+
+/// `ollama-pool store migrate --from A --to B`.
+pub fn run_store(cmd: StoreCommand) -> ExitCode {
+    let StoreCommand::Migrate { from, to } = cmd;
+    let (Some(a), Some(b)) = (load(&from), load(&to)) else { return ExitCode::from(2) };
+    let (sa, sb) = (&a.config.store, &b.config.store);
+    let same = sa.kind == sb.kind
+        && match sa.kind {
+            crate::config::StoreKind::Sqlite => a.resolve(&sa.path) == b.resolve(&sb.path),
+            crate::config::StoreKind::Redis => sa.url == sb.url && sa.prefix == sb.prefix,
+        };
+    if same {
+        return usage("--from and --to name the same store");
+    }
+    let (src, dst) = match (crate::app::open_store(&a), crate::app::open_store(&b)) {
+        (Ok(s), Ok(d)) => (s, d),
+        (Err(e), _) => return fail(format!("--from {}: {e}", from.display())),
+        (_, Err(e)) => return fail(format!("--to {}: {e}", to.display())),
+    };
+    match crate::store::migrate::migrate(&*src, &*dst) {
+        Ok(m) => {
+            println!(
+                "copied {} keys ({} new), {} tokens ({} new), {} usage rows the target lacked",
+                m.keys, m.keys_new, m.tokens, m.tokens_new, m.usage_rows
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(format!("{e}; what was copied before stays, and running it again finishes the copy")),
     }
 }
 

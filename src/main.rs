@@ -42,6 +42,7 @@ fn main() -> ExitCode {
             None => ExitCode::from(2),
         },
         Command::Keys(cmd) => cli::run_keys(cmd),
+        Command::Store(cmd) => cli::run_store(cmd),
         Command::Tokens(cmd) => cli::run_tokens(cmd),
         Command::Demo { port, admin_port, exit_after_script } => {
             demo::run(demo::DemoOptions { port, admin_port, exit_after_script })

@@ -262,3 +262,65 @@ async fn the_binary_on_redis_keeps_every_confirmed_write_across_sigkill() {
         }
     }
 }
+
+fn config_file(dir: &std::path::Path, name: &str, store: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("upstream: {{url: \"http://127.0.0.1:9\"}}\nstore: {store}\n")).unwrap();
+    path
+}
+
+fn migrate(from: &std::path::Path, to: &std::path::Path) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ollama-pool"))
+        .args(["store", "migrate", "--from"])
+        .arg(from)
+        .arg("--to")
+        .arg(to)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn store_migrate_copies_sqlite_to_redis_and_back_idempotently() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pass = "\"store-passphrase-0123456789\"";
+    let a = config_file(dir.path(), "a.yaml", "{path: a.db}");
+    let b = config_file(
+        dir.path(),
+        "b.yaml",
+        &format!("{{kind: redis, url: \"{}\", prefix: migrated, encryption_key: {pass}}}", redis.url()),
+    );
+    let c = config_file(dir.path(), "c.yaml", "{path: c.db}");
+    let source = SqliteStore::open(&dir.path().join("a.db"), None).unwrap();
+    let (keys, tokens, _) = exercise(&source);
+    let usage = source.usage(0, u32::MAX).unwrap();
+    drop(source);
+
+    let (code, out) = migrate(&a, &b);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("copied 3 keys (3 new), 1 tokens (1 new), 3 usage rows"), "{out}");
+    let (code, out) = migrate(&a, &b);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("copied 3 keys (0 new), 1 tokens (0 new), 0 usage rows"),
+        "a second run changes nothing: {out}"
+    );
+    let on_redis =
+        RedisStore::open(&redis.url(), "migrated", Some(&Secret::new("store-passphrase-0123456789"))).unwrap();
+    assert_eq!(on_redis.keys().unwrap(), keys, "keys with provider, labels, state and counters");
+    assert_eq!(on_redis.tokens().unwrap(), tokens);
+    assert_eq!(on_redis.usage(0, u32::MAX).unwrap(), usage, "usage, not doubled");
+    assert!(!redis.dump_all().contains(KEYS[0]), "sealed with the target's encryption key");
+
+    let (code, out) = migrate(&b, &c);
+    assert_eq!(code, 0, "{out}");
+    let back = SqliteStore::open(&dir.path().join("c.db"), None).unwrap();
+    assert_eq!((back.keys().unwrap(), back.tokens().unwrap()), (keys, tokens), "and back");
+    assert_eq!(back.usage(0, u32::MAX).unwrap(), usage);
+
+    let (code, out) = migrate(&a, &a);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("the same store"), "{out}");
+}

@@ -5,6 +5,7 @@
 //! has committed.
 
 mod crypto;
+pub mod migrate;
 mod redis_store;
 mod sqlite;
 
