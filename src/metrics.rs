@@ -61,6 +61,7 @@ struct Metrics {
     probes: IntCounterVec,
     usage: prometheus::GaugeVec,
     storm: IntGauge,
+    store_up: IntGauge,
     reloads: IntCounterVec,
     generation: IntGauge,
     /// Model and client label values seen so far (for the caps).
@@ -180,6 +181,11 @@ static M: LazyLock<Metrics> = LazyLock::new(|| {
             "The config generation in use: 1 at start, +1 per applied reload."
         )
         .expect("register config_generation"),
+        store_up: register_int_gauge!(
+            "ollama_pool_store_up",
+            "1 while the store (SQLite file or Redis) answers; 0 while it cannot be reached (admin writes get 503)."
+        )
+        .expect("register store_up"),
         storm: register_int_gauge!(
             "ollama_pool_storm_active",
             "1 while the pool treats failures as an upstream-wide outage or throttle."
@@ -416,6 +422,10 @@ pub fn config_reload(ok: bool, generation: u64) {
 
 pub fn config_generation(generation: u64) {
     M.generation.set(generation as i64);
+}
+
+pub fn store_up(up: bool) {
+    M.store_up.set(i64::from(up));
 }
 
 pub fn storm(active: bool) {

@@ -324,3 +324,86 @@ fn store_migrate_copies_sqlite_to_redis_and_back_idempotently() {
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("the same store"), "{out}");
 }
+
+#[tokio::test]
+async fn redis_down_keeps_serving_answers_admin_writes_503_and_loses_nothing_when_it_returns() {
+    let mut redis = Redis::start();
+    let mock = Mock::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let yaml = format!(
+        "listen: [\"127.0.0.1:{port}\"]\nthreads: 1\n\
+         upstream: {{url: \"{}\", health_check_interval: 0s}}\n\
+         admin: {{listen: \"127.0.0.1:{admin}\", token: \"{ADMIN_TOKEN}\"}}\n\
+         clients: {{tokens: [{{name: app, token: \"{TOKEN}\"}}]}}\n\
+         store: {{kind: redis, url: \"{}\", flush_interval: 200ms}}\n\
+         server: {{grace_period: 0s, shutdown_timeout: 2s, pid_file: {}, upgrade_sock: {}}}\n",
+        mock.url(),
+        redis.url(),
+        dir.path().join("pid").display(),
+        dir.path().join("upgrade.sock").display()
+    );
+    let cfg = dir.path().join("ollama-pool.yaml");
+    std::fs::write(&cfg, yaml).unwrap();
+    let s = start(&cfg, port, admin, 1).await;
+    s.ok(Method::POST, "/admin/keys", json!({"key": KEYS[0]})).await;
+    let chat = || async {
+        common::client()
+            .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+            .bearer_auth(TOKEN)
+            .body(r#"{"model":"m1"}"#)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let store_up = || async move {
+        let text = common::client().get(format!("http://127.0.0.1:{admin}/metrics")).send().await.unwrap();
+        let text = text.text().await.unwrap();
+        text.lines().find(|l| l.starts_with("ollama_pool_store_up ")).map(|l| l.rsplit(' ').next().unwrap().to_string())
+    };
+    assert_eq!(chat().await, 200);
+    assert_eq!(store_up().await.as_deref(), Some("1"));
+
+    redis.stop();
+    for _ in 0..5 {
+        assert_eq!(chat().await, 200, "serving goes on from memory");
+    }
+    let r = s.admin(Method::POST, "/admin/keys").json(&json!({"key": KEYS[1]})).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "store unavailable; nothing was changed");
+    let r = s.admin(Method::POST, "/admin/tokens").json(&json!({"name": "during-outage"})).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(store_up().await.as_deref(), Some("0"));
+    let ready = common::client().get(format!("http://127.0.0.1:{admin}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "ready while keys can serve");
+    let listed = s.ok(Method::GET, "/admin/keys", Value::Null).await;
+    assert_eq!(listed["total"], 1, "the refused key is not in the pool: {listed}");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await; // flushes fail quietly meanwhile
+
+    redis.restart();
+    let mut back = false;
+    for _ in 0..200 {
+        let r = s.admin(Method::POST, "/admin/keys").json(&json!({"key": KEYS[1]})).send().await.unwrap();
+        if r.status() == 201 {
+            back = true;
+            break;
+        }
+        assert_eq!(r.status(), 503);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(back, "admin writes work again once Redis is back");
+    assert_eq!(store_up().await.as_deref(), Some("1"));
+    let stored = RedisStore::open(&redis.url(), "ollama-pool", None).unwrap();
+    let ids: Vec<String> = stored.keys().unwrap().into_iter().map(|k| k.id).collect();
+    let want: Vec<String> = [KEYS[0], KEYS[1]].iter().map(|k| Secret::new(*k).id()).collect();
+    assert_eq!(ids, want, "the key from before the outage is kept and the refused one was never half-written");
+    assert!(stored.tokens().unwrap().iter().all(|t| t.name != "during-outage"));
+    let log = s.kill9();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let warnings = text.lines().filter(|l| l.contains("admin writes answer 503")).count();
+    assert_eq!(warnings, 1, "one line when Redis went away, not one per call or flush");
+    assert!(text.contains("is reachable again"));
+}

@@ -112,9 +112,17 @@ impl CounterFlusher {
         for pool in (self.pools)() {
             for keys in pool.keys().chunks(1000) {
                 let counters: Vec<(String, Counters)> = keys.iter().map(|k| (k.id.clone(), k.counters())).collect();
-                if let Err(e) = self.store.save_counters(&counters) {
-                    log::warn!("store: saving key counters failed: {e}");
-                    return;
+                match self.store.save_counters(&counters) {
+                    Ok(()) => {}
+                    // The store logged that it went away; the next flush saves these too.
+                    Err(StoreError::Unavailable(e)) => {
+                        log::debug!("store: key counters not saved ({e}); the next flush tries again");
+                        return;
+                    }
+                    Err(e) => {
+                        log::warn!("store: saving key counters failed: {e}");
+                        return;
+                    }
                 }
             }
         }

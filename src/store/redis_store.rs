@@ -53,7 +53,7 @@ pub fn redact(url: &str) -> String {
 pub struct RedisStore {
     client: redis::Client,
     /// The one connection, made again after it breaks (writes are rare and short).
-    conn: Mutex<Option<Connection>>,
+    conn: Mutex<Link>,
     prefix: String,
     url: String,
     cipher: Option<Cipher>,
@@ -61,6 +61,18 @@ pub struct RedisStore {
     if_exists_hset: Script,
     delete_key: Script,
 }
+
+/// The connection, or when it broke and when to try again.
+struct Link {
+    conn: Option<Connection>,
+    /// While Redis is unreachable: the next connection attempt waits until this, so a burst of
+    /// admin calls or flushes does not hammer it (backoff 0.5 s doubling to 30 s).
+    retry_at: Option<std::time::Instant>,
+    backoff: Duration,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 fn fail(url: &str, e: redis::RedisError) -> StoreError {
     if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped() {
@@ -78,7 +90,7 @@ impl RedisStore {
         let client = redis::Client::open(url).map_err(|e| fail(url, e))?;
         let store = RedisStore {
             client,
-            conn: Mutex::new(None),
+            conn: Mutex::new(Link { conn: None, retry_at: None, backoff: BACKOFF_MIN }),
             prefix: prefix.to_string(),
             url: url.to_string(),
             cipher: encryption_key.map(|k| Cipher::new(k.expose())),
@@ -125,27 +137,59 @@ impl RedisStore {
         format!("{}:{rest}", self.prefix)
     }
 
-    /// Runs `f` on the connection, connecting first if needed; a broken connection is dropped so
-    /// the next call connects again.
+    /// Runs `f` on the connection, connecting first if needed. A broken connection is dropped,
+    /// and the next attempt to connect waits out a backoff (calls meanwhile fail at once, with
+    /// nothing written). Logs once when Redis goes away and once when it is back.
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>) -> Result<T> {
-        let mut guard: MutexGuard<'_, Option<Connection>> = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        if guard.is_none() {
-            let c = self.client.get_connection_with_timeout(TIMEOUT).map_err(|e| fail(&self.url, e))?;
-            c.set_read_timeout(Some(TIMEOUT)).map_err(|e| fail(&self.url, e))?;
-            c.set_write_timeout(Some(TIMEOUT)).map_err(|e| fail(&self.url, e))?;
-            *guard = Some(c);
-        }
-        let conn = guard.as_mut().expect("connected above");
-        match f(conn) {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                let e = fail(&self.url, e);
-                if matches!(e, StoreError::Unavailable(_)) {
-                    *guard = None;
+        let mut link: MutexGuard<'_, Link> = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        if link.conn.is_none() {
+            if let Some(at) = link.retry_at.filter(|at| std::time::Instant::now() < *at) {
+                let wait = at.saturating_duration_since(std::time::Instant::now());
+                return Err(StoreError::Unavailable(format!(
+                    "Redis at {} (next try in {wait:.1?})",
+                    redact(&self.url)
+                )));
+            }
+            match self.connect() {
+                Ok(c) => {
+                    if link.retry_at.take().is_some() {
+                        log::info!("store: Redis at {} is reachable again", redact(&self.url));
+                    }
+                    link.backoff = BACKOFF_MIN;
+                    link.conn = Some(c);
                 }
-                Err(e)
+                Err(e) => return Err(self.went_away(&mut link, e)),
             }
         }
+        let conn = link.conn.as_mut().expect("connected above");
+        match f(conn) {
+            Ok(v) => {
+                crate::metrics::store_up(true);
+                Ok(v)
+            }
+            Err(e) => match fail(&self.url, e) {
+                StoreError::Unavailable(m) => Err(self.went_away(&mut link, StoreError::Unavailable(m))),
+                other => Err(other),
+            },
+        }
+    }
+
+    fn connect(&self) -> Result<Connection> {
+        let c = self.client.get_connection_with_timeout(TIMEOUT).map_err(|e| fail(&self.url, e))?;
+        c.set_read_timeout(Some(TIMEOUT)).map_err(|e| fail(&self.url, e))?;
+        c.set_write_timeout(Some(TIMEOUT)).map_err(|e| fail(&self.url, e))?;
+        Ok(c)
+    }
+
+    fn went_away(&self, link: &mut Link, e: StoreError) -> StoreError {
+        if link.retry_at.is_none() {
+            log::warn!("store: {e}; admin writes answer 503 until it is back (serving goes on from memory)");
+        }
+        crate::metrics::store_up(false);
+        link.conn = None;
+        link.retry_at = Some(std::time::Instant::now() + link.backoff);
+        link.backoff = (link.backoff * 2).min(BACKOFF_MAX);
+        e
     }
 
     fn check_schema(&self) -> Result<()> {
@@ -174,8 +218,8 @@ impl RedisStore {
 
     fn check_persistence(&self) {
         let aof: redis::RedisResult<Vec<String>> = {
-            let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-            match guard.as_mut() {
+            let mut link = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+            match link.conn.as_mut() {
                 Some(c) => redis::cmd("CONFIG").arg("GET").arg("appendonly").query(c),
                 None => return,
             }

@@ -83,6 +83,7 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "FULL").map_err(|e| fail(e.to_string()))?;
         migrate(&conn).map_err(|e| fail(format!("migrating the schema: {e}")))?;
         let store = SqliteStore { conn: Mutex::new(conn), cipher: encryption_key.map(|k| Cipher::new(k.expose())) };
+        crate::metrics::store_up(true);
         if store.cipher.is_none() {
             let encrypted: i64 =
                 store.lock().query_row("SELECT COUNT(*) FROM keys WHERE encrypted = 1", [], |r| r.get(0))?;

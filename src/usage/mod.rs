@@ -212,8 +212,11 @@ pub struct UsageFlusher {
 
 impl UsageFlusher {
     pub fn flush(&self) {
-        if let Err(e) = self.ledger.flush(&*self.store, self.clock.now_ms()) {
-            log::warn!("store: saving usage failed (kept for the next flush): {e}");
+        match self.ledger.flush(&*self.store, self.clock.now_ms()) {
+            Ok(()) => {}
+            // The store logged that it went away; nothing is lost, the counts wait in memory.
+            Err(crate::store::StoreError::Unavailable(e)) => log::debug!("store: usage kept for the next flush ({e})"),
+            Err(e) => log::warn!("store: saving usage failed (kept for the next flush): {e}"),
         }
     }
 }

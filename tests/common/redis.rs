@@ -11,22 +11,44 @@ pub struct Redis {
     pub dir: tempfile::TempDir,
 }
 
+fn spawn(port: u16, dir: &std::path::Path) -> Child {
+    Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the redis-server binary (Debian package `redis-server`; .ci/run installs it)")
+}
+
 impl Redis {
     pub fn start() -> Redis {
         let dir = tempfile::tempdir().unwrap();
         let port = super::free_port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the redis-server binary (Debian package `redis-server`; .ci/run installs it)");
+        let child = spawn(port, dir.path());
         let r = Redis { child, port, dir };
+        r.wait_ready();
+        r
+    }
+
+    /// Stops it (SIGTERM: Redis writes its append-only file and exits), and waits.
+    pub fn stop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port and data folder (what it had comes back from the AOF).
+    pub fn restart(&mut self) {
+        self.child = spawn(self.port, self.dir.path());
+        self.wait_ready();
+    }
+
+    fn wait_ready(&self) {
+        let (r, port) = (self, self.port);
         for _ in 0..200 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && r.cli(&["PING"]).trim() == "PONG" {
-                return r;
+                return;
             }
             std::thread::sleep(Duration::from_millis(25));
         }
