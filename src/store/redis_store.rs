@@ -197,9 +197,19 @@ impl RedisStore {
         let pattern = self.k("*");
         let (version, any): (Option<String>, bool) = self.with(|c| {
             let version: Option<String> = redis::cmd("GET").arg(&key).query(c)?;
-            let (_, found): (u64, Vec<String>) =
-                redis::cmd("SCAN").arg(0).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000).query(c)?;
-            Ok((version, !found.is_empty()))
+            // SCAN until the cursor comes back to 0: one batch may miss the prefix in a big database.
+            let mut cursor = 0u64;
+            loop {
+                let (next, found): (u64, Vec<String>) =
+                    redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000).query(c)?;
+                if !found.is_empty() {
+                    return Ok((version, true));
+                }
+                if next == 0 {
+                    return Ok((version, false));
+                }
+                cursor = next;
+            }
         })?;
         let open_err = |message: String| StoreError::Open { path: redact(&self.url), message };
         match version.as_deref() {
