@@ -80,6 +80,16 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
     events.subscribe(Arc::new(crate::metrics::EventMetrics));
     let (intake, notices) = crate::notify::channel();
     events.subscribe(Arc::new(intake));
+    // With a Redis store, key changes are shared with the other instances on it.
+    let fleet = match (&cfg.store.kind, &cfg.store.url) {
+        (crate::config::StoreKind::Redis, Some(url)) => {
+            let (fleet, outbox) = crate::fleet::Fleet::new(url, &cfg.store.prefix, &cfg.fleet.instance)
+                .map_err(|e| AppError::Server(format!("fleet: {e}")))?;
+            events.subscribe(Arc::new(outbox.clone()));
+            Some((fleet, outbox))
+        }
+        _ => None,
+    };
     let runtime = Runtime::build(cfg, &|p| loaded.resolve(p), None, clock.clone(), events)
         .map_err(|problems| AppError::Server(problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; ")))?;
     let store: Arc<dyn Store> = open_store(loaded)?;
@@ -172,6 +182,9 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
         rt.providers.iter().map(|p| (p.name.clone(), p.pool.clone())).collect()
     }));
 
+    if let Some((f, _)) = &fleet {
+        f.start(state.runtime_cell(), clients.clone(), store.clone(), clock.clone());
+    }
     let notify = Arc::new(crate::notify::NotifyService::new(notices, state.runtime_cell()));
     let hub = notify.hub();
     server.add_service(GenBackgroundService::new("notifications".into(), notify));
@@ -208,6 +221,7 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
             clients: Some(clients),
             clock,
             max_key_bytes: cfg.keys.max_key_bytes,
+            fleet: fleet.as_ref().map(|(_, outbox)| outbox.clone()),
         };
         let instance = cfg.fleet.instance.clone();
         let app = AdminApp::new(control, health.clone(), state.clone(), reloader.clone(), hub, instance, token);

@@ -260,6 +260,7 @@ fn control(loaded: &Loaded) -> Result<Control, ExitCode> {
         clients: None,
         clock: Arc::new(SystemClock),
         max_key_bytes: loaded.config.keys.max_key_bytes,
+        fleet: None,
     })
 }
 

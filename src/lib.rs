@@ -31,6 +31,7 @@
 //! - `usage` — token usage read from JSON/SSE/NDJSON responses as they pass (`usage::scan`), the
 //!   per (day, client, provider, model) ledger, reports (`usage::report`) and token budgets
 //!   (`usage::budget`).
+//! - `fleet` — several instances on one Redis: key changes published and applied across them.
 //! - `notify` — key and pool events as notices: the SSE stream of `/admin/events`
 //!   (`notify::sse`) and webhooks (`notify::webhooks`).
 //! - `metrics` — every Prometheus metric.
@@ -42,6 +43,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod fleet;
 pub mod health;
 pub mod import;
 pub mod lifecycle;

@@ -62,6 +62,7 @@ struct Metrics {
     usage: prometheus::GaugeVec,
     storm: IntGauge,
     store_up: IntGauge,
+    fleet_events: IntCounterVec,
     reloads: IntCounterVec,
     generation: IntGauge,
     /// Model and client label values seen so far (for the caps).
@@ -181,6 +182,12 @@ static M: LazyLock<Metrics> = LazyLock::new(|| {
             "The config generation in use: 1 at start, +1 per applied reload."
         )
         .expect("register config_generation"),
+        fleet_events: register_int_counter_vec!(
+            "ollama_pool_fleet_events_total",
+            "Key events shared with other instances through Redis, by direction (out|in|dropped) and type.",
+            &["direction", "type"]
+        )
+        .expect("register fleet_events_total"),
         store_up: register_int_gauge!(
             "ollama_pool_store_up",
             "1 while the store (SQLite file or Redis) answers; 0 while it cannot be reached (admin writes get 503)."
@@ -422,6 +429,12 @@ pub fn config_reload(ok: bool, generation: u64) {
 
 pub fn config_generation(generation: u64) {
     M.generation.set(generation as i64);
+}
+
+/// A fleet key event: `direction` = out (published), in (applied from another instance) or
+/// dropped (not published: queue full or Redis away); `kind` = added|removed|moved|model_parked.
+pub fn fleet_event(direction: &str, kind: &str) {
+    M.fleet_events.with_label_values(&[direction, kind]).inc();
 }
 
 pub fn store_up(up: bool) {

@@ -417,3 +417,87 @@ async fn redis_down_keeps_serving_answers_admin_writes_503_and_loses_nothing_whe
     assert_eq!(warnings, 1, "one line when Redis went away, not one per call or flush");
     assert!(text.contains("is reachable again"));
 }
+
+/// Waits (up to `within`) until `ok` holds.
+async fn eventually(within: std::time::Duration, what: &str, mut ok: impl FnMut() -> bool) {
+    let t = std::time::Instant::now();
+    while !ok() {
+        assert!(t.elapsed() < within, "not within {within:?}: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_share_key_changes_through_redis() {
+    use common::{Behavior, Proxy, Setup};
+    use ollama_pool::pool::Status;
+    let redis = Redis::start();
+    let mock = Mock::start().await;
+    let mut fleet = Vec::new();
+    for name in ["a", "b", "c"] {
+        let extra = format!(
+            "store: {{kind: redis, url: \"{}\", prefix: shared, flush_interval: 1h}}\nfleet: {{instance: {name}}}\n",
+            redis.url()
+        );
+        fleet.push(
+            Proxy::start_with(&mock, Setup { keys: vec![KEYS[0]], admin: true, extra, ..Default::default() }).await,
+        );
+    }
+    let (a, b, c) = (&fleet[0], &fleet[1], &fleet[2]);
+    let second = Secret::new(KEYS[1]).id();
+    let first = Secret::new(KEYS[0]).id();
+    let within = std::time::Duration::from_secs(1);
+
+    // A key added on A serves traffic on C.
+    let r = a.admin(Method::POST, "/admin/keys").json(&json!({"key": KEYS[1]})).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    eventually(within, "C has the key A added", || c.state.pool().get(&second).is_some()).await;
+    eventually(within, "B has it too", || b.state.pool().get(&second).is_some()).await;
+    mock.clear();
+    for _ in 0..4 {
+        assert_eq!(c.post("/v1/chat/completions", r#"{"model":"m1"}"#).send().await.unwrap().status(), 200);
+    }
+    assert!(mock.requests().iter().any(|r| r.key.as_deref() == Some(KEYS[1])), "C sends traffic with it");
+
+    // A finds it revoked: B and C stop using it.
+    mock.set(KEYS[1], Behavior::status(401, r#"{"error":"unauthorized"}"#));
+    for _ in 0..4 {
+        a.post("/v1/chat/completions", r#"{"model":"m1"}"#).send().await.unwrap();
+    }
+    assert_eq!(a.key(KEYS[1]).status, Status::Invalid);
+    eventually(within, "B parks the key A found revoked", || b.key(KEYS[1]).status == Status::Invalid).await;
+    eventually(within, "C too", || c.key(KEYS[1]).status == Status::Invalid).await;
+    mock.clear();
+    for p in [b, c] {
+        for _ in 0..6 {
+            assert_eq!(p.post("/v1/chat/completions", r#"{"model":"m1"}"#).send().await.unwrap().status(), 200);
+        }
+    }
+    assert!(mock.requests().iter().all(|r| r.key.as_deref() != Some(KEYS[1])), "no more traffic from B and C");
+
+    // A disable on B holds on A and C; an enable on C returns it everywhere.
+    let r = b
+        .admin(Method::POST, &format!("/admin/keys/{first}/disable"))
+        .json(&json!({"for": "1h"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    eventually(within, "A disables it", || a.key(KEYS[0]).status == Status::Disabled).await;
+    eventually(within, "C disables it", || c.key(KEYS[0]).status == Status::Disabled).await;
+    let r = c.admin(Method::POST, &format!("/admin/keys/{first}/enable")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    eventually(within, "A enables it", || a.key(KEYS[0]).status == Status::Active).await;
+    eventually(within, "B enables it", || b.key(KEYS[0]).status == Status::Active).await;
+
+    // A removal on C leaves every pool.
+    let r = c.admin(Method::DELETE, &format!("/admin/keys/{second}")).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    eventually(within, "A drops the removed key", || a.state.pool().get(&second).is_none()).await;
+    eventually(within, "B drops it", || b.state.pool().get(&second).is_none()).await;
+    let metrics = a.admin(Method::GET, "/metrics").send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains("ollama_pool_fleet_events_total{direction=\"in\",type=\"moved\"}"),
+        "fleet events are counted"
+    );
+}

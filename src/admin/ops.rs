@@ -84,6 +84,8 @@ pub struct Control {
     pub clock: Arc<dyn Clock>,
     /// `keys.max_key_bytes`: the longest key an add or import accepts.
     pub max_key_bytes: usize,
+    /// Fleet mode: token changes are announced to the other instances.
+    pub fleet: Option<crate::fleet::Outbox>,
 }
 
 impl Control {
@@ -307,6 +309,9 @@ impl Control {
             }
             clients.insert(hash, client);
         }
+        if let Some(f) = &self.fleet {
+            f.token_added(&stored.id);
+        }
         Ok((stored, token))
     }
 
@@ -315,6 +320,9 @@ impl Control {
         self.store.delete_token(id)?;
         if let Some(clients) = &self.clients {
             clients.remove(&t.hash);
+        }
+        if let Some(f) = &self.fleet {
+            f.token_removed(&t.hash);
         }
         Ok(true)
     }

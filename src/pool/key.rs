@@ -23,7 +23,8 @@ pub enum Status {
 }
 
 impl Status {
-    fn from_u8(v: u8) -> Status {
+    /// The status of its number (`as u8`); unknown numbers are `Active`.
+    pub fn from_u8(v: u8) -> Status {
         match v {
             1 => Status::Cooling,
             2 => Status::Disabled,
@@ -73,7 +74,8 @@ pub enum Reason {
 }
 
 impl Reason {
-    fn from_u8(v: u8) -> Reason {
+    /// The reason of its number (`as u8`); unknown numbers are `None`.
+    pub fn from_u8(v: u8) -> Reason {
         match v {
             1 => Reason::Credential,
             2 => Reason::RateLimited,

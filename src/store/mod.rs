@@ -73,6 +73,10 @@ pub struct StoredToken {
 
 pub trait Store: Send + Sync + 'static {
     fn keys(&self) -> Result<Vec<StoredKey>>;
+    /// One key by id (fleet sync reads a key another instance added).
+    fn key(&self, id: &str) -> Result<Option<StoredKey>> {
+        Ok(self.keys()?.into_iter().find(|k| k.id == id))
+    }
     /// Inserts keys in one transaction; keys whose id is present are skipped. With `skip_removed`
     /// (key files read at start) keys an operator removed are skipped too; without it (an
     /// operator adding keys) their removal is forgotten. Returns the ids added.

@@ -282,6 +282,38 @@ impl RedisStore {
         Ok(out)
     }
 
+    fn parse_key(&self, m: HashMap<String, String>) -> Result<StoredKey> {
+        let park = match (opt(&m, "park_status"), opt(&m, "park_reason"), opt(&m, "park_until")) {
+            (Some(s), Some(r), Some(u)) => Some(SavedPark { status: s as u8, reason: r as u8, until_ms: u }),
+            _ => None,
+        };
+        Ok(StoredKey {
+            secret: self.unseal(
+                m.get("secret").map(String::as_str).unwrap_or(""),
+                m.get("encrypted").is_some_and(|v| v == "1"),
+            )?,
+            id: m.get("id").cloned().unwrap_or_default(),
+            label: m.get("label").cloned(),
+            created_at_ms: num(&m, "created_at"),
+            expires_at_ms: opt(&m, "expires_at"),
+            disabled_until_ms: opt(&m, "disabled_until"),
+            models: m.get("models").and_then(|v| serde_json::from_str(v).ok()).unwrap_or_default(),
+            category: m.get("category").cloned(),
+            counters: Counters {
+                requests: num(&m, "requests"),
+                successes: num(&m, "successes"),
+                failures: num(&m, "failures"),
+                consecutive_failures: num(&m, "consecutive_failures") as u32,
+                last_used_ms: num(&m, "last_used"),
+                last_success_ms: num(&m, "last_success"),
+                last_failure_ms: num(&m, "last_failure"),
+                park,
+            },
+            provider: m.get("provider").cloned().unwrap_or_default(),
+            from_file: m.get("from_file").is_some_and(|v| v == "1"),
+        })
+    }
+
     /// Sets `set` and deletes `del` fields of an existing hash; false when it does not exist.
     fn update(&self, key: &str, set: &[(&str, String)], del: &[&str]) -> Result<bool> {
         let mut inv = self.if_exists_hset.key(key);
@@ -332,39 +364,17 @@ fn usage_field(r: &UsageRow, counter: &str) -> String {
 
 impl Store for RedisStore {
     fn keys(&self) -> Result<Vec<StoredKey>> {
-        let mut out = Vec::new();
-        for m in self.keys_raw()? {
-            let park = match (opt(&m, "park_status"), opt(&m, "park_reason"), opt(&m, "park_until")) {
-                (Some(s), Some(r), Some(u)) => Some(SavedPark { status: s as u8, reason: r as u8, until_ms: u }),
-                _ => None,
-            };
-            out.push(StoredKey {
-                secret: self.unseal(
-                    m.get("secret").map(String::as_str).unwrap_or(""),
-                    m.get("encrypted").is_some_and(|v| v == "1"),
-                )?,
-                id: m.get("id").cloned().unwrap_or_default(),
-                label: m.get("label").cloned(),
-                created_at_ms: num(&m, "created_at"),
-                expires_at_ms: opt(&m, "expires_at"),
-                disabled_until_ms: opt(&m, "disabled_until"),
-                models: m.get("models").and_then(|v| serde_json::from_str(v).ok()).unwrap_or_default(),
-                category: m.get("category").cloned(),
-                counters: Counters {
-                    requests: num(&m, "requests"),
-                    successes: num(&m, "successes"),
-                    failures: num(&m, "failures"),
-                    consecutive_failures: num(&m, "consecutive_failures") as u32,
-                    last_used_ms: num(&m, "last_used"),
-                    last_success_ms: num(&m, "last_success"),
-                    last_failure_ms: num(&m, "last_failure"),
-                    park,
-                },
-                provider: m.get("provider").cloned().unwrap_or_default(),
-                from_file: m.get("from_file").is_some_and(|v| v == "1"),
-            });
+        self.keys_raw()?.into_iter().map(|m| self.parse_key(m)).collect()
+    }
+
+    fn key(&self, id: &str) -> Result<Option<StoredKey>> {
+        let mut m: HashMap<String, String> =
+            self.with(|c| redis::cmd("HGETALL").arg(self.k(&format!("key:{id}"))).query(c))?;
+        if m.is_empty() {
+            return Ok(None);
         }
-        Ok(out)
+        m.insert("id".into(), id.to_string());
+        self.parse_key(m).map(Some)
     }
 
     fn insert_keys(&self, keys: &[StoredKey], skip_removed: bool) -> Result<Vec<String>> {
