@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::process::start;
+use common::process::{chat_status, start, write_config};
 use common::redis::Redis;
 use common::{free_port, Mock, ADMIN_TOKEN, KEYS, TOKEN};
 use ollama_pool::secret::Secret;
@@ -206,36 +206,16 @@ async fn the_binary_on_redis_keeps_every_confirmed_write_across_sigkill() {
     let mock = Mock::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (port, admin) = (free_port(), free_port());
-    let yaml = format!(
-        "listen: [\"127.0.0.1:{port}\"]\nthreads: 1\n\
-         upstream: {{url: \"{}\", health_check_interval: 0s}}\n\
-         admin: {{listen: \"127.0.0.1:{admin}\", token: \"{ADMIN_TOKEN}\"}}\n\
-         clients: {{tokens: [{{name: app, token: \"{TOKEN}\"}}]}}\n\
-         store: {{kind: redis, url: \"{}\", prefix: fleet-a, flush_interval: 1h, encryption_key: \"store-passphrase-0123456789\"}}\n\
-         server: {{grace_period: 0s, shutdown_timeout: 2s, pid_file: {}, upgrade_sock: {}}}\n",
-        mock.url(),
-        redis.url(),
-        dir.path().join("pid").display(),
-        dir.path().join("upgrade.sock").display()
+    let store = format!(
+        "{{kind: redis, url: \"{}\", prefix: fleet-a, flush_interval: 1h, encryption_key: \"store-passphrase-0123456789\"}}",
+        redis.url()
     );
-    let cfg = dir.path().join("ollama-pool.yaml");
-    std::fs::write(&cfg, yaml).unwrap();
+    let cfg = write_config(dir.path(), &mock.url(), port, admin, &store);
     let s = start(&cfg, port, admin, 1).await;
     s.ok(Method::POST, "/admin/keys", json!({"key": KEYS[0], "label": "on redis"})).await;
     let made = s.ok(Method::POST, "/admin/tokens", json!({"name": "fleet-app", "daily_tokens": 1000})).await;
     let client_token = made["token"].as_str().unwrap().to_string();
-    let chat = |t: String| async move {
-        common::client()
-            .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
-            .bearer_auth(t)
-            .body(r#"{"model":"m1"}"#)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    };
-    assert_eq!(chat(client_token.clone()).await, 200);
+    assert_eq!(chat_status(port, &client_token).await, 200);
     // A request is counted once it has finished, just after its answer went out.
     let mut usage = Value::Null;
     for _ in 0..100 {
@@ -251,7 +231,7 @@ async fn the_binary_on_redis_keeps_every_confirmed_write_across_sigkill() {
     let s = start(&cfg, port, admin, 2).await;
     let keys = s.ok(Method::GET, "/admin/keys", Value::Null).await;
     assert_eq!(keys["keys"][0]["label"], "on redis", "{keys}");
-    assert_eq!(chat(client_token.clone()).await, 200, "the token made before SIGKILL works");
+    assert_eq!(chat_status(port, &client_token).await, 200, "the token made before SIGKILL works");
     // 4 tokens before SIGKILL (seeded from Redis's usage at start) + 4 since, debited once that
     // request has finished (just after its answer went out).
     let mut t = Value::Null;
@@ -341,44 +321,21 @@ async fn redis_down_keeps_serving_answers_admin_writes_503_and_loses_nothing_whe
     let mock = Mock::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (port, admin) = (free_port(), free_port());
-    let yaml = format!(
-        "listen: [\"127.0.0.1:{port}\"]\nthreads: 1\n\
-         upstream: {{url: \"{}\", health_check_interval: 0s}}\n\
-         admin: {{listen: \"127.0.0.1:{admin}\", token: \"{ADMIN_TOKEN}\"}}\n\
-         clients: {{tokens: [{{name: app, token: \"{TOKEN}\"}}]}}\n\
-         store: {{kind: redis, url: \"{}\", flush_interval: 200ms}}\n\
-         server: {{grace_period: 0s, shutdown_timeout: 2s, pid_file: {}, upgrade_sock: {}}}\n",
-        mock.url(),
-        redis.url(),
-        dir.path().join("pid").display(),
-        dir.path().join("upgrade.sock").display()
-    );
-    let cfg = dir.path().join("ollama-pool.yaml");
-    std::fs::write(&cfg, yaml).unwrap();
+    let store = format!("{{kind: redis, url: \"{}\", flush_interval: 200ms}}", redis.url());
+    let cfg = write_config(dir.path(), &mock.url(), port, admin, &store);
     let s = start(&cfg, port, admin, 1).await;
     s.ok(Method::POST, "/admin/keys", json!({"key": KEYS[0]})).await;
-    let chat = || async {
-        common::client()
-            .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
-            .bearer_auth(TOKEN)
-            .body(r#"{"model":"m1"}"#)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    };
     let store_up = || async move {
         let text = common::client().get(format!("http://127.0.0.1:{admin}/metrics")).send().await.unwrap();
         let text = text.text().await.unwrap();
         text.lines().find(|l| l.starts_with("ollama_pool_store_up ")).map(|l| l.rsplit(' ').next().unwrap().to_string())
     };
-    assert_eq!(chat().await, 200);
+    assert_eq!(chat_status(port, TOKEN).await, 200);
     assert_eq!(store_up().await.as_deref(), Some("1"));
 
     redis.stop();
     for _ in 0..5 {
-        assert_eq!(chat().await, 200, "serving goes on from memory");
+        assert_eq!(chat_status(port, TOKEN).await, 200, "serving goes on from memory");
     }
     let r = s.admin(Method::POST, "/admin/keys").json(&json!({"key": KEYS[1]})).send().await.unwrap();
     assert_eq!(r.status(), 503);

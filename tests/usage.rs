@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::process::start;
+use common::process::{start, write_config};
 use common::{client, free_port, Behavior, Mock, Proxy, Setup, ADMIN_TOKEN, KEYS, TOKEN};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -64,19 +64,7 @@ async fn usage_matches_what_the_upstream_reported_and_survives_a_restart() {
     mock.set_for_body("\"m3\"", Behavior::status(400, r#"{"error":"unknown model"}"#));
     let dir = tempfile::tempdir().unwrap();
     let (port, admin) = (free_port(), free_port());
-    let yaml = format!(
-        "listen: [\"127.0.0.1:{port}\"]\nthreads: 1\n\
-         upstream: {{url: \"{}\", health_check_interval: 0s}}\n\
-         admin: {{listen: \"127.0.0.1:{admin}\", token: \"{ADMIN_TOKEN}\"}}\n\
-         clients: {{tokens: [{{name: app, token: \"{TOKEN}\"}}]}}\n\
-         store: {{path: state/pool.db, flush_interval: 1h}}\n\
-         server: {{grace_period: 0s, shutdown_timeout: 2s, pid_file: {}, upgrade_sock: {}}}\n",
-        mock.url(),
-        dir.path().join("pid").display(),
-        dir.path().join("upgrade.sock").display()
-    );
-    let cfg = dir.path().join("ollama-pool.yaml");
-    std::fs::write(&cfg, yaml).unwrap();
+    let cfg = write_config(dir.path(), &mock.url(), port, admin, "{path: state/pool.db, flush_interval: 1h}");
     let s = start(&cfg, port, admin, 1).await;
     s.ok(Method::POST, "/admin/keys", json!({"key": KEYS[0]})).await;
     let alice = s.ok(Method::POST, "/admin/tokens", json!({"name": "alice", "daily_tokens": 1000})).await;

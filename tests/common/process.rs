@@ -14,6 +14,39 @@ pub struct Server {
     pub log: PathBuf,
 }
 
+/// Writes `ollama-pool.yaml` in `dir` for a server on `port` / `admin` (threads 1, the static
+/// client token `TOKEN`, the admin token, quick shutdown) in front of `upstream`, with `store`
+/// as its store section (flow YAML, e.g. `{path: state/pool.db, flush_interval: 1h}`).
+pub fn write_config(dir: &Path, upstream: &str, port: u16, admin: u16, store: &str) -> PathBuf {
+    let yaml = format!(
+        "listen: [\"127.0.0.1:{port}\"]\nthreads: 1\n\
+         upstream: {{url: \"{upstream}\", health_check_interval: 0s}}\n\
+         admin: {{listen: \"127.0.0.1:{admin}\", token: \"{ADMIN_TOKEN}\"}}\n\
+         clients: {{tokens: [{{name: app, token: \"{}\"}}]}}\n\
+         store: {store}\n\
+         server: {{grace_period: 0s, shutdown_timeout: 2s, pid_file: {}, upgrade_sock: {}}}\n",
+        super::TOKEN,
+        dir.join("pid").display(),
+        dir.join("upgrade.sock").display()
+    );
+    let path = dir.join("ollama-pool.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// The status of one chat (`{"model":"m1"}`) through the proxy on `port` with a client token.
+pub async fn chat_status(port: u16, token: &str) -> u16 {
+    client()
+        .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+        .bearer_auth(token)
+        .body(r#"{"model":"m1"}"#)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 /// Runs `serve -c cfg` and waits until its proxy and admin listeners answer `/healthz`; its
 /// output goes to `server-{run}.log` beside the config.
 pub async fn start(cfg: &Path, port: u16, admin: u16, run: usize) -> Server {
