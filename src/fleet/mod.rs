@@ -108,12 +108,16 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    fn send(&self, change: WireChange) {
-        let m = Message { from: self.instance.clone(), provider: String::new(), key_id: String::new(), change };
+    /// Queues `m` for the writer; a full queue drops it (and counts it).
+    fn push(&self, m: Message) {
         let kind = m.kind();
         if self.tx.try_send(m).is_err() {
             crate::metrics::fleet_event("dropped", kind);
         }
+    }
+
+    fn send(&self, change: WireChange) {
+        self.push(Message { from: self.instance.clone(), provider: String::new(), key_id: String::new(), change });
     }
 
     pub fn token_added(&self, id: &str) {
@@ -131,11 +135,7 @@ impl Subscriber for Outbox {
         if APPLYING.with(Cell::get) {
             return;
         }
-        let m = Message::of(&self.instance, k);
-        let kind = m.kind();
-        if self.tx.try_send(m).is_err() {
-            crate::metrics::fleet_event("dropped", kind);
-        }
+        self.push(Message::of(&self.instance, k));
     }
 }
 
