@@ -452,6 +452,25 @@ async fn three_instances_share_key_changes_through_redis() {
     assert_eq!(r.status(), 204);
     eventually(within, "A drops the removed key", || a.state.pool().get(&second).is_none()).await;
     eventually(within, "B drops it", || b.state.pool().get(&second).is_none()).await;
+
+    // A token made on A works on B; revoked on C, it fails on A and B.
+    let r = a.admin(Method::POST, "/admin/tokens").json(&json!({"name": "shared"})).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let made: Value = r.json().await.unwrap();
+    let (token, token_id) = (made["token"].as_str().unwrap().to_string(), made["id"].as_str().unwrap().to_string());
+    let t0 = std::time::Instant::now();
+    while chat_status(b.addr.port(), &token).await != 200 {
+        assert!(t0.elapsed() < within, "the token made on A works on B");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let r = c.admin(Method::DELETE, &format!("/admin/tokens/{token_id}")).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let t0 = std::time::Instant::now();
+    while chat_status(a.addr.port(), &token).await != 401 {
+        assert!(t0.elapsed() < within, "the token revoked on C fails on A");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(chat_status(b.addr.port(), &token).await, 401);
     let metrics = a.admin(Method::GET, "/metrics").send().await.unwrap().text().await.unwrap();
     assert!(
         metrics.contains("ollama_pool_fleet_events_total{direction=\"in\",type=\"moved\"}"),
