@@ -99,7 +99,10 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
     for t in store.tokens()? {
         clients.insert(t.hash, ops::to_client(&t));
     }
-    crate::usage::seed_budgets(&clients, &*store, clock.now_ms())?;
+    // In fleet mode the budgets' use is the fleet's counters in Redis (`fleet::limits`).
+    if fleet.is_none() {
+        crate::usage::seed_budgets(&clients, &*store, clock.now_ms())?;
+    }
     let usage = Arc::new(crate::usage::Ledger::default());
     lifecycle::return_freed_memory();
     let runtime = Arc::new(ArcSwap::from_pointee(runtime));

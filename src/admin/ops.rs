@@ -301,8 +301,9 @@ impl Control {
         self.store.insert_token(&stored)?;
         if let Some(clients) = &self.clients {
             let client = to_client(&stored);
-            // A new token for a client name that already used tokens today starts from that.
-            if !stored.budgets.is_empty() {
+            // A new token for a client name that already used tokens today starts from that (in
+            // fleet mode the fleet's counters are the budgets' truth: `fleet::limits`).
+            if !stored.budgets.is_empty() && self.fleet.is_none() {
                 if let Err(e) = crate::usage::seed_client(&client, &*self.store, now) {
                     log::warn!("store: reading usage for token {}: {e}; its budgets start at 0", stored.id);
                 }
@@ -349,5 +350,7 @@ pub fn to_pool_key(k: &StoredKey, auth: &crate::pool::AuthForm, now: u64) -> Opt
 }
 
 pub fn to_client(t: &StoredToken) -> Client {
-    Client::new(t.name.clone(), t.expires_at_ms, t.models.clone(), t.rpm).with_budgets(t.budgets)
+    let mut c = Client::new(t.name.clone(), t.expires_at_ms, t.models.clone(), t.rpm).with_budgets(t.budgets);
+    c.from_store = true;
+    c
 }

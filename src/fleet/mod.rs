@@ -1,22 +1,25 @@
-//! Fleet mode, first part (SPEC §3.9, issue #11 item 2): every key change one instance makes —
-//! at the pool's one transition point: parks, invalid, auto-disable, per-model parks, returns,
-//! manual disable/enable, add/remove — is published on `<prefix>:events` in the shared Redis,
-//! and every other instance applies it to its own pool.
+//! Fleet mode (SPEC §3.9, issue #11): instances on one Redis share their keys' live state and
+//! their clients' limits. The durable records are the Redis store's (`crate::store`).
 //!
+//! - Every key change one instance makes — at the pool's one transition point: parks, invalid,
+//!   auto-disable, per-model parks, returns, manual disable/enable, add/remove — is published on
+//!   `<prefix>:events` and kept in the live state (`live`), and every other instance applies it
+//!   to its own pool.
 //! - `Outbox` (a pool-event subscriber) queues this instance's own key events, never waiting; a
-//!   writer thread PUBLISHes them. Events raised while a remote one is being applied are not
-//!   published again (a thread-local guard), so nothing echoes.
-//! - A reader thread SUBSCRIBEs and applies what others published: a new key is read from the
-//!   store (Redis has it before the publisher's admin answer), a removed one leaves the pool, a
-//!   state change goes through `Pool::transition` / `park_model` like a local one.
-//! - Both threads reconnect with a backoff; while Redis is down each instance serves on from
+//!   writer thread publishes them, and keeps them while Redis is away (up to `OUTBOX`). Events
+//!   raised while a remote one is being applied are not published again (a thread-local guard),
+//!   so nothing echoes.
+//! - A reader thread subscribes, then reconciles in full (`live::reconcile`: the store's keys
+//!   and tokens, every key's last state), at start and after every reconnect, and applies what
+//!   others publish: a new key is read from the store (Redis has it before the publisher's admin
+//!   answer), a removed one leaves the pool, a state change goes through `Pool::transition` /
+//!   `park_model` like a local one. Client tokens made or revoked are announced the same way.
+//! - `limits` shares the clients' rpm and budget counts.
+//! - Every thread reconnects with a backoff; while Redis is down each instance serves on from
 //!   its own state. The request path never waits on Redis.
-//!
-//! Client tokens made or revoked on one instance are announced the same way, and the others
-//! load or drop them.
-//!
-//! Not yet: the full reconcile of state at start or after a reconnect, and fleet-wide client
-//! limits.
+
+pub mod limits;
+pub mod live;
 
 use crate::pool::events::{Change, KeyEvent, PoolEvent, Subscriber};
 use crate::pool::{Reason, Status};
@@ -26,6 +29,7 @@ use crate::store::Store;
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +50,10 @@ pub struct Message {
     pub provider: String,
     pub key_id: String,
     pub change: WireChange,
+    /// When it happened (ms since the epoch, the maker's clock): a change older than the state
+    /// Redis holds for that key is not applied.
+    #[serde(default)]
+    pub at_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,7 +92,13 @@ impl Message {
                 WireChange::ModelParked { model: model.clone(), until_ms: *until_ms }
             }
         };
-        Message { from: instance.to_string(), provider: e.provider.to_string(), key_id: e.key_id.clone(), change }
+        Message {
+            from: instance.to_string(),
+            provider: e.provider.to_string(),
+            key_id: e.key_id.clone(),
+            change,
+            at_ms: e.at_ms,
+        }
     }
 
     fn kind(&self) -> &'static str {
@@ -105,19 +119,32 @@ impl Message {
 pub struct Outbox {
     instance: String,
     tx: mpsc::SyncSender<Message>,
+    /// Messages queued and not yet written (a reconcile waits for them: they are newer).
+    pending: Arc<AtomicUsize>,
+    /// Set once the fleet threads run: the keys put into the pools at start are not news to
+    /// the others (they are in the store), so they are not announced.
+    armed: Arc<AtomicBool>,
 }
 
 impl Outbox {
     /// Queues `m` for the writer; a full queue drops it (and counts it).
     fn push(&self, m: Message) {
         let kind = m.kind();
+        self.pending.fetch_add(1, Relaxed);
         if self.tx.try_send(m).is_err() {
+            self.pending.fetch_sub(1, Relaxed);
             crate::metrics::fleet_event("dropped", kind);
         }
     }
 
     fn send(&self, change: WireChange) {
-        self.push(Message { from: self.instance.clone(), provider: String::new(), key_id: String::new(), change });
+        self.push(Message {
+            from: self.instance.clone(),
+            provider: String::new(),
+            key_id: String::new(),
+            change,
+            at_ms: crate::pool::Clock::now_ms(&crate::pool::SystemClock),
+        });
     }
 
     pub fn token_added(&self, id: &str) {
@@ -132,36 +159,47 @@ impl Outbox {
 impl Subscriber for Outbox {
     fn on_event(&self, e: &PoolEvent) {
         let PoolEvent::Key(k) = e else { return };
-        if APPLYING.with(Cell::get) {
+        if APPLYING.with(Cell::get) || !self.armed.load(Relaxed) {
             return;
         }
         self.push(Message::of(&self.instance, k));
     }
 }
 
-/// Wires fleet sync: returns the subscriber to hand the pools' `Events`, and starts the writer
-/// and the reader once `start` gets the runtime.
+/// Whether this thread is applying another instance's change now (its events are not this
+/// instance's own: not published again, and no webhook is sent for them here).
+pub fn applying() -> bool {
+    APPLYING.with(Cell::get)
+}
+
+/// Wires fleet sync: returns the subscriber to hand the pools' `Events`, and starts the writer,
+/// the reader and the limits sync once `start` gets the runtime.
 pub struct Fleet {
     instance: String,
-    channel: String,
+    prefix: String,
     client: redis::Client,
     rx: std::sync::Mutex<Option<mpsc::Receiver<Message>>>,
+    pending: Arc<AtomicUsize>,
+    armed: Arc<AtomicBool>,
 }
 
 impl Fleet {
     pub fn new(url: &str, prefix: &str, instance: &str) -> Result<(Fleet, Outbox), String> {
         let client = redis::Client::open(url).map_err(|e| e.to_string())?;
         let (tx, rx) = mpsc::sync_channel(OUTBOX);
+        let (pending, armed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
         let fleet = Fleet {
             instance: instance.to_string(),
-            channel: format!("{prefix}:events"),
+            prefix: prefix.to_string(),
             client,
             rx: std::sync::Mutex::new(Some(rx)),
+            pending: pending.clone(),
+            armed: armed.clone(),
         };
-        Ok((fleet, Outbox { instance: instance.to_string(), tx }))
+        Ok((fleet, Outbox { instance: instance.to_string(), tx, pending, armed }))
     }
 
-    /// Starts the writer and reader threads (they live as long as the process).
+    /// Starts the writer, reader and limits threads (they live as long as the process).
     pub fn start(
         &self,
         runtime: Arc<ArcSwap<Runtime>>,
@@ -170,16 +208,21 @@ impl Fleet {
         clock: Arc<dyn crate::pool::Clock>,
     ) {
         let Some(rx) = self.rx.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
-        let (client, channel) = (self.client.clone(), self.channel.clone());
+        self.armed.store(true, Relaxed);
+        let (client, prefix, pending) = (self.client.clone(), self.prefix.clone(), self.pending.clone());
         std::thread::Builder::new()
             .name("fleet-out".into())
-            .spawn(move || write_loop(&client, &channel, rx))
+            .spawn(move || write_loop(&client, &prefix, rx, &pending))
             .expect("a thread");
-        let (client, channel, me) = (self.client.clone(), self.channel.clone(), self.instance.clone());
-        std::thread::Builder::new()
-            .name("fleet-in".into())
-            .spawn(move || read_loop(&client, &channel, &me, &Local { runtime, clients, store, clock }))
-            .expect("a thread");
+        limits::start(self.client.clone(), self.prefix.clone(), clients.clone(), store.clone(), clock.clone());
+        let reader = Reader {
+            client: self.client.clone(),
+            prefix: self.prefix.clone(),
+            me: self.instance.clone(),
+            pending: self.pending.clone(),
+            local: Local { runtime, clients, store, clock },
+        };
+        std::thread::Builder::new().name("fleet-in".into()).spawn(move || reader.run()).expect("a thread");
     }
 }
 
@@ -188,33 +231,56 @@ fn backoff(d: &mut Duration) {
     *d = (*d * 2).min(Duration::from_secs(10));
 }
 
-fn write_loop(client: &redis::Client, channel: &str, rx: mpsc::Receiver<Message>) {
+fn channel(prefix: &str) -> String {
+    format!("{prefix}:events")
+}
+
+fn connect(client: &redis::Client) -> redis::RedisResult<redis::Connection> {
+    let c = client.get_connection_with_timeout(Duration::from_secs(5))?;
+    c.set_read_timeout(Some(Duration::from_secs(5)))?;
+    c.set_write_timeout(Some(Duration::from_secs(5)))?;
+    Ok(c)
+}
+
+/// Writes this instance's changes, in order. While Redis is away they wait in the queue (the
+/// newest 8,192), and go out once it is back; one that Redis holds a newer state for by then
+/// is dropped there.
+fn write_loop(client: &redis::Client, prefix: &str, rx: mpsc::Receiver<Message>, pending: &AtomicUsize) {
+    let (channel, scripts) = (channel(prefix), live::Scripts::default());
     let mut conn: Option<redis::Connection> = None;
     let mut wait = Duration::from_millis(200);
     while let Ok(m) = rx.recv() {
-        let text = serde_json::to_string(&m).unwrap_or_default();
         loop {
             if conn.is_none() {
-                match client.get_connection_with_timeout(Duration::from_secs(5)) {
+                match connect(client) {
                     Ok(c) => conn = Some(c),
                     Err(_) => {
-                        // Redis is away: this change stays local (the others keep theirs).
-                        crate::metrics::fleet_event("dropped", m.kind());
                         backoff(&mut wait);
-                        break;
+                        continue;
                     }
                 }
             }
             let c = conn.as_mut().expect("connected above");
-            match redis::cmd("PUBLISH").arg(channel).arg(&text).query::<i64>(c) {
-                Ok(_) => {
-                    crate::metrics::fleet_event("out", m.kind());
+            match live::publish(c, &scripts, prefix, &channel, &m) {
+                Ok(kept) => {
+                    crate::metrics::fleet_event(if kept { "out" } else { "stale" }, m.kind());
                     wait = Duration::from_millis(200);
                     break;
                 }
-                Err(_) => conn = None, // try once more on a new connection
+                Err(e)
+                    if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_connection_refusal() =>
+                {
+                    conn = None;
+                    backoff(&mut wait);
+                }
+                Err(e) => {
+                    log::warn!("fleet: publishing a {} change: {e}", m.kind());
+                    crate::metrics::fleet_event("dropped", m.kind());
+                    break;
+                }
             }
         }
+        pending.fetch_sub(1, Relaxed);
     }
 }
 
@@ -226,32 +292,75 @@ pub struct Local {
     pub clock: Arc<dyn crate::pool::Clock>,
 }
 
-fn read_loop(client: &redis::Client, channel: &str, me: &str, local: &Local) {
-    let mut wait = Duration::from_millis(200);
-    loop {
-        let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(5)) else {
-            backoff(&mut wait);
-            continue;
-        };
-        let mut pubsub = conn.as_pubsub();
-        if pubsub.subscribe(channel).is_err() {
-            backoff(&mut wait);
-            continue;
-        }
-        wait = Duration::from_millis(200);
-        while let Ok(msg) = pubsub.get_message() {
-            let Ok(text) = msg.get_payload::<String>() else { continue };
-            let Ok(m) = serde_json::from_str::<Message>(&text) else { continue };
-            if m.from == me {
+struct Reader {
+    client: redis::Client,
+    prefix: String,
+    me: String,
+    pending: Arc<AtomicUsize>,
+    local: Local,
+}
+
+impl Reader {
+    fn run(&self) {
+        let channel = channel(&self.prefix);
+        let mut wait = Duration::from_millis(200);
+        let mut lost = false;
+        loop {
+            let (Ok(mut conn), Ok(mut side)) = (connect(&self.client), connect(&self.client)) else {
+                backoff(&mut wait);
+                continue;
+            };
+            let _ = conn.set_read_timeout(None);
+            let mut pubsub = conn.as_pubsub();
+            if pubsub.subscribe(&channel).is_err() {
+                backoff(&mut wait);
                 continue;
             }
-            crate::metrics::fleet_event("in", m.kind());
-            APPLYING.with(|a| a.set(true));
-            apply(&m, local);
-            APPLYING.with(|a| a.set(false));
+            // Subscribed first, so nothing published from here on is missed; then the whole
+            // state, once this instance's own queued changes (newer) are written.
+            let drained = std::time::Instant::now();
+            while self.pending.load(Relaxed) > 0 && drained.elapsed() < Duration::from_secs(2) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            match live::reconcile(&mut side, &self.prefix, &self.local) {
+                Ok(r) if r.is_empty() => {}
+                Ok(r) => log::info!(
+                    "fleet: reconciled: keys +{} -{}, {} key states, {} model parks, tokens +{} -{}",
+                    r.keys_added,
+                    r.keys_removed,
+                    r.states,
+                    r.model_parks,
+                    r.tokens_added,
+                    r.tokens_removed
+                ),
+                Err(e) => {
+                    log::warn!("fleet: reconciling with Redis: {e}");
+                    backoff(&mut wait);
+                    continue;
+                }
+            }
+            crate::metrics::fleet_event("in", "reconcile");
+            if std::mem::take(&mut lost) {
+                log::info!("fleet: key events are shared again");
+            }
+            wait = Duration::from_millis(200);
+            while let Ok(msg) = pubsub.get_message() {
+                let Ok(text) = msg.get_payload::<String>() else { continue };
+                let Ok(m) = serde_json::from_str::<Message>(&text) else { continue };
+                if m.from == self.me {
+                    continue;
+                }
+                crate::metrics::fleet_event("in", m.kind());
+                APPLYING.with(|a| a.set(true));
+                apply(&m, &self.local);
+                APPLYING.with(|a| a.set(false));
+            }
+            if !lost {
+                log::warn!("fleet: lost the event subscription to Redis; serving on from this instance's state");
+            }
+            lost = true;
+            backoff(&mut wait);
         }
-        log::warn!("fleet: lost the event subscription to Redis; reconnecting");
-        backoff(&mut wait);
     }
 }
 
@@ -261,13 +370,8 @@ pub fn apply(m: &Message, local: &Local) {
     match &m.change {
         WireChange::TokenAdded { id } => {
             match store.tokens().map(|ts| ts.into_iter().find(|t| &t.id == id)) {
-                Ok(Some(t)) => {
-                    let client = crate::admin::ops::to_client(&t);
-                    if let Err(e) = crate::usage::seed_client(&client, store, now_ms) {
-                        log::warn!("fleet: token {id}: reading its usage: {e}");
-                    }
-                    local.clients.insert(t.hash, client);
-                }
+                // Its budgets' use is the fleet's counters (`limits`), not seeded here.
+                Ok(Some(t)) => local.clients.insert(t.hash, crate::admin::ops::to_client(&t)),
                 Ok(None) => {}
                 Err(e) => log::warn!("fleet: token {id} was made elsewhere but cannot be read: {e}"),
             }

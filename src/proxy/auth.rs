@@ -24,6 +24,10 @@ pub struct Client {
     /// Fixed one-minute window of the rpm limit: (minute number, requests in it), packed so
     /// one atomic holds both and no lock is taken.
     window: AtomicU64,
+    /// Fleet mode: the rpm window's share of the fleet-wide count (`crate::fleet::limits`).
+    rpm_share: crate::fleet::limits::Share,
+    /// Made by an operator and kept in the store (false: a `clients.tokens` entry).
+    pub from_store: bool,
     /// Token budgets (`tpm`, `daily_tokens`, `monthly_tokens`) and what they have used.
     pub budgets: crate::usage::Budgets,
     /// This client's request counters, resolved on its first request.
@@ -44,6 +48,8 @@ impl Client {
             models,
             rpm,
             window: AtomicU64::new(0),
+            rpm_share: Default::default(),
+            from_store: false,
             budgets: Default::default(),
             metrics: Default::default(),
         }
@@ -58,16 +64,31 @@ impl Client {
         self.metrics.get_or_init(|| crate::metrics::ClientMetrics::new(&self.name))
     }
 
-    /// Counts one request against the rpm limit. Err(wait) when over it, with the time until
-    /// the next minute starts.
+    pub fn rpm_share(&self) -> &crate::fleet::limits::Share {
+        &self.rpm_share
+    }
+
+    /// Requests this instance admitted in `minute`.
+    pub fn rpm_local(&self, minute: u64) -> u64 {
+        let cur = self.window.load(Relaxed);
+        if cur >> 32 == minute {
+            cur & 0xffff_ffff
+        } else {
+            0
+        }
+    }
+
+    /// Counts one request against the rpm limit (in fleet mode, with what the other instances
+    /// admitted this minute). Err(wait) when over it, with the time until the next minute.
     pub fn admit(&self, now_ms: u64) -> Result<(), Duration> {
         let Some(rpm) = self.rpm else { return Ok(()) };
         let minute = now_ms / 60_000;
+        let others = self.rpm_share.others(minute);
         let mut cur = self.window.load(Relaxed);
         loop {
             let (m, used) = (cur >> 32, cur & 0xffff_ffff);
             let used = if m == minute { used } else { 0 };
-            if used >= u64::from(rpm) {
+            if used + others >= u64::from(rpm) {
                 return Err(Duration::from_millis((minute + 1) * 60_000 - now_ms));
             }
             let next = (minute << 32) | (used + 1);
@@ -176,6 +197,13 @@ impl Clients {
     pub fn each(&self, mut f: impl FnMut(&Client)) {
         for c in self.by_hash.load().values() {
             f(c);
+        }
+    }
+
+    /// Calls `f` with every client and its token's hash (fleet sync).
+    pub fn each_hashed(&self, mut f: impl FnMut(&[u8; 32], &Arc<Client>)) {
+        for (h, c) in self.by_hash.load().iter() {
+            f(h, c);
         }
     }
 

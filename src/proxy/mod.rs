@@ -184,6 +184,9 @@ impl PoolProxy {
             let err = ProxyError::new(ErrorKind::ClientRateLimited).retry_after(Some(wait));
             return self.refuse(session, ctx, err).await;
         }
+        if client.rpm.is_some() {
+            crate::fleet::limits::touch();
+        }
         let mut body = match body::read_whole(session, rt.max_request_body, state.client_body_timeout).await {
             Ok(b) => b,
             Err(e) => return self.refuse(session, ctx, e).await,

@@ -102,6 +102,9 @@ impl Observed {
                 completion_tokens: completion,
             });
             client.budgets.debit(now_ms, prompt + completion);
+            if !client.budgets.limits.is_empty() {
+                crate::fleet::limits::touch();
+            }
         }
         metrics::request_done(RequestRecord {
             family: d.family.as_str(),

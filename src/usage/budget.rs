@@ -102,20 +102,34 @@ impl BudgetView {
 pub struct Budgets {
     pub limits: Limits,
     windows: [AtomicU64; 3],
+    /// Fleet mode: each window's share of the fleet-wide count (`crate::fleet::limits`).
+    shares: [crate::fleet::limits::Share; 3],
 }
 
 impl Budgets {
     pub fn new(limits: Limits) -> Budgets {
-        Budgets { limits, windows: Default::default() }
+        Budgets { limits, windows: Default::default(), shares: Default::default() }
     }
 
-    fn used(&self, kind: BudgetKind, now_ms: u64) -> u64 {
+    /// What the window of `kind` counted here in `period`.
+    pub fn local(&self, kind: BudgetKind, period: u64) -> u64 {
         let (p, used) = unpack(self.windows[kind.index()].load(Relaxed));
-        if p == kind.period(now_ms) {
+        if p == period {
             used
         } else {
             0
         }
+    }
+
+    pub fn share(&self, kind: BudgetKind) -> &crate::fleet::limits::Share {
+        &self.shares[kind.index()]
+    }
+
+    /// What the budget of `kind` used in the period of `now_ms`: here, and in fleet mode on
+    /// the other instances too.
+    fn used(&self, kind: BudgetKind, now_ms: u64) -> u64 {
+        let period = kind.period(now_ms);
+        self.local(kind, period) + self.shares[kind.index()].others(period)
     }
 
     /// Whether a request may start now. Err names the first budget that is used up and how
@@ -176,6 +190,9 @@ impl Budgets {
     pub fn carry_from(&self, old: &Budgets) {
         for (w, o) in self.windows.iter().zip(&old.windows) {
             w.store(o.load(Relaxed), Relaxed);
+        }
+        for (s, o) in self.shares.iter().zip(&old.shares) {
+            s.carry_from(o);
         }
     }
 

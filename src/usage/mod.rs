@@ -229,7 +229,7 @@ impl pingora::services::background::BackgroundService for UsageFlusher {
 }
 
 /// Tokens each client name used today and this month, by the store.
-fn used_by_name(store: &dyn Store, now_ms: u64) -> crate::store::Result<HashMap<String, (u64, u64)>> {
+pub fn used_by_name(store: &dyn Store, now_ms: u64) -> crate::store::Result<HashMap<String, (u64, u64)>> {
     let today = calendar::day_of(now_ms);
     let month_start = calendar::first_day_of_month(calendar::month_of_day(today));
     let mut sums: HashMap<String, (u64, u64)> = HashMap::new();
