@@ -68,6 +68,11 @@ pub struct Notice {
     /// `pool.storm_ended`: keys the end of the storm returned. `pool.*`: keys usable now.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keys: Option<usize>,
+    /// Fleet mode: another instance made this change and this one applied it. SSE shows it
+    /// (`"remote": true`); webhooks leave it to the instance that made it, so a receiver hears
+    /// each change once, not once per instance.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub remote: bool,
 }
 
 impl Notice {
@@ -84,6 +89,7 @@ impl Notice {
             until: None,
             model: None,
             keys: None,
+            remote: false,
         }
     }
 
@@ -144,11 +150,11 @@ pub type Hub = broadcast::Sender<Arc<Notice>>;
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 
 /// The pool-event subscriber: queues the event, never waits.
-pub struct Intake(mpsc::Sender<PoolEvent>);
+pub struct Intake(mpsc::Sender<(PoolEvent, bool)>);
 
 impl Subscriber for Intake {
     fn on_event(&self, e: &PoolEvent) {
-        if self.0.try_send(e.clone()).is_err() {
+        if self.0.try_send((e.clone(), crate::fleet::applying())).is_err() {
             DROPPED.fetch_add(1, Relaxed);
             crate::metrics::events_dropped(1);
         }
@@ -162,7 +168,7 @@ pub fn channel() -> (Intake, IntakeQueue) {
     (Intake(tx), IntakeQueue(Mutex::new(Some(rx))))
 }
 
-pub struct IntakeQueue(Mutex<Option<mpsc::Receiver<PoolEvent>>>);
+pub struct IntakeQueue(Mutex<Option<mpsc::Receiver<(PoolEvent, bool)>>>);
 
 pub struct NotifyService {
     queue: IntakeQueue,
@@ -187,10 +193,12 @@ impl NotifyService {
     }
 
     /// Providers with no usable key now (their `pool.empty` was sent).
-    fn check_empty(&self, empty: &mut HashMap<String, bool>, touched: &[String]) {
+    /// `touched`: the providers to look at, each with whether only remote changes touched it
+    /// (then a `pool.*` notice it causes is remote too).
+    fn check_empty(&self, empty: &mut HashMap<String, bool>, touched: &[(String, bool)]) {
         let rt = self.runtime.load();
         let now = rt.providers.first().map(|p| p.pool.now_ms()).unwrap_or(0);
-        for p in rt.providers.iter().filter(|p| touched.contains(&p.name)) {
+        for (p, remote) in rt.providers.iter().filter_map(|p| Some((p, touched.iter().find(|t| t.0 == p.name)?.1))) {
             let usable = p.pool.usable_count();
             let was = empty.get(&p.name).copied().unwrap_or(false);
             let kind = match (was, usable == 0) {
@@ -201,6 +209,7 @@ impl NotifyService {
             empty.insert(p.name.clone(), usable == 0);
             let mut n = Notice::new(kind, &p.name, now);
             n.keys = Some(usable);
+            n.remote = remote;
             self.publish(n);
         }
     }
@@ -227,16 +236,19 @@ impl pingora::services::background::BackgroundService for NotifyService {
                 // an empty provider is looked at again every second.
                 _ = tokio::time::sleep(Duration::from_secs(1)) => 0,
             };
-            let mut touched: Vec<String> = Vec::new();
-            for e in batch.drain(..) {
-                let p = Notice::provider_of(&e).to_string();
-                if !touched.contains(&p) {
-                    touched.push(p);
+            let mut touched: Vec<(String, bool)> = Vec::new();
+            for (e, remote) in batch.drain(..) {
+                let p = Notice::provider_of(&e);
+                match touched.iter_mut().find(|t| t.0 == p) {
+                    Some(t) => t.1 &= remote,
+                    None => touched.push((p.to_string(), remote)),
                 }
-                self.publish(Notice::of(&e));
+                let mut n = Notice::of(&e);
+                n.remote = remote;
+                self.publish(n);
             }
             if got == 0 {
-                touched = empty.iter().filter(|(_, e)| **e).map(|(p, _)| p.clone()).collect();
+                touched = empty.iter().filter(|(_, e)| **e).map(|(p, _)| (p.clone(), false)).collect();
             }
             self.check_empty(&mut empty, &touched);
         }

@@ -154,7 +154,7 @@ impl WebhookService {
             let chosen: Vec<&Notice> = batch
                 .iter()
                 .map(|n| &**n)
-                .filter(|n| w.events.is_empty() || w.events.iter().any(|e| e == n.kind))
+                .filter(|n| !n.remote && (w.events.is_empty() || w.events.iter().any(|e| e == n.kind)))
                 .collect();
             if chosen.is_empty() {
                 continue;
