@@ -4,6 +4,7 @@
 
 pub mod mock;
 pub mod process;
+pub mod receiver;
 pub mod redis;
 
 use async_trait::async_trait;
