@@ -6,8 +6,9 @@
 use crate::admin::ops::{Control, OpError};
 use crate::config::units::parse_duration;
 use crate::config::Loaded;
+use crate::fleet::WireChange;
 use crate::pool::clock::rfc3339;
-use crate::pool::{Clock, SystemClock};
+use crate::pool::{Clock, Reason, Status, SystemClock};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -294,17 +295,68 @@ pub fn run_keys(cmd: KeysCommand) -> ExitCode {
         Ok(false) => fail(format!("no key with id {id}")),
         Err(e) => op(e),
     };
+    let now = SystemClock.now_ms();
+    let moved = |id: &str, to: Status, until: u64| {
+        vec![(
+            stored_provider(&c, id),
+            id.to_string(),
+            WireChange::Moved { to: to as u8, reason: Reason::Manual as u8, until_ms: until },
+        )]
+    };
+    let resync = || vec![(String::new(), String::new(), WireChange::Resync)];
     match cmd {
         KeysCommand::Import { validate, dry_run, path, provider, .. } => {
-            import(&loaded, &c, &path, validate, dry_run, provider.as_deref())
+            let code = import(&loaded, &c, &path, validate, dry_run, provider.as_deref());
+            if code == ExitCode::SUCCESS && !dry_run {
+                announce(&loaded, resync());
+            }
+            code
         }
         KeysCommand::List { .. } => list_keys(&c),
         KeysCommand::Disable { id, for_, .. } => match duration(&for_, "for") {
-            Ok(d) => found(c.disable_key(&id, d), &id, "disabled"),
+            Ok(d) => {
+                let code = found(c.disable_key(&id, d), &id, "disabled");
+                if code == ExitCode::SUCCESS {
+                    announce(&loaded, moved(&id, Status::Disabled, d.map_or(0, |d| now + d.as_millis() as u64)));
+                }
+                code
+            }
             Err(code) => code,
         },
-        KeysCommand::Enable { id, .. } => found(c.enable_key(&id), &id, "enabled"),
-        KeysCommand::Remove { id, .. } => found(c.remove_key(&id), &id, "removed"),
+        KeysCommand::Enable { id, .. } => {
+            let code = found(c.enable_key(&id), &id, "enabled");
+            if code == ExitCode::SUCCESS {
+                announce(&loaded, moved(&id, Status::Active, 0));
+            }
+            code
+        }
+        KeysCommand::Remove { id, .. } => {
+            let code = found(c.remove_key(&id), &id, "removed");
+            if code == ExitCode::SUCCESS {
+                announce(&loaded, resync());
+            }
+            code
+        }
+    }
+}
+
+/// The provider name a stored key's pool has (a key without one is the home provider's).
+fn stored_provider(c: &Control, id: &str) -> String {
+    let recorded = c.store.key(id).ok().flatten().map(|k| k.provider).unwrap_or_default();
+    if !recorded.is_empty() {
+        return recorded;
+    }
+    let home = c.providers.iter().find(|p| *p == crate::config::DEFAULT_PROVIDER).or(c.providers.first());
+    home.cloned().unwrap_or_default()
+}
+
+/// With a Redis store, tells the running instances what this command changed, so they apply it
+/// now instead of at their next start. The change is in the store either way.
+fn announce(loaded: &Loaded, changes: Vec<(String, String, WireChange)>) {
+    let s = &loaded.config.store;
+    let (crate::config::StoreKind::Redis, Some(url)) = (&s.kind, &s.url) else { return };
+    if let Err(e) = crate::fleet::announce(url, &s.prefix, &changes) {
+        eprintln!("ollama-pool: warning: the change is stored, but running instances were not told ({e}); they apply it when they next reconcile");
     }
 }
 
@@ -428,6 +480,7 @@ pub fn run_tokens(cmd: TokensCommand) -> ExitCode {
             let budgets = crate::usage::Limits { tpm, daily_tokens, monthly_tokens };
             match c.create_token(crate::admin::ops::TokenSpec { name, expires_in, models, rpm, budgets }) {
                 Ok((t, token)) => {
+                    announce(&loaded, vec![(String::new(), String::new(), WireChange::Resync)]);
                     eprintln!("token {} ({}) created; it is shown only this once:", t.id, t.name);
                     println!("{}", token.expose());
                     ExitCode::SUCCESS
@@ -463,6 +516,7 @@ pub fn run_tokens(cmd: TokensCommand) -> ExitCode {
         },
         TokensCommand::Revoke { id, .. } => match c.revoke_token(&id) {
             Ok(true) => {
+                announce(&loaded, vec![(String::new(), String::new(), WireChange::Resync)]);
                 println!("{id}: revoked");
                 ExitCode::SUCCESS
             }

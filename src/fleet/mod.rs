@@ -47,6 +47,10 @@ thread_local! {
 pub struct Message {
     /// The instance that made it (`fleet.instance`).
     pub from: String,
+    /// A random number per process: what an instance recognises its own messages by (two
+    /// instances given the same name by mistake still hear each other).
+    #[serde(default)]
+    pub origin: u64,
     pub provider: String,
     pub key_id: String,
     pub change: WireChange,
@@ -78,10 +82,12 @@ pub enum WireChange {
     TokenRemoved {
         hash: String,
     },
+    /// The store changed behind the instances' backs (the offline CLI): each reconciles in full.
+    Resync,
 }
 
 impl Message {
-    fn of(instance: &str, e: &KeyEvent) -> Message {
+    fn of(instance: &str, origin: u64, e: &KeyEvent) -> Message {
         let change = match &e.change {
             Change::Added => WireChange::Added,
             Change::Removed => WireChange::Removed,
@@ -94,6 +100,7 @@ impl Message {
         };
         Message {
             from: instance.to_string(),
+            origin,
             provider: e.provider.to_string(),
             key_id: e.key_id.clone(),
             change,
@@ -109,6 +116,7 @@ impl Message {
             WireChange::ModelParked { .. } => "model_parked",
             WireChange::TokenAdded { .. } => "token_added",
             WireChange::TokenRemoved { .. } => "token_removed",
+            WireChange::Resync => "resync",
         }
     }
 }
@@ -118,6 +126,7 @@ impl Message {
 #[derive(Clone)]
 pub struct Outbox {
     instance: String,
+    origin: u64,
     tx: mpsc::SyncSender<Message>,
     /// Messages queued and not yet written (a reconcile waits for them: they are newer).
     pending: Arc<AtomicUsize>,
@@ -140,6 +149,7 @@ impl Outbox {
     fn send(&self, change: WireChange) {
         self.push(Message {
             from: self.instance.clone(),
+            origin: self.origin,
             provider: String::new(),
             key_id: String::new(),
             change,
@@ -162,8 +172,15 @@ impl Subscriber for Outbox {
         if APPLYING.with(Cell::get) || !self.armed.load(Relaxed) {
             return;
         }
-        self.push(Message::of(&self.instance, k));
+        self.push(Message::of(&self.instance, self.origin, k));
     }
+}
+
+/// A new `Message::origin`: random, never 0 (the value of a message without one).
+fn new_origin() -> u64 {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("the OS random source works");
+    u64::from_le_bytes(b) | 1
 }
 
 /// Whether this thread is applying another instance's change now (its events are not this
@@ -175,12 +192,13 @@ pub fn applying() -> bool {
 /// Wires fleet sync: returns the subscriber to hand the pools' `Events`, and starts the writer,
 /// the reader and the limits sync once `start` gets the runtime.
 pub struct Fleet {
-    instance: String,
     prefix: String,
     client: redis::Client,
     rx: std::sync::Mutex<Option<mpsc::Receiver<Message>>>,
     pending: Arc<AtomicUsize>,
     armed: Arc<AtomicBool>,
+    /// What this instance's messages carry as `origin`.
+    origin: u64,
 }
 
 impl Fleet {
@@ -188,15 +206,16 @@ impl Fleet {
         let client = redis::Client::open(url).map_err(|e| e.to_string())?;
         let (tx, rx) = mpsc::sync_channel(OUTBOX);
         let (pending, armed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
+        let origin = new_origin();
         let fleet = Fleet {
-            instance: instance.to_string(),
             prefix: prefix.to_string(),
             client,
             rx: std::sync::Mutex::new(Some(rx)),
             pending: pending.clone(),
             armed: armed.clone(),
+            origin,
         };
-        Ok((fleet, Outbox { instance: instance.to_string(), tx, pending, armed }))
+        Ok((fleet, Outbox { instance: instance.to_string(), origin, tx, pending, armed }))
     }
 
     /// Starts the writer, reader and limits threads (they live as long as the process).
@@ -218,7 +237,7 @@ impl Fleet {
         let reader = Reader {
             client: self.client.clone(),
             prefix: self.prefix.clone(),
-            me: self.instance.clone(),
+            origin: self.origin,
             pending: self.pending.clone(),
             local: Local { runtime, clients, store, clock },
         };
@@ -295,7 +314,7 @@ pub struct Local {
 struct Reader {
     client: redis::Client,
     prefix: String,
-    me: String,
+    origin: u64,
     pending: Arc<AtomicUsize>,
     local: Local,
 }
@@ -347,10 +366,16 @@ impl Reader {
             while let Ok(msg) = pubsub.get_message() {
                 let Ok(text) = msg.get_payload::<String>() else { continue };
                 let Ok(m) = serde_json::from_str::<Message>(&text) else { continue };
-                if m.from == self.me {
+                if m.origin == self.origin {
                     continue;
                 }
                 crate::metrics::fleet_event("in", m.kind());
+                if m.change == WireChange::Resync {
+                    if let Err(e) = live::reconcile(&mut side, &self.prefix, &self.local) {
+                        log::warn!("fleet: reconciling after a change by {}: {e}", m.from);
+                    }
+                    continue;
+                }
                 APPLYING.with(|a| a.set(true));
                 apply(&m, &self.local);
                 APPLYING.with(|a| a.set(false));
@@ -415,6 +440,27 @@ pub fn apply(m: &Message, local: &Local) {
                 p.pool.park_model(&key, model, *until_ms);
             }
         }
-        WireChange::TokenAdded { .. } | WireChange::TokenRemoved { .. } => {}
+        WireChange::TokenAdded { .. } | WireChange::TokenRemoved { .. } | WireChange::Resync => {}
     }
+}
+
+/// Tells the running instances on a Redis store what the offline CLI (instance `cli`) changed
+/// there: a key's manual disable or enable as a state change, anything else as `Resync`.
+pub fn announce(url: &str, prefix: &str, changes: &[(String, String, WireChange)]) -> Result<(), String> {
+    let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+    let mut c = connect(&client).map_err(|e| e.to_string())?;
+    let (channel, scripts) = (channel(prefix), live::Scripts::default());
+    let (at_ms, origin) = (crate::pool::Clock::now_ms(&crate::pool::SystemClock), new_origin());
+    for (provider, key_id, change) in changes {
+        let m = Message {
+            from: "cli".into(),
+            origin,
+            provider: provider.clone(),
+            key_id: key_id.clone(),
+            change: change.clone(),
+            at_ms,
+        };
+        live::publish(&mut c, &scripts, prefix, &channel, &m).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
