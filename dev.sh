@@ -23,11 +23,13 @@ build_needs() {
 
 # What the tests need besides: Prometheus and promtool (tests/prometheus.rs), systemd-analyze
 # (tests/packaging.rs verifies the unit file), redis-server and redis-cli (tests/redis_store.rs
-# starts its own on a free port; the package's system service is never used).
+# and tests/fleet.rs start their own on a free port; the package's system service is never
+# used), nginx (tests/fleet.rs runs conf/fleet-nginx.conf as a process of its own).
 test_needs() {
   command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || echo prometheus
   command -v systemd-analyze >/dev/null 2>&1 || echo systemd
   command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 || echo redis-server
+  command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || echo nginx
 }
 
 install() {

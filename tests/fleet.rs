@@ -281,3 +281,167 @@ async fn a_webhook_hears_a_fleet_change_once_from_the_instance_that_made_it() {
     assert_eq!(invalid.len(), 1, "one delivery, not one per instance: {bodies:?}");
     assert_eq!(invalid[0]["instance"], "b", "from the instance that found it");
 }
+
+/// nginx, one process: stopped with SIGTERM and waited for.
+struct Nginx(std::process::Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        common::signal(&self.0, libc::SIGTERM);
+        let _ = self.0.wait();
+    }
+}
+
+/// The sum of a counter's samples in a Prometheus text page.
+fn counter_sum(page: &str, name: &str) -> f64 {
+    page.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_example_runs_three_instances_behind_nginx() {
+    let redis = Redis::start();
+    let mock = Mock::start().await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf");
+    let dir = tempfile::tempdir().unwrap();
+    let app_token = "fleet-app-token-0123456789abcdef";
+    let mut fleet = Vec::new();
+    for i in 1..=3 {
+        let (port, admin) = (free_port(), free_port());
+        let own = dir.path().join(format!("pool-{i}"));
+        std::fs::create_dir(&own).unwrap();
+        let cfg = own.join("ollama-pool.yaml");
+        std::fs::copy(root.join("fleet.example.yaml"), &cfg).unwrap();
+        let env = [
+            ("POOL_INSTANCE", format!("test-pool-{i}-{}", std::process::id())),
+            ("POOL_PORT", port.to_string()),
+            ("POOL_ADMIN_PORT", admin.to_string()),
+            ("REDIS_URL", redis.url()),
+            ("UPSTREAM_URL", mock.url()),
+            ("APP_TOKEN", app_token.to_string()),
+            ("OLLAMA_POOL_ADMIN_TOKEN", common::ADMIN_TOKEN.to_string()),
+            ("OLLAMA_POOL_STORE_KEY", "fleet-store-key-0123456789abcdef".to_string()),
+        ];
+        fleet.push(common::process::start_env(&cfg, port, admin, 1, &env).await);
+    }
+
+    // nginx with the example's config, its ports swapped for the test's.
+    let lb = free_port();
+    let mut conf = std::fs::read_to_string(root.join("fleet-nginx.conf")).unwrap();
+    for (i, s) in fleet.iter().enumerate() {
+        conf = conf.replace(&format!("127.0.0.1:808{}", i + 1), &format!("127.0.0.1:{}", s.port));
+    }
+    conf = conf.replace("listen 127.0.0.1:8080", &format!("listen 127.0.0.1:{lb}"));
+    let nginx_dir = dir.path().join("nginx");
+    std::fs::create_dir(&nginx_dir).unwrap();
+    std::fs::write(nginx_dir.join("nginx.conf"), conf).unwrap();
+    let _nginx = Nginx(
+        std::process::Command::new("nginx")
+            .arg("-p")
+            .arg(&nginx_dir)
+            .arg("-c")
+            .arg(nginx_dir.join("nginx.conf"))
+            .arg("-e")
+            .arg(nginx_dir.join("error.log"))
+            .arg("-g")
+            // One process (no workers left behind if the test dies).
+            .arg(format!("daemon off; master_process off; pid {};", nginx_dir.join("nginx.pid").display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nginx (Debian package `nginx`; .ci/run installs it)"),
+    );
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", lb)).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(5), "nginx did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Keys added on one instance serve on all of them.
+    for k in &KEYS[..2] {
+        fleet[0].ok(Method::POST, "/admin/keys", json!({"key": k})).await;
+    }
+    for s in &fleet[1..] {
+        eventually_status(s, KEYS[1], "active", Duration::from_secs(1), "every instance has the keys").await;
+    }
+    for _ in 0..30 {
+        assert_eq!(chat_status(lb, app_token).await, 200);
+    }
+    for (i, s) in fleet.iter().enumerate() {
+        let page = s.admin(Method::GET, "/metrics").send().await.unwrap().text().await.unwrap();
+        assert!(counter_sum(&page, "ollama_pool_requests_total") > 0.0, "nginx sent instance {i} some of the traffic");
+    }
+
+    // One key is revoked: clients see no failure, and every instance stops using it.
+    mock.clear();
+    mock.set(KEYS[0], Behavior::status(401, r#"{"error":"unauthorized"}"#));
+    for _ in 0..30 {
+        assert_eq!(chat_status(lb, app_token).await, 200, "failover hides the revoked key");
+    }
+    for s in &fleet {
+        eventually_status(s, KEYS[0], "invalid", Duration::from_secs(1), "each instance parks it").await;
+    }
+    let invalid_requests = mock.requests().iter().filter(|r| r.key.as_deref() == Some(KEYS[0])).count();
+    assert!(invalid_requests <= 3, "at most one try of the revoked key per instance, got {invalid_requests}");
+    assert!(!redis.dump_all().contains(KEYS[0]), "upstream keys are sealed in Redis (encryption_key is set)");
+    assert!(!redis.dump_all().contains(app_token), "no client token in Redis");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_offline_cli_changes_reach_running_instances_at_once() {
+    let redis = Redis::start();
+    let mock = Mock::start().await;
+    let a = instance(&redis, &mock, "a", "").await;
+    let b = instance(&redis, &mock, "b", "").await;
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ollama-pool"))
+            .args(args)
+            .arg("-c")
+            .arg(&a.cfg)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let file = a.cfg.with_file_name("keys.txt");
+    std::fs::write(&file, format!("{}\n{}\n", KEYS[0], KEYS[1])).unwrap();
+    cli(&["keys", "import", file.to_str().unwrap()]);
+    let within = Duration::from_secs(1);
+    for s in [&a, &b] {
+        eventually_status(s, KEYS[1], "active", within, "imported keys serve on every instance").await;
+    }
+    let id = Secret::new(KEYS[0]).id();
+    cli(&["keys", "disable", "--for", "1h", &id]);
+    for s in [&a, &b] {
+        eventually_status(s, KEYS[0], "disabled", within, "a disable from the CLI holds everywhere").await;
+    }
+    cli(&["keys", "enable", &id]);
+    for s in [&a, &b] {
+        eventually_status(s, KEYS[0], "active", within, "and so does an enable").await;
+    }
+    let token = cli(&["tokens", "create", "--name", "from-cli"]).trim().to_string();
+    let t = Instant::now();
+    while chat_status(b.port, &token).await != 200 {
+        assert!(t.elapsed() < within, "a token made by the CLI works on B");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cli(&["keys", "remove", &id]);
+    for s in [&a, &b] {
+        eventually_status(s, KEYS[0], "absent", within, "a removed key leaves every pool").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_given_one_name_by_mistake_still_share_changes() {
+    let redis = Redis::start();
+    let mock = Mock::start().await;
+    let a = instance(&redis, &mock, "same", "").await;
+    let b = instance(&redis, &mock, "same", "").await;
+    a.ok(Method::POST, "/admin/keys", json!({"key": KEYS[0]})).await;
+    eventually_status(&b, KEYS[0], "active", Duration::from_secs(1), "B has A's key").await;
+    let id = Secret::new(KEYS[0]).id();
+    b.ok(Method::POST, &format!("/admin/keys/{id}/disable"), json!({})).await;
+    eventually_status(&a, KEYS[0], "disabled", Duration::from_secs(1), "A applies B's disable").await;
+}

@@ -50,11 +50,17 @@ pub async fn chat_status(port: u16, token: &str) -> u16 {
 /// Runs `serve -c cfg` and waits until its proxy and admin listeners answer `/healthz`; its
 /// output goes to `server-{run}.log` beside the config.
 pub async fn start(cfg: &Path, port: u16, admin: u16, run: usize) -> Server {
+    start_env(cfg, port, admin, run, &[]).await
+}
+
+/// `start`, with more environment variables (what a config's `${VAR}` reads).
+pub async fn start_env(cfg: &Path, port: u16, admin: u16, run: usize, env: &[(&str, String)]) -> Server {
     let log = cfg.with_file_name(format!("server-{run}.log"));
     let out = std::fs::File::create(&log).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_ollama-pool"))
         .args(["serve", "-c"])
         .arg(cfg)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("RUST_LOG", "trace")
         .stdout(Stdio::from(out.try_clone().unwrap()))
         .stderr(Stdio::from(out))
