@@ -14,11 +14,14 @@ fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf 
 
 #[test]
 fn check_accepts_the_shipped_configs() {
-    for f in ["conf/minimal.yaml", "conf/ollama-pool.yaml"] {
+    for f in ["conf/minimal.yaml", "conf/ollama-pool.yaml", "conf/fleet.example.yaml"] {
         let out = bin()
             .args(["check", "-c", f])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .env("OLLAMA_POOL_ADMIN_TOKEN", "an-admin-token-for-the-check")
+            // What conf/fleet.example.yaml reads from each instance's environment.
+            .envs([("POOL_INSTANCE", "pool-1"), ("APP_TOKEN", "an-app-token-for-the-check")])
+            .env("OLLAMA_POOL_STORE_KEY", "a-store-key-for-the-check")
             .output()
             .unwrap();
         assert!(out.status.success(), "{f}: {}", String::from_utf8_lossy(&out.stderr));

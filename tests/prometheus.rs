@@ -27,7 +27,7 @@ const QUIET_ALERTS: &[(&str, &str)] = &[
         "two keys fail over early, then traffic routes around them: the share stays under 20 %",
     ),
     ("OllamaPoolOverheadP99High", "fires only if the proxy adds more than 1 ms at p99"),
-    ("OllamaPoolStoreDown", "the SQLite store stays up (tests/redis_store.rs takes a Redis away)"),
+    ("OllamaPoolStoreDown", "the store stays up (tests/redis_store.rs takes a Redis away)"),
 ];
 
 fn repo(path: &str) -> PathBuf {
@@ -145,14 +145,19 @@ async fn dashboard_and_alerts_evaluate_against_a_real_prometheus() {
     let premium = Behavior::status(403, r#"{"error":"this model requires a subscription"}"#);
     mock.set_for_key_body(K_OK1, r#""model":"premium""#, premium.clone());
     mock.set_for_key_body(K_OK2, r#""model":"premium""#, premium);
+    // On a Redis store, so the fleet panel has key changes to show.
+    let redis = common::redis::Redis::start();
     let proxy = Proxy::start_with(
         &mock,
         Setup {
             keys: vec![K_REVOKED, K_LIMITED, K_EXHAUSTED, K_OK1, K_OK2],
             admin: true,
-            extra: "health_check: {usage_probe: true, jitter: 0s}\n\
-                    notifications:\n  batch_window: 0s\n  webhooks: [{url: \"http://127.0.0.1:9/hook\", max_attempts: 1}]\n"
-                .into(),
+            extra: format!(
+                "health_check: {{usage_probe: true, jitter: 0s}}\n\
+                 notifications:\n  batch_window: 0s\n  webhooks: [{{url: \"http://127.0.0.1:9/hook\", max_attempts: 1}}]\n\
+                 store: {{kind: redis, url: \"{}\", prefix: prom}}\nfleet: {{instance: prom}}\n",
+                redis.url()
+            ),
             ..Default::default()
         },
     )
