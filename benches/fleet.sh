@@ -6,7 +6,11 @@
 # 2. Fleet on vs off: wrk (non-streaming chat, 64 connections) against A and S in alternating
 #    rounds; prints req/s of each and A/S.
 #
-#   benches/fleet.sh [SECONDS_PER_RUN=5] [ROUNDS=3] [CHANGES=200]
+#    With LIMITED=1 the client token has an rpm and a daily budget (too high to refuse
+#    anything): A then shares its counts through Redis (fleet::limits) and S counts alone, so
+#    A/S is the cost of fleet-wide limits.
+#
+#   [LIMITED=1] benches/fleet.sh [SECONDS_PER_RUN=5] [ROUNDS=3] [CHANGES=200]
 # Needs: redis-server, wrk. Every load run is bounded by SECONDS_PER_RUN.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +33,8 @@ trap cleanup EXIT
 redis-server --port $REDIS_PORT --bind 127.0.0.1 --dir "$DIR" --save '' --appendonly yes >/dev/null & PIDS+=($!)
 "$BIN/examples/mock_upstream" --listen 127.0.0.1:$MOCK_PORT 2>/dev/null & PIDS+=($!)
 for i in $(seq -w 0 99); do echo "bench-upstream-key-$i-xxxxxxxxxxxxxxxx"; done > "$DIR/keys.txt"
+LIMITS=""
+[ "${LIMITED:-0}" = 1 ] && LIMITS=", rpm: 1000000000, daily_tokens: 1000000000000"
 KEY_ID=$(printf '%s' "bench-upstream-key-00-xxxxxxxxxxxxxxxx" | sha256sum | cut -c1-12)
 
 # instance NAME PORT ADMIN_PORT STORE_YAML
@@ -39,7 +45,7 @@ listen: ["127.0.0.1:$2"]
 threads: 2
 upstream: {url: "http://127.0.0.1:$MOCK_PORT", health_check_interval: 0s}
 keys: {files: [keys.txt]}
-clients: {tokens: [{name: bench, token: "$TOKEN"}]}
+clients: {tokens: [{name: bench, token: "$TOKEN"$LIMITS}]}
 admin: {listen: "127.0.0.1:$3", token: "$ADMIN_TOKEN"}
 store: $4
 fleet: {instance: $1}
