@@ -372,6 +372,8 @@ async fn the_fleet_example_runs_three_instances_behind_nginx() {
     for (i, s) in fleet.iter().enumerate() {
         let page = s.admin(Method::GET, "/metrics").send().await.unwrap().text().await.unwrap();
         assert!(counter_sum(&page, "ollama_pool_requests_total") > 0.0, "nginx sent instance {i} some of the traffic");
+        let stats = s.ok(Method::GET, "/admin/stats", Value::Null).await;
+        assert_eq!(stats["instance"], format!("test-pool-{}-{}", i + 1, std::process::id()), "it names itself");
     }
 
     // One key is revoked: clients see no failure, and every instance stops using it.

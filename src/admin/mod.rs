@@ -41,7 +41,7 @@ pub struct AdminApp {
     pub reloader: Option<Arc<crate::reload::Reloader>>,
     /// Key and pool notices, for `GET /admin/events`.
     pub events: crate::notify::Hub,
-    /// `fleet.instance`, named in the event stream's greeting.
+    /// `fleet.instance`, named in the event stream's greeting and in `GET /admin/stats`.
     pub instance: String,
     /// SHA-256 of the admin token: compared in constant time, the token itself is not kept.
     token_hash: [u8; 32],
@@ -641,6 +641,7 @@ impl AdminApp {
                 "tokens": self.proxy.clients.len(),
                 "storm_since": time(storm),
                 "generation": rt.generation,
+                "instance": self.instance,
             }),
         )
     }

@@ -285,7 +285,13 @@ pub fn document() -> Value {
     add(
         "/admin/stats",
         "get",
-        op("Global counters, success rate, keys by status.", vec![], None, vec![("200", ok_json("Stats."))], false),
+        op(
+            "Global counters, success rate, keys by status, and which instance answered (`fleet.instance`).",
+            vec![],
+            None,
+            vec![("200", ok_json("Stats."))],
+            false,
+        ),
     );
     add(
         "/admin/providers",
