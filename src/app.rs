@@ -93,7 +93,7 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
     let runtime = Runtime::build(cfg, &|p| loaded.resolve(p), None, clock.clone(), events)
         .map_err(|problems| AppError::Server(problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; ")))?;
     let store: Arc<dyn Store> = open_store(loaded)?;
-    load_key_files(loaded, &runtime, &*store, clock.now_ms())?;
+    let new_from_files = load_key_files(loaded, &runtime, &*store, clock.now_ms())?;
     fill_pools(&runtime, &store.keys()?, clock.now_ms());
     let clients = Arc::new(Clients::from_static(&cfg.clients.tokens));
     for t in store.tokens()? {
@@ -185,8 +185,12 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
         rt.providers.iter().map(|p| (p.name.clone(), p.pool.clone())).collect()
     }));
 
-    if let Some((f, _)) = &fleet {
+    if let Some((f, outbox)) = &fleet {
         f.start(state.runtime_cell(), clients.clone(), store.clone(), clock.clone());
+        // Keys only this instance's key files had are news to the running others.
+        if new_from_files > 0 {
+            outbox.resync();
+        }
     }
     let notify = Arc::new(crate::notify::NotifyService::new(notices, state.runtime_cell()));
     let hub = notify.hub();
@@ -351,11 +355,12 @@ pub fn read_key_files(loaded: &Loaded, runtime: &Runtime, now: u64) -> Result<Ve
 
 /// Imports every provider's key files into the store (idempotent: keys already stored are
 /// left as they are, and keys an operator removed stay removed).
-fn load_key_files(loaded: &Loaded, runtime: &Runtime, store: &dyn Store, now: u64) -> Result<(), AppError> {
+/// Stores the keys of the key files that the store lacks; returns how many were new.
+fn load_key_files(loaded: &Loaded, runtime: &Runtime, store: &dyn Store, now: u64) -> Result<usize, AppError> {
     let keys = read_key_files(loaded, runtime, now)?;
     let added = store.insert_keys(&keys, true)?.len();
     if !keys.is_empty() {
         log::info!("keys: key files: {added} new, {} already stored or removed by an operator", keys.len() - added);
     }
-    Ok(())
+    Ok(added)
 }

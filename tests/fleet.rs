@@ -28,7 +28,15 @@ impl std::ops::Deref for Instance {
 }
 
 async fn instance(redis: &Redis, mock: &Mock, name: &str, extra: &str) -> Instance {
+    instance_with(redis, mock, name, extra, &[]).await
+}
+
+/// `instance`, with files written beside its config first (key files).
+async fn instance_with(redis: &Redis, mock: &Mock, name: &str, extra: &str, files: &[(&str, String)]) -> Instance {
     let dir = tempfile::tempdir().unwrap();
+    for (file, text) in files {
+        std::fs::write(dir.path().join(file), text).unwrap();
+    }
     let (port, admin) = (free_port(), free_port());
     let store = format!("{{kind: redis, url: \"{}\", prefix: shared, flush_interval: 1h}}", redis.url());
     let cfg = write_config(dir.path(), &mock.url(), port, admin, &store);
@@ -446,4 +454,14 @@ async fn two_instances_given_one_name_by_mistake_still_share_changes() {
     let id = Secret::new(KEYS[0]).id();
     b.ok(Method::POST, &format!("/admin/keys/{id}/disable"), json!({})).await;
     eventually_status(&a, KEYS[0], "disabled", Duration::from_secs(1), "A applies B's disable").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_only_a_starting_instances_key_file_has_reach_the_running_ones() {
+    let redis = Redis::start();
+    let mock = Mock::start().await;
+    let a = instance(&redis, &mock, "a", "").await;
+    let file = [("keys.txt", format!("{}\n", KEYS[2]))];
+    let _b = instance_with(&redis, &mock, "b", "keys: {files: [keys.txt]}\n", &file).await;
+    eventually_status(&a, KEYS[2], "active", Duration::from_secs(1), "A serves the key B's file brought").await;
 }

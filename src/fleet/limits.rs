@@ -20,6 +20,9 @@
 //! with what the store's usage says the client used (SET NX), so a fleet that starts after
 //! SQLite, or a budget added to a token mid-day, counts the day from its start.
 //!
+//! The wake-up is process-wide: one fleet per process (a second one, as in tests that run
+//! several servers in one process, syncs on its timers only).
+//!
 //! While Redis is away each instance goes on counting alone with the last others' count it
 //! saw; what it counted meanwhile is added when Redis is back.
 

@@ -161,6 +161,11 @@ impl Outbox {
         self.send(WireChange::TokenAdded { id: id.to_string() });
     }
 
+    /// Has every other instance reconcile (the store changed in a way no key event tells).
+    pub fn resync(&self) {
+        self.send(WireChange::Resync);
+    }
+
     pub fn token_removed(&self, hash: &[u8; 32]) {
         self.send(WireChange::TokenRemoved { hash: hex::encode(hash) });
     }
