@@ -31,7 +31,8 @@
 //! - `usage` — token usage read from JSON/SSE/NDJSON responses as they pass (`usage::scan`), the
 //!   per (day, client, provider, model) ledger, reports (`usage::report`) and token budgets
 //!   (`usage::budget`).
-//! - `fleet` — several instances on one Redis: key changes published and applied across them.
+//! - `fleet` — several instances on one Redis: key changes published and applied across them,
+//!   the live key state and its reconcile (`live`), fleet-wide client limits (`limits`).
 //! - `notify` — key and pool events as notices: the SSE stream of `/admin/events`
 //!   (`notify::sse`) and webhooks (`notify::webhooks`).
 //! - `metrics` — every Prometheus metric.
