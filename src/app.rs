@@ -83,8 +83,9 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
     // With a Redis store, key changes are shared with the other instances on it.
     let fleet = match (&cfg.store.kind, &cfg.store.url) {
         (crate::config::StoreKind::Redis, Some(url)) => {
-            let (fleet, outbox) = crate::fleet::Fleet::new(url, &cfg.store.prefix, &cfg.fleet.instance)
-                .map_err(|e| AppError::Server(format!("fleet: {e}")))?;
+            let (fleet, outbox) =
+                crate::fleet::Fleet::new(url, &cfg.store.prefix, &cfg.fleet.instance, cfg.fleet.heartbeat.0)
+                    .map_err(|e| AppError::Server(format!("fleet: {e}")))?;
             events.subscribe(Arc::new(outbox.clone()));
             Some((fleet, outbox))
         }

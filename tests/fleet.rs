@@ -465,3 +465,49 @@ async fn keys_only_a_starting_instances_key_file_has_reach_the_running_ones() {
     let _b = instance_with(&redis, &mock, "b", "keys: {files: [keys.txt]}\n", &file).await;
     eventually_status(&a, KEYS[2], "active", Duration::from_secs(1), "A serves the key B's file brought").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_redis_holds_up_no_chat_and_its_silence_is_noticed() {
+    let redis = Redis::start();
+    let mock = Mock::start().await;
+    let beat = "fleet: {instance: a, heartbeat: 200ms}\n";
+    let a = instance(&redis, &mock, "a", "").await;
+    // `instance` names it through its own fleet line; this one needs the heartbeat too.
+    let b = {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, admin) = (free_port(), free_port());
+        let store = format!("{{kind: redis, url: \"{}\", prefix: shared, flush_interval: 1h}}", redis.url());
+        let cfg = write_config(dir.path(), &mock.url(), port, admin, &store);
+        let mut yaml = std::fs::read_to_string(&cfg).unwrap();
+        yaml.push_str(&beat.replace("instance: a", "instance: b"));
+        std::fs::write(&cfg, yaml).unwrap();
+        Instance { server: start(&cfg, port, admin, 1).await, cfg, _dir: dir }
+    };
+    a.ok(Method::POST, "/admin/keys", json!({"key": KEYS[0]})).await;
+    eventually_status(&b, KEYS[0], "active", Duration::from_secs(1), "B has the key").await;
+
+    // Redis hangs: TCP connections stay open and nothing answers (the store's calls wait up to
+    // their 5 s timeout). Chats go on regardless, on both instances.
+    redis.pause();
+    let t = Instant::now();
+    for _ in 0..10 {
+        assert_eq!(chat_status(a.port, common::TOKEN).await, 200);
+        assert_eq!(chat_status(b.port, common::TOKEN).await, 200);
+    }
+    assert!(t.elapsed() < Duration::from_secs(4), "the request path waited on a hung Redis: {:?}", t.elapsed());
+    tokio::time::sleep(Duration::from_millis(1500)).await; // B hears nothing, not even itself
+    redis.resume();
+    let t = Instant::now();
+    let log = loop {
+        let log = std::fs::read_to_string(&b.log).unwrap();
+        if log.contains("key events are shared again") {
+            break log;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "B reconnects once Redis answers again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(log.contains("nothing heard from Redis"), "B noticed the silence");
+    let id = Secret::new(KEYS[0]).id();
+    a.ok(Method::POST, &format!("/admin/keys/{id}/disable"), json!({})).await;
+    eventually_status(&b, KEYS[0], "disabled", Duration::from_secs(1), "changes flow again").await;
+}

@@ -364,6 +364,15 @@ mod tests {
     }
 
     #[test]
+    fn fleet_heartbeat_bounds() {
+        for bad in ["10ms", "2m"] {
+            let p = problems(&format!("upstream: {{url: http://x}}\nfleet: {{heartbeat: {bad}}}")).join("\n");
+            assert!(p.contains("fleet.heartbeat: must be between 100ms and 60s"), "{bad}: {p}");
+        }
+        assert!(parse("upstream: {url: http://x}\nfleet: {heartbeat: 200ms}", &env).is_ok());
+    }
+
+    #[test]
     fn admin_token_rules() {
         let p = problems("upstream: {url: http://x}\nadmin: {listen: 127.0.0.1:9, token: short}").join("\n");
         assert!(p.contains("admin.token: must be at least 16 characters"), "{p}");

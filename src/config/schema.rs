@@ -599,6 +599,10 @@ impl Config {
         if self.fleet.instance.trim().is_empty() {
             err(&mut e, "fleet.instance", "must not be empty");
         }
+        let beat = self.fleet.heartbeat.0;
+        if beat < std::time::Duration::from_millis(100) || beat > std::time::Duration::from_secs(60) {
+            err(&mut e, "fleet.heartbeat", "must be between 100ms and 60s");
+        }
         if let Some(m) = &self.metrics.listen {
             if m.parse::<std::net::SocketAddr>().is_err() {
                 err(&mut e, "metrics.listen", format!("{m:?} is not an ip:port address"));
@@ -836,12 +840,16 @@ impl PoolConfig {
 pub struct FleetConfig {
     /// Default: `$HOSTNAME`, else `pool-1`.
     pub instance: String,
+    /// Fleet mode: how often an instance says it is alive on the events channel. An instance
+    /// that hears nothing there (not even its own heartbeat) for three of these takes its
+    /// connection to Redis for dead, reconnects and reconciles.
+    pub heartbeat: Dur,
 }
 
 impl Default for FleetConfig {
     fn default() -> Self {
         let host = std::env::var("HOSTNAME").ok().filter(|h| !h.trim().is_empty());
-        FleetConfig { instance: host.unwrap_or_else(|| "pool-1".into()) }
+        FleetConfig { instance: host.unwrap_or_else(|| "pool-1".into()), heartbeat: Dur::secs(5) }
     }
 }
 

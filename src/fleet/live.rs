@@ -82,7 +82,11 @@ pub fn publish(
         WireChange::Removed => {
             scripts.forget.key(live_key(prefix, &m.provider)).key(channel).arg(&m.key_id).arg(&text).invoke(c)?
         }
-        WireChange::Added | WireChange::TokenAdded { .. } | WireChange::TokenRemoved { .. } | WireChange::Resync => {
+        WireChange::Added
+        | WireChange::TokenAdded { .. }
+        | WireChange::TokenRemoved { .. }
+        | WireChange::Resync
+        | WireChange::Heartbeat => {
             redis::cmd("PUBLISH").arg(channel).arg(&text).query::<i64>(c)?;
             1
         }

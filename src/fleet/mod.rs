@@ -84,6 +84,8 @@ pub enum WireChange {
     },
     /// The store changed behind the instances' backs (the offline CLI): each reconciles in full.
     Resync,
+    /// An instance is alive and hears the channel (every `fleet.heartbeat`; nothing to apply).
+    Heartbeat,
 }
 
 impl Message {
@@ -117,6 +119,7 @@ impl Message {
             WireChange::TokenAdded { .. } => "token_added",
             WireChange::TokenRemoved { .. } => "token_removed",
             WireChange::Resync => "resync",
+            WireChange::Heartbeat => "heartbeat",
         }
     }
 }
@@ -204,10 +207,11 @@ pub struct Fleet {
     armed: Arc<AtomicBool>,
     /// What this instance's messages carry as `origin`.
     origin: u64,
+    heartbeat: Duration,
 }
 
 impl Fleet {
-    pub fn new(url: &str, prefix: &str, instance: &str) -> Result<(Fleet, Outbox), String> {
+    pub fn new(url: &str, prefix: &str, instance: &str, heartbeat: Duration) -> Result<(Fleet, Outbox), String> {
         let client = redis::Client::open(url).map_err(|e| e.to_string())?;
         let (tx, rx) = mpsc::sync_channel(OUTBOX);
         let (pending, armed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
@@ -219,6 +223,7 @@ impl Fleet {
             pending: pending.clone(),
             armed: armed.clone(),
             origin,
+            heartbeat,
         };
         Ok((fleet, Outbox { instance: instance.to_string(), origin, tx, pending, armed }))
     }
@@ -234,9 +239,18 @@ impl Fleet {
         let Some(rx) = self.rx.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
         self.armed.store(true, Relaxed);
         let (client, prefix, pending) = (self.client.clone(), self.prefix.clone(), self.pending.clone());
+        let beat = Message {
+            from: String::new(),
+            origin: self.origin,
+            provider: String::new(),
+            key_id: String::new(),
+            change: WireChange::Heartbeat,
+            at_ms: 0,
+        };
+        let every = self.heartbeat;
         std::thread::Builder::new()
             .name("fleet-out".into())
-            .spawn(move || write_loop(&client, &prefix, rx, &pending))
+            .spawn(move || write_loop(&client, &prefix, rx, &pending, (&beat, every)))
             .expect("a thread");
         limits::start(self.client.clone(), self.prefix.clone(), clients.clone(), store.clone(), clock.clone());
         let reader = Reader {
@@ -244,6 +258,7 @@ impl Fleet {
             prefix: self.prefix.clone(),
             origin: self.origin,
             pending: self.pending.clone(),
+            silence: self.heartbeat * 3,
             local: Local { runtime, clients, store, clock },
         };
         std::thread::Builder::new().name("fleet-in".into()).spawn(move || reader.run()).expect("a thread");
@@ -268,12 +283,35 @@ fn connect(client: &redis::Client) -> redis::RedisResult<redis::Connection> {
 
 /// Writes this instance's changes, in order. While Redis is away they wait in the queue (the
 /// newest 8,192), and go out once it is back; one that Redis holds a newer state for by then
-/// is dropped there.
-fn write_loop(client: &redis::Client, prefix: &str, rx: mpsc::Receiver<Message>, pending: &AtomicUsize) {
+/// is dropped there. When there is nothing to write for `every`, writes the heartbeat `beat`
+/// (best effort: a lost one is not retried).
+fn write_loop(
+    client: &redis::Client,
+    prefix: &str,
+    rx: mpsc::Receiver<Message>,
+    pending: &AtomicUsize,
+    (beat, every): (&Message, Duration),
+) {
     let (channel, scripts) = (channel(prefix), live::Scripts::default());
+    let beat_text = serde_json::to_string(beat).unwrap_or_default();
     let mut conn: Option<redis::Connection> = None;
     let mut wait = Duration::from_millis(200);
-    while let Ok(m) = rx.recv() {
+    loop {
+        let m = match rx.recv_timeout(every) {
+            Ok(m) => m,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if conn.is_none() {
+                    conn = connect(client).ok();
+                }
+                if let Some(c) = conn.as_mut() {
+                    if redis::cmd("PUBLISH").arg(&channel).arg(&beat_text).query::<i64>(c).is_err() {
+                        conn = None;
+                    }
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
         loop {
             if conn.is_none() {
                 match connect(client) {
@@ -321,6 +359,9 @@ struct Reader {
     prefix: String,
     origin: u64,
     pending: Arc<AtomicUsize>,
+    /// Nothing heard on the channel for this long (not even this instance's own heartbeat):
+    /// the subscription is dead, though its connection may look open.
+    silence: Duration,
     local: Local,
 }
 
@@ -334,7 +375,7 @@ impl Reader {
                 backoff(&mut wait);
                 continue;
             };
-            let _ = conn.set_read_timeout(None);
+            let _ = conn.set_read_timeout(Some(self.silence));
             let mut pubsub = conn.as_pubsub();
             if pubsub.subscribe(&channel).is_err() {
                 backoff(&mut wait);
@@ -368,10 +409,22 @@ impl Reader {
                 log::info!("fleet: key events are shared again");
             }
             wait = Duration::from_millis(200);
-            while let Ok(msg) = pubsub.get_message() {
+            loop {
+                let msg = match pubsub.get_message() {
+                    Ok(msg) => msg,
+                    Err(e) => {
+                        if e.is_timeout() && !lost {
+                            log::warn!(
+                                "fleet: nothing heard from Redis in {:?}, not even this instance's heartbeat",
+                                self.silence
+                            );
+                        }
+                        break;
+                    }
+                };
                 let Ok(text) = msg.get_payload::<String>() else { continue };
                 let Ok(m) = serde_json::from_str::<Message>(&text) else { continue };
-                if m.origin == self.origin {
+                if m.origin == self.origin || m.change == WireChange::Heartbeat {
                     continue;
                 }
                 crate::metrics::fleet_event("in", m.kind());
@@ -445,7 +498,10 @@ pub fn apply(m: &Message, local: &Local) {
                 p.pool.park_model(&key, model, *until_ms);
             }
         }
-        WireChange::TokenAdded { .. } | WireChange::TokenRemoved { .. } | WireChange::Resync => {}
+        WireChange::TokenAdded { .. }
+        | WireChange::TokenRemoved { .. }
+        | WireChange::Resync
+        | WireChange::Heartbeat => {}
     }
 }
 

@@ -38,6 +38,17 @@ impl Redis {
         let _ = self.child.wait();
     }
 
+    /// Freezes it (SIGSTOP): connections stay open and nothing answers, as with a hung server
+    /// or a half-open link.
+    pub fn pause(&self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGSTOP) };
+    }
+
+    /// Lets a paused server go on (SIGCONT).
+    pub fn resume(&self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGCONT) };
+    }
+
     /// Starts it again on the same port and data folder (what it had comes back from the AOF).
     pub fn restart(&mut self) {
         self.child = spawn(self.port, self.dir.path());
