@@ -265,9 +265,11 @@ impl Fleet {
     }
 }
 
+/// Sleeps `d`, then doubles it up to 2 s: a Redis that comes back is found within 2 s (a
+/// refused connection costs nothing), and each thread logs once per outage, not per try.
 fn backoff(d: &mut Duration) {
     std::thread::sleep(*d);
-    *d = (*d * 2).min(Duration::from_secs(10));
+    *d = (*d * 2).min(Duration::from_secs(2));
 }
 
 fn channel(prefix: &str) -> String {
@@ -312,6 +314,7 @@ fn write_loop(
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         };
+        let mut refused = 0;
         loop {
             if conn.is_none() {
                 match connect(client) {
@@ -335,8 +338,17 @@ fn write_loop(
                     conn = None;
                     backoff(&mut wait);
                 }
+                // An answer, but an error (a Redis still loading its data, a replica that is
+                // read-only after a failover, a script error): a few more tries on a new
+                // connection, then the change stays local.
+                Err(e) if refused < 5 => {
+                    refused += 1;
+                    log::debug!("fleet: publishing a {} change: {e}; trying again", m.kind());
+                    conn = None;
+                    backoff(&mut wait);
+                }
                 Err(e) => {
-                    log::warn!("fleet: publishing a {} change: {e}", m.kind());
+                    log::warn!("fleet: publishing a {} change: {e}; it stays on this instance", m.kind());
                     crate::metrics::fleet_event("dropped", m.kind());
                     break;
                 }
