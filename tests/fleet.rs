@@ -163,6 +163,17 @@ async fn rpm_and_budgets_hold_across_three_instances() {
     let daily = entry["budgets"]["daily_tokens"].clone();
     assert!(daily["used"].as_u64().unwrap() >= 40, "B shows the fleet's use: {daily}");
 
+    // A new token for the same client name starts from what the name used today, as on one
+    // instance: the usage rows (saved by the report call) seed its counter.
+    for s in [&a, &c] {
+        s.ok(Method::GET, "/admin/usage", Value::Null).await;
+    }
+    let again = make_token(&a, json!({"name": "budgeted", "daily_tokens": 40})).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await; // every instance's next full sync
+    for s in [&a, &b, &c] {
+        assert_eq!(chat_status(s.port, &again).await, 429, "a new token of a name that used its day");
+    }
+
     let cfg = c.cfg.clone();
     let (port, admin) = (c.port, c.admin);
     let Instance { server, _dir, .. } = c;

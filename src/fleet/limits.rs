@@ -16,9 +16,11 @@
 //! it had not served for `EVERYTHING`. It never under-admits.
 //!
 //! Daily and monthly budgets come from the counters too (the usage rows in the store still sum
-//! every instance's use, for reports). At start, a counter that does not exist yet is created
-//! with what the store's usage says the client used (SET NX), so a fleet that starts after
-//! SQLite, or a budget added to a token mid-day, counts the day from its start.
+//! every instance's use, for reports). For each token with such a budget — at start, and each
+//! one made, loaded or changed later — a counter that does not exist yet is created with what
+//! the store's usage says its client name used (SET NX), as a single instance seeds its
+//! budgets: a fleet that starts after SQLite, a new token for a name that used tokens today,
+//! or a budget added mid-day, counts the day from its start.
 //!
 //! The wake-up is process-wide: one fleet per process (a second one, as in tests that run
 //! several servers in one process, syncs on its timers only).
@@ -29,6 +31,7 @@
 use crate::proxy::auth::{Client, Clients};
 use crate::store::Store;
 use crate::usage::BudgetKind;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -226,20 +229,33 @@ pub fn sync_once(
     Ok(slots.len())
 }
 
-/// At start: creates today's and this month's budget counters that do not exist yet with the
-/// use the store's usage rows record (the fleet's counters are then the budgets' truth).
-pub fn seed(
+type Table = HashMap<[u8; 32], Arc<Client>>;
+
+/// For each client with a daily or monthly budget not in `seeded` (at start: every one; later:
+/// tokens made, loaded or changed since), creates today's and this month's counters, if they
+/// do not exist yet, with what the store's usage rows record for its client name. So the
+/// fleet's counters, which are then the budgets' truth, start where a single instance's
+/// budgets would. Reads the store only when there is such a client.
+pub fn seed_new(
     c: &mut redis::Connection,
     prefix: &str,
-    clients: &Clients,
+    table: &Table,
     store: &dyn Store,
     now_ms: u64,
+    seeded: &mut HashSet<[u8; 32]>,
 ) -> Result<(), String> {
+    let has_calendar = |cl: &Client| {
+        cl.budgets.limits.get(BudgetKind::Daily).is_some() || cl.budgets.limits.get(BudgetKind::Monthly).is_some()
+    };
+    let new: Vec<(&[u8; 32], &Arc<Client>)> =
+        table.iter().filter(|(h, cl)| has_calendar(cl) && !seeded.contains(*h)).collect();
+    if new.is_empty() {
+        return Ok(());
+    }
     let sums = crate::usage::used_by_name(store, now_ms).map_err(|e| e.to_string())?;
     let mut pipe = redis::pipe();
-    let mut any = false;
-    clients.each_hashed(|hash, client| {
-        let Some(&(day, month)) = sums.get(client.name.as_str()) else { return };
+    for (hash, client) in &new {
+        let Some(&(day, month)) = sums.get(client.name.as_str()) else { continue };
         for (kind, used) in [(BudgetKind::Daily, day), (BudgetKind::Monthly, month)] {
             if client.budgets.limits.get(kind).is_none() || used == 0 {
                 continue;
@@ -247,12 +263,10 @@ pub fn seed(
             let w = Window::Budget(kind);
             let key = counter_key(prefix, hash, w.name(), kind.period(now_ms));
             pipe.cmd("SET").arg(key).arg(used).arg("NX").arg("EX").arg(w.ttl_secs()).ignore();
-            any = true;
         }
-    });
-    if any {
-        pipe.query::<()>(c).map_err(|e| e.to_string())?;
     }
+    pipe.query::<()>(c).map_err(|e| e.to_string())?;
+    seeded.extend(new.into_iter().map(|(h, _)| *h));
     Ok(())
 }
 
@@ -273,8 +287,8 @@ pub fn start(
 
 fn run(client: &redis::Client, prefix: &str, clients: &Clients, store: &dyn Store, clock: &dyn crate::pool::Clock) {
     let mut wait = Duration::from_millis(200);
-    let mut seeded = false;
-    let mut lost = false;
+    let (mut seeded, mut seen): (HashSet<[u8; 32]>, Option<Arc<Table>>) = (HashSet::new(), None);
+    let (mut lost, mut seed_failed) = (false, false);
     loop {
         let mut conn = match client.get_connection_with_timeout(Duration::from_secs(5)) {
             Ok(c) => c,
@@ -284,12 +298,6 @@ fn run(client: &redis::Client, prefix: &str, clients: &Clients, store: &dyn Stor
             }
         };
         let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-        if !seeded {
-            match seed(&mut conn, prefix, clients, store, clock.now_ms()) {
-                Ok(()) => seeded = true,
-                Err(e) => log::warn!("fleet: seeding the budgets' counters: {e}"),
-            }
-        }
         if std::mem::take(&mut lost) {
             log::info!("fleet: client limits are shared again");
         }
@@ -298,6 +306,22 @@ fn run(client: &redis::Client, prefix: &str, clients: &Clients, store: &dyn Stor
         let (mut refreshed, mut all) = (std::time::Instant::now(), std::time::Instant::now());
         loop {
             DIRTY.store(false, Relaxed);
+            // A new client table (tokens made, revoked or reloaded): seed the new ones first,
+            // before anything of theirs is added to their counters. A failed seed (the store
+            // away) is tried again with the next full sync.
+            let table = clients.snapshot();
+            if seen.as_ref().is_none_or(|t| !Arc::ptr_eq(t, &table)) {
+                match seed_new(&mut conn, prefix, &table, store, clock.now_ms(), &mut seeded) {
+                    Ok(()) => seed_failed = false,
+                    Err(e) => {
+                        if !seed_failed {
+                            log::warn!("fleet: seeding new budgets' counters from the usage rows: {e}; trying again");
+                        }
+                        seed_failed = true;
+                    }
+                }
+                seen = Some(table);
+            }
             if sync_once(&mut conn, prefix, clients, clock.now_ms(), scope).is_err() {
                 if !lost {
                     log::warn!("fleet: lost Redis for client limits; each instance counts alone until it is back");
@@ -311,6 +335,9 @@ fn run(client: &redis::Client, prefix: &str, clients: &Clients, store: &dyn Stor
             }
             scope = if all.elapsed() >= EVERYTHING {
                 (refreshed, all) = (std::time::Instant::now(), std::time::Instant::now());
+                if seed_failed {
+                    seen = None;
+                }
                 Scope::All
             } else if refreshed.elapsed() >= REFRESH {
                 refreshed = std::time::Instant::now();

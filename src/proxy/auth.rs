@@ -200,6 +200,11 @@ impl Clients {
         }
     }
 
+    /// The table as it is now (fleet sync notices a change by comparing two of these).
+    pub fn snapshot(&self) -> Arc<HashMap<[u8; 32], Arc<Client>>> {
+        self.by_hash.load_full()
+    }
+
     /// Calls `f` with every client and its token's hash (fleet sync).
     pub fn each_hashed(&self, mut f: impl FnMut(&[u8; 32], &Arc<Client>)) {
         for (h, c) in self.by_hash.load().iter() {
