@@ -156,7 +156,13 @@ impl Control {
         let rt = rt.load();
         let Some(p) = rt.provider_for_stored(&k.provider) else { return };
         if let Some(key) = to_pool_key(k, &p.auth, self.clock.now_ms()) {
-            let _ = p.pool.add(key);
+            // Already there: a fleet reconcile found it in the store between the store write
+            // and now, as a remote change, so nobody announced it. Announce it here.
+            if p.pool.add(key).is_err() {
+                if let Some(f) = &self.fleet {
+                    f.key_added(&p.name, &k.id);
+                }
+            }
         }
     }
 

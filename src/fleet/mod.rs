@@ -164,6 +164,18 @@ impl Outbox {
         self.send(WireChange::TokenAdded { id: id.to_string() });
     }
 
+    /// Announces a key this instance added to its store and pool, when no pool event did.
+    pub fn key_added(&self, provider: &str, id: &str) {
+        self.push(Message {
+            from: self.instance.clone(),
+            origin: self.origin,
+            provider: provider.to_string(),
+            key_id: id.to_string(),
+            change: WireChange::Added,
+            at_ms: crate::pool::Clock::now_ms(&crate::pool::SystemClock),
+        });
+    }
+
     /// Has every other instance reconcile (the store changed in a way no key event tells).
     pub fn resync(&self) {
         self.send(WireChange::Resync);
