@@ -297,8 +297,7 @@ pub fn open_store(loaded: &Loaded) -> Result<Arc<dyn Store>, AppError> {
 pub fn fill_pools(runtime: &Runtime, stored: &[StoredKey], now: u64) {
     let mut orphans = 0;
     for p in &runtime.providers {
-        let mine =
-            stored.iter().filter(|k| runtime.provider_for_stored(&k.provider).is_some_and(|q| Arc::ptr_eq(q, p)));
+        let mine = runtime.stored_keys_of(p, stored);
         let (added, _) = p.pool.add_all(mine.filter_map(|k| ops::to_pool_key(k, &p.auth, now)));
         if added > 0 || runtime.providers.len() == 1 {
             log::info!("keys: provider {}: {} in the pool ({} usable)", p.name, p.pool.len(), p.pool.usable_count());

@@ -303,7 +303,6 @@ pub fn run_keys(cmd: KeysCommand) -> ExitCode {
             WireChange::Moved { to: to as u8, reason: Reason::Manual as u8, until_ms: until },
         )]
     };
-    let resync = || vec![(String::new(), String::new(), WireChange::Resync)];
     match cmd {
         KeysCommand::Import { validate, dry_run, path, provider, .. } => {
             let code = import(&loaded, &c, &path, validate, dry_run, provider.as_deref());
@@ -348,6 +347,12 @@ fn stored_provider(c: &Control, id: &str) -> String {
     }
     let home = c.providers.iter().find(|p| *p == crate::config::DEFAULT_PROVIDER).or(c.providers.first());
     home.cloned().unwrap_or_default()
+}
+
+/// "Reconcile with the store": what a change the instances cannot be told piece by piece
+/// announces.
+fn resync() -> Vec<(String, String, WireChange)> {
+    vec![(String::new(), String::new(), WireChange::Resync)]
 }
 
 /// With a Redis store, tells the running instances what this command changed, so they apply it
@@ -480,7 +485,7 @@ pub fn run_tokens(cmd: TokensCommand) -> ExitCode {
             let budgets = crate::usage::Limits { tpm, daily_tokens, monthly_tokens };
             match c.create_token(crate::admin::ops::TokenSpec { name, expires_in, models, rpm, budgets }) {
                 Ok((t, token)) => {
-                    announce(&loaded, vec![(String::new(), String::new(), WireChange::Resync)]);
+                    announce(&loaded, resync());
                     eprintln!("token {} ({}) created; it is shown only this once:", t.id, t.name);
                     println!("{}", token.expose());
                     ExitCode::SUCCESS
@@ -516,7 +521,7 @@ pub fn run_tokens(cmd: TokensCommand) -> ExitCode {
         },
         TokensCommand::Revoke { id, .. } => match c.revoke_token(&id) {
             Ok(true) => {
-                announce(&loaded, vec![(String::new(), String::new(), WireChange::Resync)]);
+                announce(&loaded, resync());
                 println!("{id}: revoked");
                 ExitCode::SUCCESS
             }

@@ -122,6 +122,15 @@ impl Runtime {
         }
     }
 
+    /// The stored keys whose pool is `p`'s.
+    pub fn stored_keys_of<'a>(
+        &'a self,
+        p: &'a Arc<Provider>,
+        stored: &'a [crate::store::StoredKey],
+    ) -> impl Iterator<Item = &'a crate::store::StoredKey> + 'a {
+        stored.iter().filter(move |k| self.provider_for_stored(&k.provider).is_some_and(|q| Arc::ptr_eq(q, p)))
+    }
+
     /// The provider whose pool holds key `id`.
     pub fn provider_of_key(&self, id: &str) -> Option<&Arc<Provider>> {
         self.providers.iter().find(|p| p.pool.get(id).is_some())

@@ -28,11 +28,12 @@ impl std::ops::Deref for Instance {
 }
 
 async fn instance(redis: &Redis, mock: &Mock, name: &str, extra: &str) -> Instance {
-    instance_with(redis, mock, name, extra, &[]).await
+    instance_with(redis, mock, &format!("instance: {name}"), extra, &[]).await
 }
 
-/// `instance`, with files written beside its config first (key files).
-async fn instance_with(redis: &Redis, mock: &Mock, name: &str, extra: &str, files: &[(&str, String)]) -> Instance {
+/// `instance` with `fleet` as the fields of its `fleet:` section (`instance: b, heartbeat:
+/// 200ms`), and files written beside its config first (key files).
+async fn instance_with(redis: &Redis, mock: &Mock, fleet: &str, extra: &str, files: &[(&str, String)]) -> Instance {
     let dir = tempfile::tempdir().unwrap();
     for (file, text) in files {
         std::fs::write(dir.path().join(file), text).unwrap();
@@ -41,7 +42,7 @@ async fn instance_with(redis: &Redis, mock: &Mock, name: &str, extra: &str, file
     let store = format!("{{kind: redis, url: \"{}\", prefix: shared, flush_interval: 1h}}", redis.url());
     let cfg = write_config(dir.path(), &mock.url(), port, admin, &store);
     let mut yaml = std::fs::read_to_string(&cfg).unwrap();
-    yaml.push_str(&format!("fleet: {{instance: {name}}}\n{extra}"));
+    yaml.push_str(&format!("fleet: {{{fleet}}}\n{extra}"));
     std::fs::write(&cfg, yaml).unwrap();
     Instance { server: start(&cfg, port, admin, 1).await, cfg, _dir: dir }
 }
@@ -473,7 +474,7 @@ async fn keys_only_a_starting_instances_key_file_has_reach_the_running_ones() {
     let mock = Mock::start().await;
     let a = instance(&redis, &mock, "a", "").await;
     let file = [("keys.txt", format!("{}\n", KEYS[2]))];
-    let _b = instance_with(&redis, &mock, "b", "keys: {files: [keys.txt]}\n", &file).await;
+    let _b = instance_with(&redis, &mock, "instance: b", "keys: {files: [keys.txt]}\n", &file).await;
     eventually_status(&a, KEYS[2], "active", Duration::from_secs(1), "A serves the key B's file brought").await;
 }
 
@@ -481,19 +482,8 @@ async fn keys_only_a_starting_instances_key_file_has_reach_the_running_ones() {
 async fn a_hung_redis_holds_up_no_chat_and_its_silence_is_noticed() {
     let redis = Redis::start();
     let mock = Mock::start().await;
-    let beat = "fleet: {instance: a, heartbeat: 200ms}\n";
     let a = instance(&redis, &mock, "a", "").await;
-    // `instance` names it through its own fleet line; this one needs the heartbeat too.
-    let b = {
-        let dir = tempfile::tempdir().unwrap();
-        let (port, admin) = (free_port(), free_port());
-        let store = format!("{{kind: redis, url: \"{}\", prefix: shared, flush_interval: 1h}}", redis.url());
-        let cfg = write_config(dir.path(), &mock.url(), port, admin, &store);
-        let mut yaml = std::fs::read_to_string(&cfg).unwrap();
-        yaml.push_str(&beat.replace("instance: a", "instance: b"));
-        std::fs::write(&cfg, yaml).unwrap();
-        Instance { server: start(&cfg, port, admin, 1).await, cfg, _dir: dir }
-    };
+    let b = instance_with(&redis, &mock, "instance: b, heartbeat: 200ms", "", &[]).await;
     a.ok(Method::POST, "/admin/keys", json!({"key": KEYS[0]})).await;
     eventually_status(&b, KEYS[0], "active", Duration::from_secs(1), "B has the key").await;
 

@@ -13,7 +13,6 @@ use super::{Local, Message, WireChange, APPLYING};
 use crate::pool::{Reason, Status};
 use redis::Script;
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 
 /// KEYS: the state hash, the channel. ARGV: field, value, at_ms, message.
 const WRITE_NEWER: &str = "local cur = redis.call('HGET', KEYS[1], ARGV[1])
@@ -141,21 +140,13 @@ fn reconcile_inner(c: &mut redis::Connection, prefix: &str, local: &Local) -> Re
     let stored = local.store.keys().map_err(|e| e.to_string())?;
     let rt = local.runtime.load();
     for p in &rt.providers {
-        let mine: Vec<_> =
-            stored.iter().filter(|k| rt.provider_for_stored(&k.provider).is_some_and(|q| Arc::ptr_eq(q, p))).collect();
-        let ids: HashSet<&str> = mine.iter().map(|k| k.id.as_str()).collect();
-        for k in &mine {
-            if p.pool.get(&k.id).is_none() {
-                if let Some(key) = crate::admin::ops::to_pool_key(k, &p.auth, now) {
-                    done.keys_added += usize::from(p.pool.add(key).is_ok());
-                }
-            }
-        }
-        let gone: Vec<String> =
-            p.pool.keys().iter().filter(|k| !ids.contains(k.id.as_str())).map(|k| k.id.clone()).collect();
-        for id in gone {
-            done.keys_removed += usize::from(p.pool.remove(&id));
-        }
+        // One pool write each way (a bulk import elsewhere can bring 100k keys).
+        let ids: HashSet<&str> = rt.stored_keys_of(p, &stored).map(|k| k.id.as_str()).collect();
+        let missing = rt.stored_keys_of(p, &stored).filter(|k| p.pool.get(&k.id).is_none());
+        done.keys_added += p.pool.add_all(missing.filter_map(|k| crate::admin::ops::to_pool_key(k, &p.auth, now))).0;
+        let keys = p.pool.keys();
+        let gone: HashSet<&str> = keys.iter().map(|k| k.id.as_str()).filter(|id| !ids.contains(id)).collect();
+        done.keys_removed += p.pool.remove_all(&gone);
 
         let live: HashMap<String, String> =
             redis::cmd("HGETALL").arg(live_key(prefix, &p.name)).query(c).map_err(|e| e.to_string())?;

@@ -149,15 +149,20 @@ impl Outbox {
         }
     }
 
-    fn send(&self, change: WireChange) {
+    /// Queues a change this instance makes now, outside the pool's events.
+    fn send_about(&self, provider: &str, key_id: &str, change: WireChange) {
         self.push(Message {
             from: self.instance.clone(),
             origin: self.origin,
-            provider: String::new(),
-            key_id: String::new(),
+            provider: provider.to_string(),
+            key_id: key_id.to_string(),
             change,
             at_ms: crate::pool::Clock::now_ms(&crate::pool::SystemClock),
         });
+    }
+
+    fn send(&self, change: WireChange) {
+        self.send_about("", "", change);
     }
 
     pub fn token_added(&self, id: &str) {
@@ -166,14 +171,7 @@ impl Outbox {
 
     /// Announces a key this instance added to its store and pool, when no pool event did.
     pub fn key_added(&self, provider: &str, id: &str) {
-        self.push(Message {
-            from: self.instance.clone(),
-            origin: self.origin,
-            provider: provider.to_string(),
-            key_id: id.to_string(),
-            change: WireChange::Added,
-            at_ms: crate::pool::Clock::now_ms(&crate::pool::SystemClock),
-        });
+        self.send_about(provider, id, WireChange::Added);
     }
 
     /// Has every other instance reconcile (the store changed in a way no key event tells).
