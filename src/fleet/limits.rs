@@ -247,8 +247,15 @@ pub fn seed_new(
     let has_calendar = |cl: &Client| {
         cl.budgets.limits.get(BudgetKind::Daily).is_some() || cl.budgets.limits.get(BudgetKind::Monthly).is_some()
     };
-    let new: Vec<(&[u8; 32], &Arc<Client>)> =
-        table.iter().filter(|(h, cl)| has_calendar(cl) && !seeded.contains(*h)).collect();
+    // A client that already used tokens here is not seeded: the usage rows may hold that use
+    // (a report saves them at once), and its counter would then count it twice.
+    let unused = |cl: &Client| {
+        [BudgetKind::Daily, BudgetKind::Monthly].iter().all(|k| cl.budgets.local(*k, k.period(now_ms)) == 0)
+    };
+    type Entry<'a> = (&'a [u8; 32], &'a Arc<Client>);
+    let (new, used): (Vec<Entry>, Vec<Entry>) =
+        table.iter().filter(|(h, cl)| has_calendar(cl) && !seeded.contains(*h)).partition(|(_, cl)| unused(cl));
+    seeded.extend(used.into_iter().map(|(h, _)| *h));
     if new.is_empty() {
         return Ok(());
     }
