@@ -233,7 +233,7 @@ impl HealthChecker {
         // A working key can still be out of allowance: without the usage probe, /api/me cannot
         // tell, so such keys wait for their Retry-After / window reset instead.
         let can_judge = !key.reason().is_allowance() || self.cfg.usage_probe;
-        parked && can_judge && key.next_probe_ms.load(Relaxed) <= now
+        parked && can_judge && key.cold_if_any().map_or(0, |c| c.next_probe_ms.load(Relaxed)) <= now
     }
 
     async fn probe_all(&self, keys: Vec<Arc<Key>>, jitter: bool) -> Vec<ProbeReport> {
@@ -337,7 +337,9 @@ impl HealthChecker {
         let parked = key.status() != Status::Active;
         match outcome {
             Outcome::Success => {
-                key.probe_failures.store(0, Relaxed);
+                if let Some(c) = key.cold_if_any() {
+                    c.probe_failures.store(0, Relaxed);
+                }
                 if let Some((w, until)) = usage.and_then(|u| u.exhausted(self.cfg.park_at_usage, now)) {
                     self.pool.transition(key, Status::Cooling, Reason::quota(w), until);
                     return "parked";
@@ -399,10 +401,11 @@ impl HealthChecker {
 
     /// After a failed probe: the next one after `interval` doubling per failure, capped.
     fn schedule_retry(&self, key: &Key, now: u64) -> u64 {
-        let failures = key.probe_failures.fetch_add(1, Relaxed).min(30);
+        let cold = key.cold();
+        let failures = cold.probe_failures.fetch_add(1, Relaxed).min(30);
         let backoff = self.cfg.interval.0.saturating_mul(1u32 << failures.min(20)).min(self.cfg.max_backoff.0);
         let next = now + backoff.as_millis() as u64;
-        key.next_probe_ms.store(next, Relaxed);
+        cold.next_probe_ms.store(next, Relaxed);
         next
     }
 
@@ -415,7 +418,7 @@ impl HealthChecker {
         usage: Option<Usage>,
     ) -> ProbeReport {
         ProbeReport {
-            id: key.id.clone(),
+            id: key.id.to_string(),
             result,
             status,
             action,

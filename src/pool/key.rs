@@ -130,8 +130,9 @@ impl Reason {
 
 pub struct Key {
     /// First 12 hex of SHA-256 of the secret: what logs, metrics and the admin API show.
-    pub id: String,
-    pub label: Option<String>,
+    /// Kept inline (no allocation of its own: 100k keys, issue #14).
+    pub id: KeyId,
+    label: Option<Box<str>>,
     pub created_at_ms: u64,
     /// Models this key serves and their family, from a validated import (none = unknown).
     /// Replaced whole (rare); read by reports. No allocation for a key that has none.
@@ -139,7 +140,8 @@ pub struct Key {
     /// The header that carries the key upstream (its provider's auth form) and its value
     /// (`Bearer <key>`, or the key alone), built once so the request path does not format it.
     /// The secret is not kept a second time: it is this value from `secret_at` on.
-    auth_name: http::HeaderName,
+    /// Shared by every key with the same form (one interned copy per header name).
+    auth_name: &'static http::HeaderName,
     auth_header: HeaderValue,
     secret_at: u8,
     status: AtomicU8,
@@ -149,30 +151,137 @@ pub struct Key {
     /// When the key expires for good (ms since epoch); 0 = never.
     expires_at_ms: AtomicU64,
     pub(crate) consecutive_failures: AtomicU32,
-    /// Doublings applied to the rate-limit backoff since the last success.
-    pub(crate) backoff_level: AtomicU32,
     pub(crate) stats: KeyStats,
-    /// When the health checker should probe this key next (ms); 0 = at the next tick.
-    pub(crate) next_probe_ms: AtomicU64,
-    /// Failed probes in a row (drives the probe backoff).
-    pub(crate) probe_failures: AtomicU32,
-    /// When the key last left rotation (ms), to find the keys a storm parked.
-    pub(crate) parked_at_ms: AtomicU64,
-    /// The storm-guard run (its start, ms) in which this key last failed: counts each key once.
-    pub(crate) storm_run: AtomicU64,
+    /// What only a key that failed, was parked or is capped needs; made on first need, so a
+    /// key that only ever succeeds carries a null pointer instead (see `Cold`).
+    cold: once_cell::race::OnceBox<Cold>,
     /// Models this key may not use for a while (SPEC §3.2 "model unavailable"); replaced whole
     /// under `transition` (rare). `model_parks_n` lets the request path skip the load when empty.
     model_parks: arc_swap::ArcSwapOption<Vec<ModelPark>>,
     model_parks_n: AtomicU32,
-    /// Attempts in flight on this key (kept only when its provider caps them).
-    pub(crate) in_flight: AtomicU32,
     /// Whether `meta.models` is non-empty (then only those models are served).
     has_models: std::sync::atomic::AtomicBool,
     /// Serialises state transitions (rare) so check-then-set sequences are not torn.
     transition: Mutex<()>,
     /// A slot for a sink's per-key handles (metrics keeps its resolved counters here), so the
     /// request path needs no lookup; the pool does not know what is in it.
-    sink: std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>,
+    /// A thin pointer (8 bytes, not the 24 of a `OnceLock<Box<dyn Any>>`).
+    sink: once_cell::race::OnceBox<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+/// A key's rarely needed state, kept out of `Key` so that 100k keys cost less (issue #14):
+/// every `Key` is on the pick path, these only on failure, parking, probing and capped
+/// providers. Reading a key that has none gives the defaults below.
+pub(crate) struct Cold {
+    /// Doublings applied to the rate-limit backoff since the last success.
+    pub(crate) backoff_level: AtomicU32,
+    /// Failed probes in a row (drives the probe backoff).
+    pub(crate) probe_failures: AtomicU32,
+    /// Attempts in flight on this key (kept only when its provider caps them).
+    pub(crate) in_flight: AtomicU32,
+    /// When the health checker should probe this key next (ms); 0 = at the next tick.
+    pub(crate) next_probe_ms: AtomicU64,
+    /// When the key last left rotation (ms), to find the keys a storm parked.
+    pub(crate) parked_at_ms: AtomicU64,
+    /// The storm-guard run (its start, ms) in which this key last failed: counts each key once.
+    pub(crate) storm_run: AtomicU64,
+}
+
+impl Default for Cold {
+    fn default() -> Cold {
+        Cold {
+            backoff_level: AtomicU32::new(0),
+            probe_failures: AtomicU32::new(0),
+            in_flight: AtomicU32::new(0),
+            next_probe_ms: AtomicU64::new(0),
+            parked_at_ms: AtomicU64::new(0),
+            storm_run: AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+/// A key's public id: the first 12 hex digits of its secret's SHA-256, kept inline as ASCII
+/// so that it reads as a `&str` without an allocation per key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyId([u8; 12]);
+
+impl KeyId {
+    pub fn of(secret: &Secret) -> KeyId {
+        let mut id = [0u8; 12];
+        id.copy_from_slice(secret.id().as_bytes());
+        KeyId(id)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Built only from hex digits (`of`), so always ASCII.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// The id's 48 bits, the pool's map key.
+    pub fn bits(&self) -> u64 {
+        u64::from_str_radix(self.as_str(), 16).unwrap_or(u64::MAX)
+    }
+}
+
+impl std::ops::Deref for KeyId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl PartialEq<str> for KeyId {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for KeyId {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<String> for KeyId {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl serde::Serialize for KeyId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// One `&'static` copy of each auth header name keys use, so a key holds a pointer (8 bytes)
+/// instead of its own `HeaderName` (32). The set is the configured providers' header names:
+/// a handful for the life of the process, whatever the number of keys or reloads.
+fn intern(name: &http::HeaderName) -> &'static http::HeaderName {
+    static AUTHORIZATION: http::HeaderName = http::header::AUTHORIZATION;
+    static OTHERS: Mutex<Vec<&'static http::HeaderName>> = Mutex::new(Vec::new());
+    if *name == AUTHORIZATION {
+        return &AUTHORIZATION;
+    }
+    let mut others = OTHERS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(known) = others.iter().find(|n| **n == name) {
+        return known;
+    }
+    let leaked: &'static http::HeaderName = Box::leak(Box::new(name.clone()));
+    others.push(leaked);
+    leaked
 }
 
 /// Per-key counters, bumped with relaxed atomics on the request path.
@@ -273,9 +382,9 @@ impl Key {
         let mut auth_header = HeaderValue::from_str(&value).map_err(|_| KeyError::NotAHeaderValue)?;
         auth_header.set_sensitive(true);
         Ok(Key {
-            auth_name: auth.header.clone(),
-            id: secret.id(),
-            label,
+            auth_name: intern(&auth.header),
+            id: KeyId::of(&secret),
+            label: label.map(String::into_boxed_str),
             created_at_ms: 0,
             meta: arc_swap::ArcSwapOption::empty(),
             auth_header,
@@ -285,25 +394,31 @@ impl Key {
             until_ms: AtomicU64::new(0),
             expires_at_ms: AtomicU64::new(expires_at_ms.unwrap_or(0)),
             consecutive_failures: AtomicU32::new(0),
-            backoff_level: AtomicU32::new(0),
             stats: KeyStats::default(),
-            next_probe_ms: AtomicU64::new(0),
-            probe_failures: AtomicU32::new(0),
-            parked_at_ms: AtomicU64::new(0),
-            storm_run: AtomicU64::new(u64::MAX),
+            cold: once_cell::race::OnceBox::new(),
             model_parks: arc_swap::ArcSwapOption::empty(),
             model_parks_n: AtomicU32::new(0),
-            in_flight: AtomicU32::new(0),
             has_models: std::sync::atomic::AtomicBool::new(false),
             transition: Mutex::new(()),
-            sink: std::sync::OnceLock::new(),
+            sink: once_cell::race::OnceBox::new(),
         })
     }
 
-    /// The sink's per-key value, made by `init` on first use. One sink type per process
-    /// (metrics): a different type asked for later gets None.
+    /// The sink's per-key value, made by `init` on first use (two first uses at once may both
+    /// run `init`; one value is kept). One sink type per process (metrics): a different type
+    /// asked for later gets None.
     pub fn sink<T: std::any::Any + Send + Sync>(&self, init: impl FnOnce() -> T) -> Option<&T> {
-        self.sink.get_or_init(|| Box::new(init())).downcast_ref::<T>()
+        self.sink.get_or_init(|| Box::new(Box::new(init()))).downcast_ref::<T>()
+    }
+
+    /// The key's rare state, made now if it has none.
+    pub(crate) fn cold(&self) -> &Cold {
+        self.cold.get_or_init(Box::default)
+    }
+
+    /// The key's rare state if it has any (without it, every field is at its default).
+    pub(crate) fn cold_if_any(&self) -> Option<&Cold> {
+        self.cold.get()
     }
 
     /// The key as the admin API and the CLI show it (`sk-v…e123`).
@@ -314,7 +429,11 @@ impl Key {
 
     /// The header (name, value) that carries this key upstream.
     pub fn auth(&self) -> (&http::HeaderName, &HeaderValue) {
-        (&self.auth_name, &self.auth_header)
+        (self.auth_name, &self.auth_header)
+    }
+
+    pub fn label(&self) -> Option<&str> {
+        self.label.as_deref()
     }
 
     pub fn status(&self) -> Status {
@@ -368,11 +487,13 @@ impl Key {
         if cap == 0 {
             return true;
         }
-        self.in_flight.fetch_update(AcqRel, Relaxed, |n| (n < cap).then_some(n + 1)).is_ok()
+        self.cold().in_flight.fetch_update(AcqRel, Relaxed, |n| (n < cap).then_some(n + 1)).is_ok()
     }
 
     pub(crate) fn release_lease(&self) {
-        let _ = self.in_flight.fetch_update(AcqRel, Relaxed, |n| n.checked_sub(1));
+        if let Some(c) = self.cold_if_any() {
+            let _ = c.in_flight.fetch_update(AcqRel, Relaxed, |n| n.checked_sub(1));
+        }
     }
 
     /// When this key may serve `model` again, if it is parked for it.
@@ -463,10 +584,13 @@ impl Key {
         self.status.store(to as u8, Release);
         if to == Status::Active {
             self.consecutive_failures.store(0, Relaxed);
-            self.probe_failures.store(0, Relaxed);
+            if let Some(c) = self.cold_if_any() {
+                c.probe_failures.store(0, Relaxed);
+            }
         } else if from == Status::Active {
-            self.parked_at_ms.store(now, Relaxed);
-            self.next_probe_ms.store(0, Relaxed);
+            let c = self.cold();
+            c.parked_at_ms.store(now, Relaxed);
+            c.next_probe_ms.store(0, Relaxed);
         }
         if until == 0 {
             log::info!("key {} {} -> {} reason={}", self.id, from, to, reason.as_str());
@@ -523,9 +647,9 @@ impl Key {
             (self.status(), self.reason(), self.until_ms())
         };
         KeyView {
-            id: self.id.clone(),
+            id: self.id.to_string(),
             masked: self.masked(),
-            label: self.label.clone(),
+            label: self.label().map(str::to_string),
             status,
             reason,
             until_ms,
@@ -598,7 +722,7 @@ impl Key {
         }
         self.until_ms.store(park.until_ms, Release);
         self.reason.store(Reason::from_u8(park.reason) as u8, Relaxed);
-        self.parked_at_ms.store(now, Relaxed);
+        self.cold().parked_at_ms.store(now, Relaxed);
         self.status.store(status as u8, Release);
     }
 

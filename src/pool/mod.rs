@@ -16,7 +16,7 @@ pub mod window;
 pub use attempt::{Attempts, Decision, MAX_ATTEMPTS};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use events::{Change, Events, KeyEvent, PoolEvent, Subscriber};
-pub use key::{same_model, AuthForm, Key, KeyError, KeyMeta, KeyView, ModelPark, Reason, Status};
+pub use key::{same_model, AuthForm, Key, KeyError, KeyId, KeyMeta, KeyView, ModelPark, Reason, Status};
 pub use outcome::{classify, Outcome};
 pub use snapshot::{Counters, SavedPark};
 pub use window::Window;
@@ -243,7 +243,7 @@ impl Pool {
     pub fn add(&self, key: Key) -> Result<Arc<Key>, AddError> {
         let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         if self.get(&key.id).is_some() {
-            return Err(AddError::Duplicate(key.id.clone()));
+            return Err(AddError::Duplicate(key.id.to_string()));
         }
         let key = Arc::new(key);
         let mut keys = Vec::clone(&self.view.load().keys);
@@ -456,7 +456,9 @@ impl Pool {
                 s.successes.fetch_add(1, Relaxed);
                 s.last_success_ms.store(now, Relaxed);
                 key.consecutive_failures.store(0, Relaxed);
-                key.backoff_level.store(0, Relaxed);
+                if let Some(c) = key.cold_if_any() {
+                    c.backoff_level.store(0, Relaxed);
+                }
                 self.storm_success(now);
             }
             Outcome::CallerFault => {}
@@ -551,7 +553,7 @@ impl Pool {
             run = self.storm.run_start_ms.load(Relaxed);
         }
         let failures = self.storm.failures.fetch_add(1, Relaxed) + 1;
-        let failing = if key.storm_run.swap(run, Relaxed) == run {
+        let failing = if key.cold().storm_run.swap(run, Relaxed) == run {
             self.storm.failing_keys.load(Relaxed) // this key already counted in this run
         } else {
             self.storm.failing_keys.fetch_add(1, Relaxed) + 1
@@ -594,7 +596,7 @@ impl Pool {
         for key in self.keys().iter() {
             let parked_by_storm = matches!(key.reason(), Reason::RateLimited | Reason::AutoDisabled)
                 && key.status() == Status::Cooling
-                && key.parked_at_ms.load(Relaxed) >= from;
+                && key.cold_if_any().is_some_and(|c| c.parked_at_ms.load(Relaxed) >= from);
             if parked_by_storm && self.transition(key, Status::Active, Reason::StormOver, 0) {
                 back += 1;
             }
@@ -615,7 +617,7 @@ impl Pool {
 
     /// `rate_limit_backoff`, doubling with each rate limit since the last success, capped at `cooldown`.
     fn backoff(&self, key: &Key) -> Duration {
-        let level = key.backoff_level.fetch_add(1, Relaxed).min(20);
+        let level = key.cold().backoff_level.fetch_add(1, Relaxed).min(20);
         let p = self.policy.load();
         (p.rate_limit_backoff * 2u32.pow(level)).min(p.cooldown)
     }
@@ -660,9 +662,37 @@ mod tests {
     }
 
     #[test]
+    fn a_key_takes_the_allocators_224_byte_class() {
+        // An `Arc<Key>` is the key plus two counts; 100k keys are mostly these (issue #14,
+        // benches/memory.sh). mimalloc's classes around it are 192, 224, 256 and 320 bytes.
+        let arc = std::mem::size_of::<Key>() + 16;
+        assert!(arc <= 224, "Arc<Key> is {arc} bytes: move rarely used state to `Cold`");
+    }
+
+    #[test]
+    fn only_a_key_that_fails_or_parks_gets_its_rare_state() {
+        let (p, clock) = pool(2);
+        let keys = p.keys();
+        for _ in 0..3 {
+            p.report(&keys[0], Outcome::Success);
+        }
+        assert!(keys[0].cold_if_any().is_none(), "successes alone need no rare state");
+        p.report(&keys[1], Outcome::RateLimited { retry_after: None, window: None });
+        let cold = keys[1].cold_if_any().expect("a rate-limited key has its backoff and park time");
+        assert_eq!(cold.backoff_level.load(Relaxed), 1);
+        assert_eq!(cold.parked_at_ms.load(Relaxed), clock.now_ms());
+        // Its backoff is forgotten by the next success, as before.
+        clock.advance(Duration::from_secs(3600));
+        let back = p.pick(&[]).unwrap();
+        p.report(&back, Outcome::Success);
+        p.report(&keys[1], Outcome::Success);
+        assert_eq!(keys[1].cold_if_any().unwrap().backoff_level.load(Relaxed), 0);
+    }
+
+    #[test]
     fn round_robin_visits_every_key() {
         let (p, _) = pool(4);
-        let mut seen: Vec<String> = (0..8).map(|_| p.pick(&[]).unwrap().id.clone()).collect();
+        let mut seen: Vec<String> = (0..8).map(|_| p.pick(&[]).unwrap().id.to_string()).collect();
         seen.sort();
         seen.dedup();
         assert_eq!(seen.len(), 4);
@@ -708,7 +738,7 @@ mod tests {
                 std::thread::spawn(move || {
                     let mut c = std::collections::HashMap::new();
                     for _ in 0..2500 {
-                        *c.entry(p.pick(&[]).unwrap().id.clone()).or_insert(0) += 1;
+                        *c.entry(p.pick(&[]).unwrap().id.to_string()).or_insert(0) += 1;
                     }
                     c
                 })
@@ -869,7 +899,7 @@ mod tests {
     #[test]
     fn reports_show_a_park_as_over_as_soon_as_its_time_is_up() {
         let (p, clock) = pool(3);
-        let ids: Vec<String> = p.keys().iter().map(|k| k.id.clone()).collect();
+        let ids: Vec<String> = p.keys().iter().map(|k| k.id.to_string()).collect();
         assert!(p.disable(&ids[0], Some(Duration::from_secs(60))));
         let k1 = p.get(&ids[1]).unwrap();
         p.report(&k1, Outcome::Credential); // invalid for the cooldown
@@ -986,7 +1016,7 @@ mod tests {
         let c = p.cursor.0.load(Relaxed);
         (0..n).find_map(|j| {
             let k = &keys[(c + j) % n];
-            (k.usable_at(now) && !exclude.iter().any(|e| Arc::ptr_eq(e, k))).then(|| (k.id.clone(), c + 1 + j))
+            (k.usable_at(now) && !exclude.iter().any(|e| Arc::ptr_eq(e, k))).then(|| (k.id.to_string(), c + 1 + j))
         })
     }
 
@@ -1051,7 +1081,7 @@ mod tests {
                 }
                 for _ in 0..3 {
                     let want = scan_pick(&p, &exclude);
-                    let got = p.pick(&exclude).ok().map(|k| (k.id.clone(), p.cursor.0.load(Relaxed)));
+                    let got = p.pick(&exclude).ok().map(|k| (k.id.to_string(), p.cursor.0.load(Relaxed)));
                     proptest::prop_assert_eq!(got, want);
                 }
             }

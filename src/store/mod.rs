@@ -115,7 +115,7 @@ impl CounterFlusher {
     pub fn flush(&self) {
         for pool in (self.pools)() {
             for keys in pool.keys().chunks(1000) {
-                let counters: Vec<(String, Counters)> = keys.iter().map(|k| (k.id.clone(), k.counters())).collect();
+                let counters: Vec<(String, Counters)> = keys.iter().map(|k| (k.id.to_string(), k.counters())).collect();
                 match self.store.save_counters(&counters) {
                     Ok(()) => {}
                     // The store logged that it went away; the next flush saves these too.
