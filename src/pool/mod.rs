@@ -707,7 +707,7 @@ mod tests {
         }
         let mut count = std::collections::HashMap::new();
         for _ in 0..picks {
-            *count.entry(p.pick(&[]).unwrap().id.clone()).or_insert(0usize) += 1;
+            *count.entry(p.pick(&[]).unwrap().id).or_insert(0usize) += 1;
         }
         assert_eq!(count.len(), n - parked.len(), "every usable key serves");
         (*count.values().max().unwrap(), *count.values().min().unwrap())
