@@ -137,7 +137,7 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
         clients: clients.clone(),
         clock: clock.clone(),
         client_body_timeout: cfg.server.client_body_timeout.0,
-        connector: Connector::new(Some(ConnectorOptions::from_server_conf(&server.configuration))),
+        connector: Arc::new(Connector::new(Some(ConnectorOptions::from_server_conf(&server.configuration)))),
         drain: Arc::new(Drain::default()),
         max_header_bytes: cfg.server.max_header_bytes.0 as usize,
         max_headers: cfg.server.max_headers,
@@ -162,8 +162,7 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
         "upstream addresses".into(),
         Arc::new(crate::upstream::AddressService { runtime: state.runtime_cell() }),
     ));
-    let health =
-        Arc::new(HealthService::new(state.runtime_cell(), ConnectorOptions::from_server_conf(&server.configuration)));
+    let health = Arc::new(HealthService::new(state.runtime_cell(), state.connector.clone()));
     server.add_service(GenBackgroundService::new("health checks".into(), health.clone()));
     let pools_of = state.clone();
     let flusher = Arc::new(CounterFlusher {
@@ -200,7 +199,7 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
         &hub,
         state.runtime_cell(),
         cfg.fleet.instance.clone(),
-        Connector::new(Some(ConnectorOptions::from_server_conf(&server.configuration))),
+        state.connector.clone(),
     );
     server.add_service(GenBackgroundService::new("webhooks".into(), Arc::new(webhooks)));
 

@@ -393,7 +393,7 @@ fn import(
             let p = crate::provider::Provider::build(&path, &entry, &loaded.config.health_check.probe, pool, None)
                 .map_err(|e| OpError::Invalid(e.to_string()))?;
             p.upstream.resolve_now().await.map_err(|e| OpError::Invalid(format!("{path}: {e}")))?;
-            let connector = pingora::connectors::http::Connector::new(None);
+            let connector = Arc::new(pingora::connectors::http::Connector::new(None));
             Some(crate::health::Prober::for_provider(&p, connector, loaded.config.health_check.timeout.0))
         } else {
             None

@@ -147,7 +147,7 @@ pub enum ProbeError {
 /// Sends one request as a key, off the request path: health probes and validated imports.
 pub struct Prober {
     upstream: Arc<Upstream>,
-    connector: Connector,
+    connector: Arc<Connector>,
     timeout: Duration,
     /// How the provider wants keys sent, and headers every request of it carries.
     auth: AuthForm,
@@ -171,7 +171,7 @@ pub struct HealthChecker {
 impl HealthChecker {
     /// The checker of one provider: its pool, its probe (`health_check.probe` stands in for
     /// the provider's own), its auth form.
-    pub fn for_provider(provider: &Provider, connector: Connector, mut cfg: HealthCheckConfig) -> HealthChecker {
+    pub fn for_provider(provider: &Provider, connector: Arc<Connector>, mut cfg: HealthCheckConfig) -> HealthChecker {
         cfg.probe = provider.probe.clone();
         let prober = Prober::for_provider(provider, connector, cfg.timeout.0);
         HealthChecker {
@@ -431,7 +431,7 @@ impl HealthChecker {
 
 impl Prober {
     /// A prober that talks to `provider` its way (auth form, default headers, model listing).
-    pub fn for_provider(provider: &Provider, connector: Connector, timeout: Duration) -> Prober {
+    pub fn for_provider(provider: &Provider, connector: Arc<Connector>, timeout: Duration) -> Prober {
         Prober {
             upstream: provider.upstream.clone(),
             connector,
@@ -577,15 +577,17 @@ pub type Checkers = (u64, Vec<(String, Arc<HealthChecker>)>);
 /// `BackgroundService`, whatever a reload does to the providers.
 pub struct HealthService {
     runtime: Arc<ArcSwap<Runtime>>,
-    /// Each checker gets a connector (a connection pool) of its own, built with these.
-    connector: pingora::connectors::ConnectorOptions,
+    /// The proxy's own connector (its connection pool), shared by every checker: each
+    /// pingora connector loads the system CA store (~1 MB), so one per provider and reload
+    /// cost memory for nothing.
+    connector: Arc<Connector>,
     /// Checkers of the runtime generation they were built for (rebuilt after a reload).
     checkers: ArcSwap<Checkers>,
     cfg: ArcSwap<HealthCheckConfig>,
 }
 
 impl HealthService {
-    pub fn new(runtime: Arc<ArcSwap<Runtime>>, connector: pingora::connectors::ConnectorOptions) -> HealthService {
+    pub fn new(runtime: Arc<ArcSwap<Runtime>>, connector: Arc<Connector>) -> HealthService {
         HealthService {
             runtime,
             connector,
@@ -605,12 +607,7 @@ impl HealthService {
         let built: Vec<(String, Arc<HealthChecker>)> = rt
             .providers
             .iter()
-            .map(|p| {
-                (
-                    p.name.clone(),
-                    Arc::new(HealthChecker::for_provider(p, Connector::new(Some(self.connector.clone())), cfg.clone())),
-                )
-            })
+            .map(|p| (p.name.clone(), Arc::new(HealthChecker::for_provider(p, self.connector.clone(), cfg.clone()))))
             .collect();
         self.cfg.store(Arc::new(cfg));
         let fresh = Arc::new((rt.generation, built));

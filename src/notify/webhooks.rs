@@ -127,14 +127,13 @@ pub struct WebhookService {
 
 impl WebhookService {
     /// Subscribes to `hub` now, so nothing published after start-up is missed.
-    pub fn new(hub: &Hub, runtime: Arc<ArcSwap<Runtime>>, instance: String, connector: Connector) -> WebhookService {
-        WebhookService {
-            rx: Mutex::new(Some(hub.subscribe())),
-            runtime,
-            instance,
-            connector: Arc::new(connector),
-            slots: Mutex::default(),
-        }
+    pub fn new(
+        hub: &Hub,
+        runtime: Arc<ArcSwap<Runtime>>,
+        instance: String,
+        connector: Arc<Connector>,
+    ) -> WebhookService {
+        WebhookService { rx: Mutex::new(Some(hub.subscribe())), runtime, instance, connector, slots: Mutex::default() }
     }
 
     fn slot(&self, url: &str) -> Option<tokio::sync::OwnedSemaphorePermit> {

@@ -50,7 +50,9 @@ pub struct ProxyState {
     /// Longest wait for the next piece of a request body.
     pub client_body_timeout: std::time::Duration,
     /// Upstream connection pool of the forwarding path.
-    pub connector: Connector,
+    /// One connector (one upstream connection pool, one loaded CA store) for the proxy's own
+    /// forwarding, health probes and webhooks.
+    pub connector: Arc<Connector>,
     /// In-flight requests and the draining flag (`crate::lifecycle`).
     pub drain: Arc<Drain>,
     /// `server.max_header_bytes` / `server.max_headers`: larger request headers get 431.
