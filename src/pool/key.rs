@@ -150,7 +150,6 @@ pub struct Key {
     until_ms: AtomicU64,
     /// When the key expires for good (ms since epoch); 0 = never.
     expires_at_ms: AtomicU64,
-    pub(crate) consecutive_failures: AtomicU32,
     pub(crate) stats: KeyStats,
     /// What only a key that failed, was parked or is capped needs; made on first need, so a
     /// key that only ever succeeds carries a null pointer instead (see `Cold`).
@@ -161,8 +160,6 @@ pub struct Key {
     model_parks_n: AtomicU32,
     /// Whether `meta.models` is non-empty (then only those models are served).
     has_models: std::sync::atomic::AtomicBool,
-    /// Serialises state transitions (rare) so check-then-set sequences are not torn.
-    transition: Mutex<()>,
     /// A slot for a sink's per-key handles (metrics keeps its resolved counters here), so the
     /// request path needs no lookup; the pool does not know what is in it.
     /// A thin pointer (8 bytes, not the 24 of a `OnceLock<Box<dyn Any>>`).
@@ -170,9 +167,16 @@ pub struct Key {
 }
 
 /// A key's rarely needed state, kept out of `Key` so that 100k keys cost less (issue #14):
-/// every `Key` is on the pick path, these only on failure, parking, probing and capped
-/// providers. Reading a key that has none gives the defaults below.
+/// every `Key` is on the pick path, these only on failure, parking, transitions, probing and
+/// capped providers. Reading a key that has none gives the defaults below.
 pub(crate) struct Cold {
+    /// Serialises state transitions (rare) so check-then-set sequences are not torn.
+    transition: Mutex<()>,
+    pub(crate) failures: AtomicU64,
+    pub(crate) last_failure_ms: AtomicU64,
+    /// Streams started with a 200 that then failed (cut off, or an error line inside).
+    pub(crate) stream_errors: AtomicU64,
+    pub(crate) consecutive_failures: AtomicU32,
     /// Doublings applied to the rate-limit backoff since the last success.
     pub(crate) backoff_level: AtomicU32,
     /// Failed probes in a row (drives the probe backoff).
@@ -190,6 +194,11 @@ pub(crate) struct Cold {
 impl Default for Cold {
     fn default() -> Cold {
         Cold {
+            transition: Mutex::new(()),
+            failures: AtomicU64::new(0),
+            last_failure_ms: AtomicU64::new(0),
+            stream_errors: AtomicU64::new(0),
+            consecutive_failures: AtomicU32::new(0),
             backoff_level: AtomicU32::new(0),
             probe_failures: AtomicU32::new(0),
             in_flight: AtomicU32::new(0),
@@ -289,12 +298,8 @@ fn intern(name: &http::HeaderName) -> &'static http::HeaderName {
 pub struct KeyStats {
     pub requests: AtomicU64,
     pub successes: AtomicU64,
-    pub failures: AtomicU64,
     pub last_used_ms: AtomicU64,
     pub last_success_ms: AtomicU64,
-    pub last_failure_ms: AtomicU64,
-    /// Streams started with a 200 that then failed (cut off, or an error line inside).
-    pub stream_errors: AtomicU64,
 }
 
 /// One model a key is parked for, and when it may try that model again (ms).
@@ -393,13 +398,11 @@ impl Key {
             reason: AtomicU8::new(Reason::None as u8),
             until_ms: AtomicU64::new(0),
             expires_at_ms: AtomicU64::new(expires_at_ms.unwrap_or(0)),
-            consecutive_failures: AtomicU32::new(0),
             stats: KeyStats::default(),
             cold: once_cell::race::OnceBox::new(),
             model_parks: arc_swap::ArcSwapOption::empty(),
             model_parks_n: AtomicU32::new(0),
             has_models: std::sync::atomic::AtomicBool::new(false),
-            transition: Mutex::new(()),
             sink: once_cell::race::OnceBox::new(),
         })
     }
@@ -419,6 +422,28 @@ impl Key {
     /// The key's rare state if it has any (without it, every field is at its default).
     pub(crate) fn cold_if_any(&self) -> Option<&Cold> {
         self.cold.get()
+    }
+
+    /// Held while a transition checks and sets the state.
+    fn lock_transitions(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.cold().transition.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// (failures, last failure ms, stream errors, consecutive failures); zeros for a key that
+    /// never failed.
+    fn failure_counts(&self) -> (u64, u64, u64, u32) {
+        self.cold_if_any().map_or((0, 0, 0, 0), |c| {
+            (
+                c.failures.load(Relaxed),
+                c.last_failure_ms.load(Relaxed),
+                c.stream_errors.load(Relaxed),
+                c.consecutive_failures.load(Relaxed),
+            )
+        })
+    }
+
+    pub fn consecutive_failures(&self) -> u32 {
+        self.cold_if_any().map_or(0, |c| c.consecutive_failures.load(Relaxed))
     }
 
     /// The key as the admin API and the CLI show it (`sk-v…e123`).
@@ -509,7 +534,7 @@ impl Key {
     /// Parks this key for `model` only, until `until` (it keeps serving other models).
     /// Returns whether this is a new park (not one already running for that model).
     pub(super) fn park_model(&self, model: &str, until: u64, now: u64) -> bool {
-        let _guard = self.transition.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.lock_transitions();
         let mut parks = self.model_parks_at(now);
         let fresh = match parks.iter_mut().find(|p| same_model(&p.model, model)) {
             Some(p) => {
@@ -570,7 +595,7 @@ impl Key {
     /// it moved from, if it moved. Only the pool calls this (`Pool::transition`), which turns
     /// the move into an event.
     pub(super) fn set_state(&self, to: Status, reason: Reason, until: u64, now: u64) -> Option<Status> {
-        let _guard = self.transition.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.lock_transitions();
         let from = self.status();
         if from == to && self.reason() == reason && self.until_ms.load(Relaxed) == until {
             return None;
@@ -583,10 +608,9 @@ impl Key {
         self.reason.store(reason as u8, Relaxed);
         self.status.store(to as u8, Release);
         if to == Status::Active {
-            self.consecutive_failures.store(0, Relaxed);
-            if let Some(c) = self.cold_if_any() {
-                c.probe_failures.store(0, Relaxed);
-            }
+            let c = self.cold();
+            c.consecutive_failures.store(0, Relaxed);
+            c.probe_failures.store(0, Relaxed);
         } else if from == Status::Active {
             let c = self.cold();
             c.parked_at_ms.store(now, Relaxed);
@@ -609,7 +633,7 @@ impl Key {
 
     /// Pushes a parked key's return out to at least `until` (a failed probe); no log, no count.
     pub(crate) fn extend_park(&self, until: u64) {
-        let _guard = self.transition.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.lock_transitions();
         if matches!(self.status(), Status::Cooling | Status::Invalid) {
             self.until_ms.fetch_max(until, AcqRel);
         }
@@ -623,14 +647,14 @@ impl Key {
         if status == Status::Active || !self.usable_at(now) {
             return None;
         }
-        let _guard = self.transition.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.lock_transitions();
         if self.status() != status || !self.usable_at(now) {
             return None; // someone else got here first
         }
         self.until_ms.store(0, Release);
         self.reason.store(Reason::None as u8, Relaxed);
         self.status.store(Status::Active as u8, Release);
-        self.consecutive_failures.store(0, Relaxed);
+        self.cold().consecutive_failures.store(0, Relaxed);
         log::info!("key {} {} -> active reason=time-up", self.id, status);
         Some(status)
     }
@@ -646,6 +670,7 @@ impl Key {
         } else {
             (self.status(), self.reason(), self.until_ms())
         };
+        let (failures, last_failure_ms, stream_errors, consecutive_failures) = self.failure_counts();
         KeyView {
             id: self.id.to_string(),
             masked: self.masked(),
@@ -654,14 +679,14 @@ impl Key {
             reason,
             until_ms,
             expires_at_ms: Some(self.expires_at_ms.load(Relaxed)).filter(|&e| e != 0),
-            consecutive_failures: self.consecutive_failures.load(Relaxed),
+            consecutive_failures,
             requests: self.stats.requests.load(Relaxed),
             successes: self.stats.successes.load(Relaxed),
-            failures: self.stats.failures.load(Relaxed),
+            failures,
             last_used_ms: self.stats.last_used_ms.load(Relaxed),
             last_success_ms: self.stats.last_success_ms.load(Relaxed),
-            last_failure_ms: self.stats.last_failure_ms.load(Relaxed),
-            stream_errors: self.stats.stream_errors.load(Relaxed),
+            last_failure_ms,
+            stream_errors,
             created_at_ms: self.created_at_ms,
             models: self.meta.load().as_ref().map(|m| m.models.clone()).unwrap_or_default(),
             category: self.meta.load().as_ref().and_then(|m| m.category.clone()),
@@ -684,14 +709,15 @@ impl Key {
     /// The counters, for the store's periodic snapshot.
     pub fn counters(&self) -> super::Counters {
         let s = &self.stats;
+        let (failures, last_failure_ms, _, consecutive_failures) = self.failure_counts();
         super::Counters {
             requests: s.requests.load(Relaxed),
             successes: s.successes.load(Relaxed),
-            failures: s.failures.load(Relaxed),
-            consecutive_failures: self.consecutive_failures.load(Relaxed),
+            failures,
+            consecutive_failures,
             last_used_ms: s.last_used_ms.load(Relaxed),
             last_success_ms: s.last_success_ms.load(Relaxed),
-            last_failure_ms: s.last_failure_ms.load(Relaxed),
+            last_failure_ms,
             park: match (self.status(), self.until_ms()) {
                 (Status::Cooling | Status::Invalid, Some(until_ms)) => {
                     Some(super::SavedPark { status: self.status() as u8, reason: self.reason() as u8, until_ms })
@@ -706,11 +732,15 @@ impl Key {
         let s = &self.stats;
         s.requests.store(c.requests, Relaxed);
         s.successes.store(c.successes, Relaxed);
-        s.failures.store(c.failures, Relaxed);
-        self.consecutive_failures.store(c.consecutive_failures, Relaxed);
         s.last_used_ms.store(c.last_used_ms, Relaxed);
         s.last_success_ms.store(c.last_success_ms, Relaxed);
-        s.last_failure_ms.store(c.last_failure_ms, Relaxed);
+        // A key that never failed keeps no rare state for it.
+        if c.failures != 0 || c.consecutive_failures != 0 || c.last_failure_ms != 0 || self.cold_if_any().is_some() {
+            let cold = self.cold();
+            cold.failures.store(c.failures, Relaxed);
+            cold.consecutive_failures.store(c.consecutive_failures, Relaxed);
+            cold.last_failure_ms.store(c.last_failure_ms, Relaxed);
+        }
     }
 
     /// Restores a park saved by an earlier run, unless its time is already up (then the key

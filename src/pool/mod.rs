@@ -455,16 +455,17 @@ impl Pool {
             Outcome::Success => {
                 s.successes.fetch_add(1, Relaxed);
                 s.last_success_ms.store(now, Relaxed);
-                key.consecutive_failures.store(0, Relaxed);
                 if let Some(c) = key.cold_if_any() {
+                    c.consecutive_failures.store(0, Relaxed);
                     c.backoff_level.store(0, Relaxed);
                 }
                 self.storm_success(now);
             }
             Outcome::CallerFault => {}
             Outcome::ModelUnavailable => {
-                s.failures.fetch_add(1, Relaxed);
-                s.last_failure_ms.store(now, Relaxed);
+                let c = key.cold();
+                c.failures.fetch_add(1, Relaxed);
+                c.last_failure_ms.store(now, Relaxed);
                 // Not the key's fault, and not a streak: it serves other models. Without a
                 // model name there is nothing to park it for.
                 if let Some(m) = model {
@@ -499,8 +500,9 @@ impl Pool {
     /// client already has the stream, so nothing is retried and the key is not parked for it;
     /// it is counted (key stats, metrics) so a key that keeps breaking streams shows.
     pub fn stream_error(&self, key: &Key) {
-        key.stats.stream_errors.fetch_add(1, Relaxed);
-        key.stats.last_failure_ms.store(self.clock.now_ms(), Relaxed);
+        let c = key.cold();
+        c.stream_errors.fetch_add(1, Relaxed);
+        c.last_failure_ms.store(self.clock.now_ms(), Relaxed);
     }
 
     /// Parks a rate-limited key: until `retry_after`, else the named window's reset, else the
@@ -610,9 +612,10 @@ impl Pool {
     }
 
     fn count_failure(&self, key: &Key, now: u64) -> u32 {
-        key.stats.failures.fetch_add(1, Relaxed);
-        key.stats.last_failure_ms.store(now, Relaxed);
-        key.consecutive_failures.fetch_add(1, Relaxed) + 1
+        let c = key.cold();
+        c.failures.fetch_add(1, Relaxed);
+        c.last_failure_ms.store(now, Relaxed);
+        c.consecutive_failures.fetch_add(1, Relaxed) + 1
     }
 
     /// `rate_limit_backoff`, doubling with each rate limit since the last success, capped at `cooldown`.
@@ -662,11 +665,11 @@ mod tests {
     }
 
     #[test]
-    fn a_key_takes_the_allocators_224_byte_class() {
+    fn a_key_takes_the_allocators_192_byte_class() {
         // An `Arc<Key>` is the key plus two counts; 100k keys are mostly these (issue #14,
         // benches/memory.sh). mimalloc's classes around it are 192, 224, 256 and 320 bytes.
         let arc = std::mem::size_of::<Key>() + 16;
-        assert!(arc <= 224, "Arc<Key> is {arc} bytes: move rarely used state to `Cold`");
+        assert!(arc <= 192, "Arc<Key> is {arc} bytes: move rarely used state to `Cold`");
     }
 
     #[test]
