@@ -225,11 +225,6 @@ impl KeyId {
         // Built only from hex digits (`of`), so always ASCII.
         std::str::from_utf8(&self.0).unwrap_or_default()
     }
-
-    /// The id's 48 bits, the pool's map key.
-    pub fn bits(&self) -> u64 {
-        u64::from_str_radix(self.as_str(), 16).unwrap_or(u64::MAX)
-    }
 }
 
 impl std::ops::Deref for KeyId {
@@ -251,12 +246,6 @@ impl fmt::Debug for KeyId {
     }
 }
 
-impl PartialEq<str> for KeyId {
-    fn eq(&self, other: &str) -> bool {
-        self.as_str() == other
-    }
-}
-
 impl PartialEq<&str> for KeyId {
     fn eq(&self, other: &&str) -> bool {
         self.as_str() == *other
@@ -266,12 +255,6 @@ impl PartialEq<&str> for KeyId {
 impl PartialEq<String> for KeyId {
     fn eq(&self, other: &String) -> bool {
         self.as_str() == other
-    }
-}
-
-impl serde::Serialize for KeyId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
     }
 }
 
@@ -440,10 +423,6 @@ impl Key {
                 c.consecutive_failures.load(Relaxed),
             )
         })
-    }
-
-    pub fn consecutive_failures(&self) -> u32 {
-        self.cold_if_any().map_or(0, |c| c.consecutive_failures.load(Relaxed))
     }
 
     /// The key as the admin API and the CLI show it (`sk-v…e123`).
