@@ -475,7 +475,7 @@ impl Prober {
         let mut req = RequestHeader::build(method, full_path.as_bytes(), None)?;
         req.insert_header(http::header::HOST, self.upstream.host_header.clone())?;
         let (name, value) = key.auth();
-        req.insert_header(name.clone(), value.clone())?;
+        req.insert_header(name, value)?;
         for (h, v) in &self.extra_headers {
             req.insert_header(h.clone(), v.clone())?;
         }

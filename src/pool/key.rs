@@ -132,34 +132,31 @@ pub struct Key {
     /// First 12 hex of SHA-256 of the secret: what logs, metrics and the admin API show.
     /// Kept inline (no allocation of its own: 100k keys, issue #14).
     pub id: KeyId,
-    label: Option<Box<str>>,
-    pub created_at_ms: u64,
-    /// Models this key serves and their family, from a validated import (none = unknown).
-    /// Replaced whole (rare); read by reports. No allocation for a key that has none.
-    meta: arc_swap::ArcSwapOption<KeyMeta>,
-    /// The header that carries the key upstream (its provider's auth form) and its value
-    /// (`Bearer <key>`, or the key alone), built once so the request path does not format it.
-    /// The secret is not kept a second time: it is this value from `secret_at` on.
-    /// Shared by every key with the same form (one interned copy per header name).
-    auth_name: &'static http::HeaderName,
-    auth_header: HeaderValue,
     secret_at: u8,
     status: AtomicU8,
     reason: AtomicU8,
-    /// When a parked key returns (ms since epoch); 0 = no scheduled return.
-    until_ms: AtomicU64,
-    /// When the key expires for good (ms since epoch); 0 = never.
-    expires_at_ms: AtomicU64,
-    pub(crate) stats: KeyStats,
-    /// What only a key that failed, was parked or is capped needs; made on first need, so a
-    /// key that only ever succeeds carries a null pointer instead (see `Cold`).
-    cold: once_cell::race::OnceBox<Cold>,
-    /// Models this key may not use for a while (SPEC §3.2 "model unavailable"); replaced whole
-    /// under `transition` (rare). `model_parks_n` lets the request path skip the load when empty.
-    model_parks: arc_swap::ArcSwapOption<Vec<ModelPark>>,
-    model_parks_n: AtomicU32,
     /// Whether `meta.models` is non-empty (then only those models are served).
     has_models: std::sync::atomic::AtomicBool,
+    pub created_at_ms: u64,
+    /// The label, and the models this key serves and their family from a validated import
+    /// (none = unknown). Replaced whole (rare); read by reports. No allocation for a key that
+    /// has neither.
+    meta: arc_swap::ArcSwapOption<Desc>,
+    /// The header that carries the key upstream (its provider's auth form), shared by every
+    /// key with the same form (one interned copy per header name), and its value (`Bearer
+    /// <key>`, or the key alone), formatted once at its exact size. The secret is not kept a
+    /// second time: it is this value from `secret_at` on. Kept as bytes, not a `HeaderValue`
+    /// (16 bytes instead of 40, and no shared refcount that every request on the key bumps):
+    /// `auth()` copies it into the request's header.
+    auth_name: &'static http::HeaderName,
+    auth_value: Box<[u8]>,
+    /// When a parked key returns (ms since epoch); 0 = no scheduled return.
+    until_ms: AtomicU64,
+    pub(crate) stats: KeyStats,
+    /// What only a key that failed, was parked, is capped, expires or has model parks needs;
+    /// made on first need, so a key that only ever succeeds carries a null pointer instead
+    /// (see `Cold`).
+    cold: once_cell::race::OnceBox<Cold>,
     /// A slot for a sink's per-key handles (metrics keeps its resolved counters here), so the
     /// request path needs no lookup; the pool does not know what is in it.
     /// A thin pointer (8 bytes, not the 24 of a `OnceLock<Box<dyn Any>>`).
@@ -172,6 +169,12 @@ pub struct Key {
 pub(crate) struct Cold {
     /// Serialises state transitions (rare) so check-then-set sequences are not torn.
     transition: Mutex<()>,
+    /// When the key expires for good (ms since epoch); 0 = never. Set when the key is made.
+    expires_at_ms: u64,
+    /// Models this key may not use for a while (SPEC §3.2 "model unavailable"); replaced whole
+    /// under `transition` (rare). `model_parks_n` lets the request path skip the load when empty.
+    model_parks: arc_swap::ArcSwapOption<Vec<ModelPark>>,
+    model_parks_n: AtomicU32,
     pub(crate) failures: AtomicU64,
     pub(crate) last_failure_ms: AtomicU64,
     /// Streams started with a 200 that then failed (cut off, or an error line inside).
@@ -195,6 +198,9 @@ impl Default for Cold {
     fn default() -> Cold {
         Cold {
             transition: Mutex::new(()),
+            expires_at_ms: 0,
+            model_parks: arc_swap::ArcSwapOption::empty(),
+            model_parks_n: AtomicU32::new(0),
             failures: AtomicU64::new(0),
             last_failure_ms: AtomicU64::new(0),
             stream_errors: AtomicU64::new(0),
@@ -298,6 +304,14 @@ pub struct KeyMeta {
     pub category: Option<String>,
 }
 
+/// What describes a key and is read only by reports and routing's model check: its label
+/// (fixed when the key is made) and its `KeyMeta` (replaced by imports).
+#[derive(Default)]
+struct Desc {
+    label: Option<Box<str>>,
+    meta: KeyMeta,
+}
+
 /// A consistent-enough copy of a key's state for reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyView {
@@ -362,29 +376,42 @@ impl Key {
         expires_at_ms: Option<u64>,
         auth: &AuthForm,
     ) -> Result<Key, KeyError> {
-        let value = match &auth.scheme {
-            Some(s) => format!("{s} {}", secret.expose()),
-            None => secret.expose().to_string(),
-        };
-        let secret_at = u8::try_from(value.len() - secret.len()).map_err(|_| KeyError::NotAHeaderValue)?;
-        let mut auth_header = HeaderValue::from_str(&value).map_err(|_| KeyError::NotAHeaderValue)?;
-        auth_header.set_sensitive(true);
+        // Built in place at its exact size and handed to the header without a copy: a
+        // formatted string copied into the header would leave one freed block beside every
+        // kept one, and 100k keys' worth of half-empty pages (issue #14, memory).
+        let prefix = auth.scheme.as_deref().map_or(0, |s| s.len() + 1);
+        let secret_at = u8::try_from(prefix).map_err(|_| KeyError::NotAHeaderValue)?;
+        let mut value = Vec::with_capacity(prefix + secret.len());
+        if let Some(s) = &auth.scheme {
+            value.extend_from_slice(s.as_bytes());
+            value.push(b' ');
+        }
+        value.extend_from_slice(secret.expose().as_bytes());
+        // Visible ASCII only, as `HeaderValue::from_str` has it (bytes would also take obs-text).
+        if !value.is_ascii() {
+            return Err(KeyError::NotAHeaderValue);
+        }
+        HeaderValue::from_bytes(&value).map_err(|_| KeyError::NotAHeaderValue)?;
+        let cold = once_cell::race::OnceBox::new();
+        if let Some(ms) = expires_at_ms.filter(|&ms| ms != 0) {
+            let _ = cold.set(Box::new(Cold { expires_at_ms: ms, ..Cold::default() }));
+        }
+        let meta = arc_swap::ArcSwapOption::empty();
+        if let Some(label) = label {
+            meta.store(Some(std::sync::Arc::new(Desc { label: Some(label.into()), meta: KeyMeta::default() })));
+        }
         Ok(Key {
             auth_name: intern(&auth.header),
             id: KeyId::of(&secret),
-            label: label.map(String::into_boxed_str),
             created_at_ms: 0,
-            meta: arc_swap::ArcSwapOption::empty(),
-            auth_header,
+            meta,
+            auth_value: value.into_boxed_slice(),
             secret_at,
             status: AtomicU8::new(Status::Active as u8),
             reason: AtomicU8::new(Reason::None as u8),
             until_ms: AtomicU64::new(0),
-            expires_at_ms: AtomicU64::new(expires_at_ms.unwrap_or(0)),
             stats: KeyStats::default(),
-            cold: once_cell::race::OnceBox::new(),
-            model_parks: arc_swap::ArcSwapOption::empty(),
-            model_parks_n: AtomicU32::new(0),
+            cold,
             has_models: std::sync::atomic::AtomicBool::new(false),
             sink: once_cell::race::OnceBox::new(),
         })
@@ -427,17 +454,35 @@ impl Key {
 
     /// The key as the admin API and the CLI show it (`sk-v…e123`).
     pub fn masked(&self) -> String {
-        let secret = &self.auth_header.as_bytes()[self.secret_at as usize..];
+        let secret = &self.auth_value[self.secret_at as usize..];
         crate::secret::mask(std::str::from_utf8(secret).unwrap_or(""))
     }
 
-    /// The header (name, value) that carries this key upstream.
-    pub fn auth(&self) -> (&http::HeaderName, &HeaderValue) {
-        (self.auth_name, &self.auth_header)
+    /// The header (name, value) that carries this key upstream; the value is a fresh copy of
+    /// the bytes built when the key was made (checked then), marked sensitive.
+    pub fn auth(&self) -> (&'static http::HeaderName, HeaderValue) {
+        let mut value = HeaderValue::from_bytes(&self.auth_value).unwrap_or_else(|_| HeaderValue::from_static(""));
+        value.set_sensitive(true);
+        (self.auth_name, value)
     }
 
-    pub fn label(&self) -> Option<&str> {
-        self.label.as_deref()
+    pub fn label(&self) -> Option<String> {
+        self.meta.load().as_ref().and_then(|d| d.label.as_deref().map(str::to_string))
+    }
+
+    /// When the key expires for good (ms since epoch); 0 = never.
+    #[inline]
+    fn expires_at_ms(&self) -> u64 {
+        self.cold_if_any().map_or(0, |c| c.expires_at_ms)
+    }
+
+    /// How many model parks the key holds (0 without rare state), and the rare state.
+    #[inline]
+    fn model_parks_n(&self) -> (u32, Option<&Cold>) {
+        match self.cold_if_any() {
+            Some(c) => (c.model_parks_n.load(Relaxed), Some(c)),
+            None => (0, None),
+        }
     }
 
     pub fn status(&self) -> Status {
@@ -456,7 +501,7 @@ impl Key {
     /// A parked key whose `until` has passed counts as usable; `revive` records the return.
     #[inline]
     pub fn usable_at(&self, now: u64) -> bool {
-        let expires = self.expires_at_ms.load(Relaxed);
+        let expires = self.expires_at_ms();
         if expires != 0 && now >= expires {
             return false;
         }
@@ -475,13 +520,13 @@ impl Key {
     /// list it is two relaxed loads.
     #[inline]
     pub fn serves(&self, model: &str, now: u64) -> bool {
-        if self.model_parks_n.load(Relaxed) != 0
+        if self.model_parks_n().0 != 0
             && self.with_parks(|parks| parks.iter().any(|p| p.until_ms > now && same_model(&p.model, model)))
         {
             return false;
         }
         !self.has_models.load(Relaxed)
-            || self.meta.load().iter().flat_map(|m| m.models.iter()).any(|m| same_model(m, model))
+            || self.meta.load().iter().flat_map(|d| d.meta.models.iter()).any(|m| same_model(m, model))
     }
 
     /// Takes one of `cap` in-flight slots (0 = no cap: always). A key at its cap is skipped,
@@ -502,7 +547,7 @@ impl Key {
 
     /// When this key may serve `model` again, if it is parked for it.
     pub fn model_returns_at(&self, model: &str, now: u64) -> Option<u64> {
-        if self.model_parks_n.load(Relaxed) == 0 {
+        if self.model_parks_n().0 == 0 {
             return None;
         }
         self.with_parks(|parks| {
@@ -525,8 +570,9 @@ impl Key {
                 true
             }
         };
-        self.model_parks_n.store(parks.len() as u32, Relaxed);
-        self.model_parks.store(Some(std::sync::Arc::new(parks)));
+        let cold = self.cold();
+        cold.model_parks_n.store(parks.len() as u32, Relaxed);
+        cold.model_parks.store(Some(std::sync::Arc::new(parks)));
         if fresh {
             log::info!(
                 "key {} parked for model {model:?} until={} (serves other models)",
@@ -539,7 +585,7 @@ impl Key {
 
     /// The models this key is parked for at `now`.
     pub fn model_parks_at(&self, now: u64) -> Vec<ModelPark> {
-        if self.model_parks_n.load(Relaxed) == 0 {
+        if self.model_parks_n().0 == 0 {
             return Vec::new();
         }
         self.with_parks(|parks| parks.iter().filter(|p| p.until_ms > now).cloned().collect())
@@ -547,18 +593,21 @@ impl Key {
 
     /// Runs `f` over the model parks (none when the key never had one).
     fn with_parks<R>(&self, f: impl FnOnce(&[ModelPark]) -> R) -> R {
-        f(self.model_parks.load().as_deref().map_or(&[], |v| v.as_slice()))
+        match self.model_parks_n() {
+            (0, _) | (_, None) => f(&[]),
+            (_, Some(c)) => f(c.model_parks.load().as_deref().map_or(&[], |v| v.as_slice())),
+        }
     }
 
     /// Past its `expires_at`: never usable again.
     pub fn is_expired(&self, now: u64) -> bool {
-        let expires = self.expires_at_ms.load(Relaxed);
+        let expires = self.expires_at_ms();
         expires != 0 && now >= expires
     }
 
     /// When this key will be usable again, if it is parked with a known return time.
     pub fn returns_at(&self, now: u64) -> Option<u64> {
-        let expires = self.expires_at_ms.load(Relaxed);
+        let expires = self.expires_at_ms();
         if expires != 0 && now >= expires {
             return None;
         }
@@ -653,11 +702,11 @@ impl Key {
         KeyView {
             id: self.id.to_string(),
             masked: self.masked(),
-            label: self.label().map(str::to_string),
+            label: self.label(),
             status,
             reason,
             until_ms,
-            expires_at_ms: Some(self.expires_at_ms.load(Relaxed)).filter(|&e| e != 0),
+            expires_at_ms: Some(self.expires_at_ms()).filter(|&e| e != 0),
             consecutive_failures,
             requests: self.stats.requests.load(Relaxed),
             successes: self.stats.successes.load(Relaxed),
@@ -667,8 +716,8 @@ impl Key {
             last_failure_ms,
             stream_errors,
             created_at_ms: self.created_at_ms,
-            models: self.meta.load().as_ref().map(|m| m.models.clone()).unwrap_or_default(),
-            category: self.meta.load().as_ref().and_then(|m| m.category.clone()),
+            models: self.meta.load().as_ref().map(|d| d.meta.models.clone()).unwrap_or_default(),
+            category: self.meta.load().as_ref().and_then(|d| d.meta.category.clone()),
             model_parks: self.model_parks_at(now),
         }
     }
@@ -678,10 +727,12 @@ impl Key {
         self
     }
 
+    /// Replaces the key's models and family (its label stays).
     pub fn set_meta(&self, meta: KeyMeta) {
         let has = !meta.models.is_empty();
-        let empty = !has && meta.category.is_none();
-        self.meta.store((!empty).then(|| std::sync::Arc::new(meta)));
+        let label = self.meta.load().as_ref().and_then(|d| d.label.clone());
+        let empty = !has && meta.category.is_none() && label.is_none();
+        self.meta.store((!empty).then(|| std::sync::Arc::new(Desc { label, meta })));
         self.has_models.store(has, Relaxed);
     }
 

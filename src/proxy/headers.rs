@@ -22,9 +22,9 @@ pub fn rewrite(req: &mut RequestHeader, key: &Key, provider: &Provider) -> pingo
             req.remove_header(*h);
         }
     }
-    // Cloning a HeaderValue bumps a refcount; the `Bearer …` bytes were built once per key.
+    // The `Bearer …` bytes were built once per key; this copies them into the request.
     let (name, value) = key.auth();
-    req.insert_header(name.clone(), value.clone())?;
+    req.insert_header(name, value)?;
     req.insert_header(http::header::HOST, upstream.host_header.clone())?;
     for (name, value) in &provider.default_headers {
         if !req.headers.contains_key(name) {
