@@ -105,6 +105,7 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
         crate::usage::seed_budgets(&clients, &*store, clock.now_ms())?;
     }
     let usage = Arc::new(crate::usage::Ledger::default());
+    notices.arm();
     lifecycle::return_freed_memory();
     let runtime = Arc::new(ArcSwap::from_pointee(runtime));
 

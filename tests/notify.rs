@@ -221,3 +221,30 @@ fn a_webhook_url_that_is_not_http_is_a_config_error_with_its_path() {
     assert!(text.iter().any(|e| e.starts_with("notifications.webhooks[1].events[1]:")), "{text:?}");
     assert_eq!(errors.len(), 2, "{text:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_present_at_start_are_not_news_and_a_big_start_drops_nothing() {
+    // More start keys than the notifier's queue holds (8,192): before, each was a `key.added`
+    // notice, the queue overflowed and the start counted ~1,000 (at 100k keys, ~92,000) events
+    // as dropped, and a `key.added` webhook heard thousands of keys that were there already.
+    let mut keys: Vec<&'static str> = vec![KEYS[0]];
+    keys.extend((0..9_000).map(|i| &*Box::leak(format!("start-key-{i:05}-abcdefghijklmnop").into_boxed_str())));
+    let mock = Mock::start().await;
+    let (url, got) = receiver(false).await;
+    let hook = format!(
+        "notifications:\n  batch_window: 100ms\n  webhooks:\n    - url: \"{url}\"\n      events: [key.added]\nfleet: {{instance: test-1}}\n"
+    );
+    let setup = Setup { keys, admin: true, extra: hook, ..Default::default() };
+    let proxy = Proxy::start_with(&mock, setup).await;
+    assert_eq!(metric(&proxy, "ollama_pool_events_dropped_total").await, 0.0, "a big start drops no event");
+
+    // A key added while running is news, once.
+    let r = proxy.admin(Method::POST, "/admin/keys").json(&json!({"key": KEYS[1]})).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let id = proxy.key_id(KEYS[1]);
+    got.wait_for("key.added", &id).await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // two batch windows
+    let added: Vec<Value> = got.events().into_iter().filter(|e| e["type"] == "key.added").collect();
+    assert_eq!(added.len(), 1, "only the key added while running: {:?}", &added[..added.len().min(3)]);
+    assert_eq!(metric(&proxy, "ollama_pool_events_dropped_total").await, 0.0);
+}

@@ -20,7 +20,7 @@ use crate::runtime::Runtime;
 use arc_swap::ArcSwap;
 use serde::Serialize;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
@@ -149,26 +149,46 @@ pub type Hub = broadcast::Sender<Arc<Notice>>;
 /// Events dropped because the intake queue was full (a notifier far behind).
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 
-/// The pool-event subscriber: queues the event, never waits.
-pub struct Intake(mpsc::Sender<(PoolEvent, bool)>);
+/// The pool-event subscriber: queues the event, never waits. Until `IntakeQueue::arm` it
+/// ignores events: the keys put into the pools at start were there before, they are not news
+/// (and 100k of them would overflow the queue and count as dropped, issue #14).
+pub struct Intake {
+    tx: mpsc::Sender<(PoolEvent, bool)>,
+    armed: Arc<AtomicBool>,
+}
 
 impl Subscriber for Intake {
     fn on_event(&self, e: &PoolEvent) {
-        if self.0.try_send((e.clone(), crate::fleet::applying())).is_err() {
+        if !self.armed.load(Relaxed) {
+            return;
+        }
+        if self.tx.try_send((e.clone(), crate::fleet::applying())).is_err() {
             DROPPED.fetch_add(1, Relaxed);
             crate::metrics::events_dropped(1);
         }
     }
 }
 
-/// The intake subscriber and the service that reads it (built before the runtime exists, so
-/// the first key loaded is already seen).
+/// The intake subscriber and the queue `NotifyService` reads (built before the runtime
+/// exists; `arm` it once the start's keys are in).
 pub fn channel() -> (Intake, IntakeQueue) {
     let (tx, rx) = mpsc::channel(INTAKE);
-    (Intake(tx), IntakeQueue(Mutex::new(Some(rx))))
+    let armed = Arc::new(AtomicBool::new(false));
+    (Intake { tx, armed: armed.clone() }, IntakeQueue { rx: Mutex::new(Some(rx)), armed })
 }
 
-pub struct IntakeQueue(Mutex<Option<mpsc::Receiver<(PoolEvent, bool)>>>);
+pub struct IntakeQueue {
+    rx: Mutex<Option<mpsc::Receiver<(PoolEvent, bool)>>>,
+    armed: Arc<AtomicBool>,
+}
+
+impl IntakeQueue {
+    /// From now on every pool event becomes a notice: called once the keys present at start
+    /// are in the pools, before any service (admin, health checks, fleet) can change one.
+    pub fn arm(&self) {
+        self.armed.store(true, Relaxed);
+    }
+}
 
 pub struct NotifyService {
     queue: IntakeQueue,
@@ -218,7 +238,7 @@ impl NotifyService {
 #[async_trait::async_trait]
 impl pingora::services::background::BackgroundService for NotifyService {
     async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
-        let Some(mut rx) = self.queue.0.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+        let Some(mut rx) = self.queue.rx.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
         // A provider counts as empty only once it had keys: an empty pool at start is a config
         // matter, reported in the log, not an event.
         let mut empty: HashMap<String, bool> = HashMap::new();
