@@ -170,6 +170,8 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
         store: store.clone(),
         pools: Box::new(move || pools_of.runtime.load().providers.iter().map(|p| p.pool.clone()).collect()),
         interval: cfg.store.flush_interval.0,
+        // The counters just loaded are what the store holds.
+        saved_upto: std::sync::atomic::AtomicU64::new(clock.now_ms()),
     });
     server.add_service(GenBackgroundService::new("counter snapshots".into(), flusher.clone()));
     let usage_flusher = Arc::new(crate::usage::UsageFlusher {

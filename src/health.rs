@@ -356,7 +356,7 @@ impl HealthChecker {
             Outcome::Credential => {
                 let next = self.schedule_retry(key, now);
                 if parked {
-                    key.extend_park(next + self.interval_ms());
+                    key.extend_park(next + self.interval_ms(), now);
                     "kept-parked"
                 } else {
                     let until = (now + self.pool.policy().cooldown.as_millis() as u64).max(next + self.interval_ms());
@@ -374,7 +374,7 @@ impl HealthChecker {
                 // active key for it, but keep a parked one out until the next probe.
                 let next = self.schedule_retry(key, now);
                 if parked {
-                    key.extend_park(next + self.interval_ms());
+                    key.extend_park(next + self.interval_ms(), now);
                     "kept-parked"
                 } else {
                     "unchanged"

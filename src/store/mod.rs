@@ -107,36 +107,58 @@ pub struct CounterFlusher {
     /// Every pool whose counters are saved (those of the current runtime's providers).
     pub pools: Box<dyn Fn() -> Vec<std::sync::Arc<crate::pool::Pool>> + Send + Sync>,
     pub interval: std::time::Duration,
+    /// When (pool clock, ms) the last snapshot that was fully saved began: keys that have not
+    /// changed since are not written again. Start it at the time the keys were loaded.
+    pub saved_upto: std::sync::atomic::AtomicU64,
 }
 
+/// Keys whose last change is this close before the last snapshot's start are saved again: a
+/// change stamped in the same millisecond, or by a clock a little behind, is not missed.
+const SNAPSHOT_OVERLAP_MS: u64 = 2_000;
+
 impl CounterFlusher {
-    /// Saves every key's counters, a thousand keys per write, so a large pool needs no
-    /// snapshot of all its keys at once (issue #14: memory at 100k keys).
-    pub fn flush(&self) {
-        for pool in (self.pools)() {
-            for keys in pool.keys().chunks(1000) {
+    /// Saves the counters of every key that changed since the last snapshot, a thousand keys
+    /// per write, so a large pool needs no snapshot of all its keys at once and an idle one
+    /// writes nothing (issue #14: 100k keys). Returns how many keys it saved.
+    pub fn flush(&self) -> usize {
+        use std::sync::atomic::Ordering::Relaxed;
+        let pools = (self.pools)();
+        let Some(now) = pools.first().map(|p| p.now_ms()) else { return 0 };
+        let since = self.saved_upto.load(Relaxed).saturating_sub(SNAPSHOT_OVERLAP_MS);
+        let mut saved = 0;
+        for pool in pools {
+            let keys = pool.keys();
+            let changed: Vec<&std::sync::Arc<crate::pool::Key>> =
+                keys.iter().filter(|k| k.changed_since(since)).collect();
+            for keys in changed.chunks(1000) {
                 let counters: Vec<(String, Counters)> = keys.iter().map(|k| (k.id.to_string(), k.counters())).collect();
                 match self.store.save_counters(&counters) {
-                    Ok(()) => {}
-                    // The store logged that it went away; the next flush saves these too.
+                    Ok(()) => saved += counters.len(),
+                    // The store logged that it went away; the next flush saves these too (the
+                    // snapshot's start stays where it was).
                     Err(StoreError::Unavailable(e)) => {
                         log::debug!("store: key counters not saved ({e}); the next flush tries again");
-                        return;
+                        return saved;
                     }
                     Err(e) => {
                         log::warn!("store: saving key counters failed: {e}");
-                        return;
+                        return saved;
                     }
                 }
             }
         }
+        self.saved_upto.store(now, Relaxed);
+        saved
     }
 }
 
 #[async_trait::async_trait]
 impl pingora::services::background::BackgroundService for CounterFlusher {
     async fn start(&self, shutdown: pingora::server::ShutdownWatch) {
-        flush_every(self.interval, shutdown, || self.flush()).await;
+        flush_every(self.interval, shutdown, || {
+            self.flush();
+        })
+        .await;
     }
 }
 
@@ -154,4 +176,82 @@ pub async fn flush_every(
         }
     }
     flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::{Clock, Key, ManualClock, Outcome, Policy, Pool};
+    use crate::secret::Secret;
+    use std::sync::atomic::AtomicU64;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[test]
+    fn the_counter_snapshot_writes_only_the_keys_that_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("c.db"), None).unwrap());
+        let clock = ManualClock::new(1_000_000);
+        let pool = Arc::new(Pool::new(Policy::default(), Arc::new(clock.clone())));
+        let secrets: Vec<Secret> = (0..3).map(|i| Secret::new(format!("snapshot-key-{i:04}"))).collect();
+        let stored: Vec<StoredKey> = secrets
+            .iter()
+            .map(|s| StoredKey {
+                id: s.id(),
+                secret: s.clone(),
+                label: None,
+                created_at_ms: 1,
+                expires_at_ms: None,
+                disabled_until_ms: None,
+                models: vec![],
+                category: None,
+                counters: Counters::default(),
+                provider: String::new(),
+                from_file: false,
+            })
+            .collect();
+        store.insert_keys(&stored, false).unwrap();
+        for s in &secrets {
+            pool.add(Key::new(s.clone(), None, None).unwrap()).unwrap();
+        }
+        let keys = pool.keys();
+        let p = pool.clone();
+        let flusher = CounterFlusher {
+            store: store.clone(),
+            pools: Box::new(move || vec![p.clone()]),
+            interval: Duration::from_secs(30),
+            saved_upto: AtomicU64::new(clock.now_ms()),
+        };
+        let saved = |id: &str| store.keys().unwrap().into_iter().find(|k| k.id == id).unwrap().counters;
+        let later = |s| clock.advance(Duration::from_secs(s));
+
+        later(30);
+        assert_eq!(flusher.flush(), 0, "nothing happened: nothing is written");
+        pool.report(&keys[0], Outcome::Success);
+        later(30);
+        assert_eq!(flusher.flush(), 1);
+        assert_eq!((saved(&keys[0].id).requests, saved(&keys[0].id).successes), (1, 1));
+        later(30);
+        assert_eq!(flusher.flush(), 0, "saved once, not again while idle");
+
+        // A park is saved; so is a park pushed out (a failed probe), and its end by the clock.
+        pool.report(&keys[1], Outcome::Credential);
+        later(30);
+        assert_eq!(flusher.flush(), 1);
+        let park = saved(&keys[1].id).park.expect("the park is saved");
+        later(30);
+        keys[1].extend_park(park.until_ms + 60_000, clock.now_ms());
+        later(30);
+        assert_eq!(flusher.flush(), 1);
+        assert_eq!(saved(&keys[1].id).park.unwrap().until_ms, park.until_ms + 60_000);
+        clock.advance(Duration::from_millis(park.until_ms + 60_000 - clock.now_ms()));
+        let mut picked = Vec::new();
+        while picked.len() < 3 {
+            picked.push(pool.pick(&picked).unwrap());
+        }
+        later(30);
+        assert!(flusher.flush() >= 1);
+        assert_eq!(saved(&keys[1].id).park, None, "its return is saved");
+        assert_eq!(saved(&keys[2].id).requests, 0);
+    }
 }
