@@ -106,6 +106,7 @@ pub fn build(loaded: &Loaded, mode: RunMode, clock: Arc<dyn Clock>) -> Result<Ap
     }
     let usage = Arc::new(crate::usage::Ledger::default());
     notices.arm();
+    store.release_memory();
     lifecycle::return_freed_memory();
     let runtime = Arc::new(ArcSwap::from_pointee(runtime));
 

@@ -220,6 +220,12 @@ fn parse_pid(text: &str) -> Option<i32> {
 pub fn return_freed_memory() {
     // SAFETY: mi_collect only walks and frees mimalloc's own free lists; it takes no pointers.
     unsafe { libmimalloc_sys::mi_collect(true) }
+    // What C libraries (SQLite, OpenSSL) freed into glibc's heap.
+    // SAFETY: malloc_trim takes no pointers; it only returns free heap pages to the OS.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 #[cfg(test)]

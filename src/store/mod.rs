@@ -98,6 +98,8 @@ pub trait Store: Send + Sync + 'static {
     fn add_usage(&self, rows: &[UsageRow]) -> Result<()>;
     /// Usage rows of the days `from..=to` (days since 1970-01-01, UTC).
     fn usage(&self, from_day: u32, to_day: u32) -> Result<Vec<UsageRow>>;
+    /// Lets go of caches a big load filled (the start's keys); they refill as needed.
+    fn release_memory(&self) {}
 }
 
 /// Saves every key's counters to the store every `interval` and once more at shutdown, so
