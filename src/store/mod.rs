@@ -181,7 +181,7 @@ pub async fn flush_every(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::pool::{Clock, Key, ManualClock, Outcome, Policy, Pool};
     use crate::secret::Secret;
@@ -189,32 +189,34 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
+    /// A stored key of the default provider, labelled "l", with nothing else set.
+    pub(crate) fn stored_key(s: &str) -> StoredKey {
+        let secret = Secret::new(s);
+        StoredKey {
+            id: secret.id(),
+            secret,
+            label: Some("l".into()),
+            created_at_ms: 1,
+            expires_at_ms: None,
+            disabled_until_ms: None,
+            models: vec![],
+            category: None,
+            counters: Counters::default(),
+            provider: String::new(),
+            from_file: false,
+        }
+    }
+
     #[test]
     fn the_counter_snapshot_writes_only_the_keys_that_changed() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("c.db"), None).unwrap());
         let clock = ManualClock::new(1_000_000);
         let pool = Arc::new(Pool::new(Policy::default(), Arc::new(clock.clone())));
-        let secrets: Vec<Secret> = (0..3).map(|i| Secret::new(format!("snapshot-key-{i:04}"))).collect();
-        let stored: Vec<StoredKey> = secrets
-            .iter()
-            .map(|s| StoredKey {
-                id: s.id(),
-                secret: s.clone(),
-                label: None,
-                created_at_ms: 1,
-                expires_at_ms: None,
-                disabled_until_ms: None,
-                models: vec![],
-                category: None,
-                counters: Counters::default(),
-                provider: String::new(),
-                from_file: false,
-            })
-            .collect();
+        let stored: Vec<StoredKey> = (0..3).map(|i| stored_key(&format!("snapshot-key-{i:04}"))).collect();
         store.insert_keys(&stored, false).unwrap();
-        for s in &secrets {
-            pool.add(Key::new(s.clone(), None, None).unwrap()).unwrap();
+        for k in &stored {
+            pool.add(Key::new(k.secret.clone(), None, None).unwrap()).unwrap();
         }
         let keys = pool.keys();
         let p = pool.clone();

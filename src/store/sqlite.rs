@@ -428,20 +428,7 @@ mod tests {
     use super::*;
 
     fn key(s: &str) -> StoredKey {
-        let secret = Secret::new(s);
-        StoredKey {
-            id: secret.id(),
-            secret,
-            label: Some("l".into()),
-            created_at_ms: 1,
-            expires_at_ms: None,
-            disabled_until_ms: None,
-            models: vec![],
-            category: None,
-            counters: Counters::default(),
-            provider: String::new(),
-            from_file: false,
-        }
+        crate::store::tests::stored_key(s)
     }
 
     #[test]
