@@ -380,9 +380,7 @@ impl Key {
         expires_at_ms: Option<u64>,
         auth: &AuthForm,
     ) -> Result<Key, KeyError> {
-        // Built in place at its exact size and handed to the header without a copy: a
-        // formatted string copied into the header would leave one freed block beside every
-        // kept one, and 100k keys' worth of half-empty pages (issue #14, memory).
+        // Built once at its exact size: the key keeps these bytes, `auth()` copies them.
         let prefix = auth.scheme.as_deref().map_or(0, |s| s.len() + 1);
         let secret_at = u8::try_from(prefix).map_err(|_| KeyError::NotAHeaderValue)?;
         let mut value = Vec::with_capacity(prefix + secret.len());
@@ -391,11 +389,10 @@ impl Key {
             value.push(b' ');
         }
         value.extend_from_slice(secret.expose().as_bytes());
-        // Visible ASCII only, as `HeaderValue::from_str` has it (bytes would also take obs-text).
-        if !value.is_ascii() {
+        // Visible ASCII and tab, as `HeaderValue::from_str` takes them (so `auth()` cannot fail).
+        if !value.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b)) {
             return Err(KeyError::NotAHeaderValue);
         }
-        HeaderValue::from_bytes(&value).map_err(|_| KeyError::NotAHeaderValue)?;
         let cold = once_cell::race::OnceBox::new();
         if let Some(ms) = expires_at_ms.filter(|&ms| ms != 0) {
             let _ = cold.set(Box::new(Cold { expires_at_ms: ms, ..Cold::default() }));
@@ -480,13 +477,10 @@ impl Key {
         self.cold_if_any().map_or(0, |c| c.expires_at_ms)
     }
 
-    /// How many model parks the key holds (0 without rare state), and the rare state.
+    /// How many model parks the key holds (0 without rare state).
     #[inline]
-    fn model_parks_n(&self) -> (u32, Option<&Cold>) {
-        match self.cold_if_any() {
-            Some(c) => (c.model_parks_n.load(Relaxed), Some(c)),
-            None => (0, None),
-        }
+    fn model_parks_n(&self) -> u32 {
+        self.cold_if_any().map_or(0, |c| c.model_parks_n.load(Relaxed))
     }
 
     pub fn status(&self) -> Status {
@@ -524,7 +518,7 @@ impl Key {
     /// list it is two relaxed loads.
     #[inline]
     pub fn serves(&self, model: &str, now: u64) -> bool {
-        if self.model_parks_n().0 != 0
+        if self.model_parks_n() != 0
             && self.with_parks(|parks| parks.iter().any(|p| p.until_ms > now && same_model(&p.model, model)))
         {
             return false;
@@ -551,7 +545,7 @@ impl Key {
 
     /// When this key may serve `model` again, if it is parked for it.
     pub fn model_returns_at(&self, model: &str, now: u64) -> Option<u64> {
-        if self.model_parks_n().0 == 0 {
+        if self.model_parks_n() == 0 {
             return None;
         }
         self.with_parks(|parks| {
@@ -589,7 +583,7 @@ impl Key {
 
     /// The models this key is parked for at `now`.
     pub fn model_parks_at(&self, now: u64) -> Vec<ModelPark> {
-        if self.model_parks_n().0 == 0 {
+        if self.model_parks_n() == 0 {
             return Vec::new();
         }
         self.with_parks(|parks| parks.iter().filter(|p| p.until_ms > now).cloned().collect())
@@ -597,9 +591,11 @@ impl Key {
 
     /// Runs `f` over the model parks (none when the key never had one).
     fn with_parks<R>(&self, f: impl FnOnce(&[ModelPark]) -> R) -> R {
-        match self.model_parks_n() {
-            (0, _) | (_, None) => f(&[]),
-            (_, Some(c)) => f(c.model_parks.load().as_deref().map_or(&[], |v| v.as_slice())),
+        match self.cold_if_any() {
+            Some(c) if c.model_parks_n.load(Relaxed) != 0 => {
+                f(c.model_parks.load().as_deref().map_or(&[], |v| v.as_slice()))
+            }
+            _ => f(&[]),
         }
     }
 
@@ -639,13 +635,12 @@ impl Key {
         self.until_ms.store(until, Release);
         self.reason.store(reason as u8, Relaxed);
         self.status.store(to as u8, Release);
-        self.cold().moved_ms.store(now, Relaxed);
+        let c = self.cold();
+        c.moved_ms.store(now, Relaxed);
         if to == Status::Active {
-            let c = self.cold();
             c.consecutive_failures.store(0, Relaxed);
             c.probe_failures.store(0, Relaxed);
         } else if from == Status::Active {
-            let c = self.cold();
             c.parked_at_ms.store(now, Relaxed);
             c.next_probe_ms.store(0, Relaxed);
         }

@@ -426,10 +426,7 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn key(s: &str) -> StoredKey {
-        crate::store::tests::stored_key(s)
-    }
+    use crate::store::tests::stored_key as key;
 
     #[test]
     fn keys_round_trip_and_duplicates_are_skipped() {
