@@ -367,6 +367,7 @@ impl Pool {
         }
         let start = self.cursor.0.fetch_add(1, Relaxed) % n;
         let first = view.first_at(start, whole);
+        view.prefetch_after(first, 0, whole);
         let mut stale = 0;
         for j in 0..view.walk_len(whole) {
             let p = view.nth_from(first, j, whole);
@@ -1158,6 +1159,35 @@ mod tests {
         for t in pickers {
             assert!(t.join().unwrap() > 0);
         }
+    }
+
+    /// The prefetch ahead of a pick stays on the walk that later picks take: an indexed key
+    /// 16 steps on, wrapping at the end, in a whole walk and in an index walk alike.
+    #[test]
+    fn a_pick_prefetches_a_key_that_a_later_pick_walks_to() {
+        let (p, _) = pool(60);
+        for k in p.keys().iter().step_by(3) {
+            p.disable(&k.id, None);
+        }
+        assert!(p.rebuild());
+        let view = p.view.load();
+        let n = view.keys.len();
+        for whole in [false, true] {
+            let len = view.walk_len(whole);
+            assert_eq!(len, if whole { 60 } else { 40 });
+            for start in 0..n {
+                let first = view.first_at(start, whole);
+                for j in 0..len {
+                    let want = view.nth_from(first, (j + 16) % len, whole);
+                    assert_eq!(view.ahead_of(first, j, whole), Some(want));
+                    assert!(whole || view.keys[want].usable_at(p.now_ms()), "{want} is parked");
+                    view.prefetch_after(first, j, whole);
+                }
+            }
+        }
+        // A walk of 16 keys or fewer fetches nothing ahead.
+        let (small, _) = pool(16);
+        assert_eq!(small.view.load().ahead_of(0, 0, false), None);
     }
 
     #[test]

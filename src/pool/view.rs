@@ -23,6 +23,30 @@ use std::sync::Arc;
 /// returns costs at most one rebuild per this interval.
 pub(super) const RETURN_SLACK_MS: u64 = 100;
 
+/// How far ahead of a pick its prefetch reaches: far enough that back-to-back picks (a
+/// micro-bench loop) find the key fetched, near enough that it is still cached when traffic is
+/// sparse.
+const PREFETCH_AHEAD: usize = 16;
+
+/// Both cache lines of a key's allocation: its reference count and state (what `pick` reads
+/// and the clone it returns writes).
+#[inline(always)]
+fn prefetch_key(key: &Arc<Key>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let at = Arc::as_ptr(key).cast::<i8>();
+        // SAFETY: a prefetch is a hint; it reads nothing into the program and never faults,
+        // whatever the address. The addresses are inside the key's live allocation anyway.
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(at);
+            _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(64));
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = key;
+}
+
 pub(super) struct View {
     pub keys: Arc<Vec<Arc<Key>>>,
     /// Positions in `keys` that `pick` looks at, ascending. Empty with `all` set: every key.
@@ -95,6 +119,26 @@ impl View {
             return start;
         }
         self.first[start] as usize
+    }
+
+    /// Asks the CPU to fetch the key `PREFETCH_AHEAD` steps past walk step `j` into cache, so
+    /// the pick that reaches it (round-robin: a later one) finds it there. At 100k keys the
+    /// keys (12.8 MB) are past the core's cache and a key a page past the last one misses the
+    /// TLB too, with no hardware prefetch across the page (benches/README.md, "Selection,
+    /// round 5"). A hint only: no fault, no store, nothing when the walk is shorter.
+    #[inline]
+    pub fn prefetch_after(&self, first: usize, j: usize, whole: bool) {
+        if let Some(p) = self.ahead_of(first, j, whole) {
+            prefetch_key(&self.keys[p]);
+        }
+    }
+
+    /// The position `prefetch_after` fetches: `PREFETCH_AHEAD` steps further along the same
+    /// walk, wrapping; none in a walk that short (its keys stay cached anyway).
+    #[inline]
+    pub fn ahead_of(&self, first: usize, j: usize, whole: bool) -> Option<usize> {
+        let len = self.walk_len(whole);
+        (len > PREFETCH_AHEAD).then(|| self.nth_from(first, (j + PREFETCH_AHEAD) % len, whole))
     }
 
     /// The position `j` steps into the walk that begins at `first` (`first_at`), for
