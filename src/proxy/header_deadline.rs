@@ -13,7 +13,9 @@
 //! - **Answered**: a final response (`HTTP/1.x` with a status of 200 or more) was written; the next
 //!   byte read starts the next request's header.
 //!
-//! It costs one state check per read and write and a scan of header bytes only.
+//! It costs one state check per read and write, a clock read per request and a scan of header
+//! bytes. The timer behind the deadline is made only when a header read has to wait: a header
+//! that arrives whole (nearly every request) never touches tokio's timer wheel.
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
@@ -64,9 +66,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
 
 /// Where the connection is in its request/response cycle (see the module comment).
 enum Phase {
-    /// Reading a request header until `deadline`; `tail` finds the blank line across reads.
+    /// Reading a request header until `until`; `tail` finds the blank line across reads.
+    /// `timer` wakes the connection at `until`; it is made by the first read that waits.
     Header {
-        deadline: Pin<Box<Sleep>>,
+        until: tokio::time::Instant,
+        timer: Option<Pin<Box<Sleep>>>,
         tail: Tail,
     },
     Body,
@@ -76,7 +80,7 @@ enum Phase {
 impl Phase {
     /// A request header begins now: `limit` to complete it.
     fn header(limit: Duration) -> Phase {
-        Phase::Header { deadline: Box::pin(tokio::time::sleep(limit)), tail: Tail::default() }
+        Phase::Header { until: tokio::time::Instant::now() + limit, timer: None, tail: Tail::default() }
     }
 }
 
@@ -159,24 +163,33 @@ fn is_final_status_line(buf: &[u8]) -> bool {
 impl AsyncRead for HeaderClock {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if let Phase::Header { deadline, .. } = &mut this.phase {
-            if deadline.as_mut().poll(cx).is_ready() {
-                // Best effort: tell the client why before the connection closes. Nothing of a
-                // response has been written in this phase; if the socket cannot take it now, the
-                // close alone has to do.
-                let inner = Pin::new(&mut this.inner);
-                if let Poll::Ready(Ok(_)) = inner.poll_write(cx, TIMED_OUT_RESPONSE) {
-                    let _ = Pin::new(&mut this.inner).poll_flush(cx);
-                }
-                this.phase = Phase::Answered;
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the request header did not arrive in time (server.client_header_timeout)",
-                )));
-            }
-        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let timed_out = match (&polled, &mut this.phase) {
+            // Bytes (or the end) while a header is due: too late if its timer has fired (there
+            // is a timer only if an earlier read of this header had to wait).
+            (Poll::Ready(Ok(())), Phase::Header { timer, .. }) => timer.as_ref().is_some_and(|t| t.is_elapsed()),
+            // Waiting for the header: the timer wakes this connection at the deadline.
+            (Poll::Pending, Phase::Header { until, timer, .. }) => {
+                let until = *until;
+                timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until))).as_mut().poll(cx).is_ready()
+            }
+            _ => false,
+        };
+        if timed_out {
+            // Best effort: tell the client why before the connection closes. Nothing of a
+            // response has been written in this phase; if the socket cannot take it now, the
+            // close alone has to do.
+            let inner = Pin::new(&mut this.inner);
+            if let Poll::Ready(Ok(_)) = inner.poll_write(cx, TIMED_OUT_RESPONSE) {
+                let _ = Pin::new(&mut this.inner).poll_flush(cx);
+            }
+            this.phase = Phase::Answered;
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the request header did not arrive in time (server.client_header_timeout)",
+            )));
+        }
         if let Poll::Ready(Ok(())) = polled {
             let read = &buf.filled()[before..];
             this.saw(read);
