@@ -62,12 +62,12 @@ impl Observed {
     }
 
     /// A piece of that answer's body went by.
-    pub fn body_chunk(&mut self, chunk: &[u8]) {
+    pub fn body_chunk(&mut self, chunk: &bytes::Bytes) {
         if self.ttfb.is_none() && !chunk.is_empty() {
             self.ttfb = Some(self.started.elapsed());
         }
         if let Some(u) = self.usage.as_mut() {
-            u.feed(chunk);
+            u.feed_bytes(chunk);
         }
     }
 

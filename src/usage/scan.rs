@@ -19,6 +19,9 @@ enum Mode {
 #[derive(Debug)]
 pub struct UsageScanner {
     mode: Mode,
+    /// A JSON body's first chunk, held by reference: a body that comes in one chunk (most
+    /// answers) is parsed where it lies, with no copy into `buf`.
+    first: Option<bytes::Bytes>,
     buf: Vec<u8>,
     overflow: bool,
     pub prompt_tokens: Option<u64>,
@@ -44,6 +47,7 @@ impl UsageScanner {
         };
         Some(UsageScanner {
             mode,
+            first: None,
             buf: Vec::new(),
             overflow: false,
             prompt_tokens: None,
@@ -57,9 +61,26 @@ impl UsageScanner {
         self.mode == Mode::Lines
     }
 
+    /// `feed` for a chunk the caller holds as `Bytes`: a JSON body's first chunk is kept by
+    /// reference, not copied.
+    pub fn feed_bytes(&mut self, chunk: &bytes::Bytes) {
+        if self.mode == Mode::Json && self.first.is_none() && self.buf.is_empty() && !self.overflow {
+            if chunk.len() > MAX_JSON {
+                self.overflow = true;
+            } else if !chunk.is_empty() {
+                self.first = Some(chunk.clone());
+            }
+            return;
+        }
+        self.feed(chunk);
+    }
+
     pub fn feed(&mut self, chunk: &[u8]) {
         match self.mode {
             Mode::Json => {
+                if let Some(first) = self.first.take() {
+                    self.buf.extend_from_slice(&first);
+                }
                 if self.buf.len() + chunk.len() > MAX_JSON {
                     self.overflow = true;
                     self.buf = Vec::new();
@@ -93,6 +114,12 @@ impl UsageScanner {
 
     /// The response ended: parse what was kept.
     pub fn finish(&mut self) {
+        if let Some(first) = self.first.take() {
+            if !self.overflow {
+                self.parse(&first);
+            }
+            return;
+        }
         let buf = std::mem::take(&mut self.buf);
         match self.mode {
             Mode::Json if !self.overflow => self.parse(&buf),
@@ -182,13 +209,36 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 mod tests {
     use super::*;
 
+    /// What a scan of `chunks` finds; fed as slices and as `Bytes` (the proxy's way, which
+    /// keeps a JSON body's first chunk uncopied), which must find the same.
     fn scan(ct: &str, chunks: &[&str]) -> (Option<u64>, Option<u64>, Option<String>) {
         let mut s = UsageScanner::for_content_type(ct.as_bytes()).unwrap();
+        let mut b = UsageScanner::for_content_type(ct.as_bytes()).unwrap();
         for c in chunks {
             s.feed(c.as_bytes());
+            b.feed_bytes(&bytes::Bytes::copy_from_slice(c.as_bytes()));
         }
         s.finish();
-        (s.prompt_tokens, s.completion_tokens, s.model)
+        b.finish();
+        let found = (s.prompt_tokens, s.completion_tokens, s.model);
+        assert_eq!((b.prompt_tokens, b.completion_tokens, b.model.clone()), found, "fed as Bytes");
+        found
+    }
+
+    #[test]
+    fn a_json_body_in_one_chunk_is_read_in_place_and_an_oversized_one_is_not_counted() {
+        let body = r#"{"model":"m1","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":7}}"#;
+        let mut s = UsageScanner::for_content_type(b"application/json").unwrap();
+        s.feed_bytes(&bytes::Bytes::from_static(body.as_bytes()));
+        assert!(s.buf.is_empty() && s.first.is_some());
+        s.finish();
+        assert_eq!((s.prompt_tokens, s.completion_tokens), (Some(3), Some(7)));
+        // A first chunk kept by reference still counts toward the bound.
+        let mut s = UsageScanner::for_content_type(b"application/json").unwrap();
+        s.feed_bytes(&bytes::Bytes::from(vec![b' '; MAX_JSON - 10]));
+        s.feed_bytes(&bytes::Bytes::from_static(body.as_bytes()));
+        s.finish();
+        assert_eq!((s.prompt_tokens, s.completion_tokens), (None, None));
     }
 
     #[test]
