@@ -58,6 +58,19 @@ impl Cell {
     fn is(&self, day: u32, client: &str, provider: &str, model: &str) -> bool {
         self.day == day && &*self.client == client && &*self.provider == provider && &*self.model == model
     }
+
+    fn add(&self, u: &Used<'_>) {
+        self.requests.fetch_add(1, Relaxed);
+        if u.error {
+            self.errors.fetch_add(1, Relaxed);
+        }
+        if u.prompt_tokens > 0 {
+            self.prompt.fetch_add(u.prompt_tokens, Relaxed);
+        }
+        if u.completion_tokens > 0 {
+            self.completion.fetch_add(u.completion_tokens, Relaxed);
+        }
+    }
 }
 
 fn cell_hash(day: u32, client: &str, provider: &str, model: &str) -> u64 {
@@ -92,17 +105,17 @@ impl Ledger {
     pub fn record(&self, u: &Used<'_>) {
         let day = calendar::day_of(u.at_ms);
         let model = if u.model.len() > MAX_MODEL { "other" } else { u.model };
-        let cell = self.cell(day, u.client, u.provider, model);
-        cell.requests.fetch_add(1, Relaxed);
-        if u.error {
-            cell.errors.fetch_add(1, Relaxed);
+        // Counted in place under the map's guard: every request of a client and model meets the
+        // same cell, so a clone of its `Arc` would be two more atomic writes on a line that
+        // both cores write.
+        let h = cell_hash(day, u.client, u.provider, model);
+        let cells = self.cells.load();
+        if let Some(cell) = cells.get(&h).and_then(|l| l.iter().find(|c| c.is(day, u.client, u.provider, model))) {
+            cell.add(u);
+            return;
         }
-        if u.prompt_tokens > 0 {
-            cell.prompt.fetch_add(u.prompt_tokens, Relaxed);
-        }
-        if u.completion_tokens > 0 {
-            cell.completion.fetch_add(u.completion_tokens, Relaxed);
-        }
+        drop(cells);
+        self.cell(day, u.client, u.provider, model).add(u);
     }
 
     fn find(&self, day: u32, client: &str, provider: &str, model: &str) -> Option<Arc<Cell>> {
