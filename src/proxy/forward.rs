@@ -24,7 +24,14 @@ use pingora::protocols::http::HttpTask;
 use pingora::proxy::Session;
 
 /// Headers that describe one hop's connection, not the message.
-const HOP_BY_HOP: &[&str] = &["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"];
+static HOP_BY_HOP: [http::HeaderName; 6] = [
+    http::header::CONNECTION,
+    http::HeaderName::from_static("keep-alive"),
+    http::HeaderName::from_static("proxy-connection"),
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::UPGRADE,
+];
 
 /// Runs every attempt of one request and writes the answer (or an error) downstream.
 pub(crate) async fn run(proxy: &PoolProxy, session: &mut Session, ctx: &mut Ctx, body: Bytes) -> pingora::Result<()> {
@@ -89,7 +96,7 @@ async fn attempt(
         req.remove_header(&http::header::TRANSFER_ENCODING);
         req.remove_header(&http::header::EXPECT);
         if !body.is_empty() || req.headers.contains_key(http::header::CONTENT_LENGTH) {
-            req.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+            req.insert_header(http::header::CONTENT_LENGTH, http::HeaderValue::from(body.len()))?;
         }
         Ok(req)
     };
@@ -113,8 +120,8 @@ async fn deliver(
     peek: Option<Bytes>,
 ) -> pingora::Result<()> {
     let state = &proxy.state;
-    for h in HOP_BY_HOP {
-        header.remove_header(*h);
+    for h in &HOP_BY_HOP {
+        header.remove_header(h);
     }
     // No length: a stream (SSE, NDJSON) or a body the upstream generates as it goes.
     let streamed = !header.headers.contains_key(http::header::CONTENT_LENGTH);

@@ -4,22 +4,31 @@
 
 use crate::pool::Key;
 use crate::provider::Provider;
+use http::header::{self, HeaderName};
 use pingora::http::RequestHeader;
 
-/// Dropped always: client credentials and cookies.
-const CREDENTIALS: &[&str] = &["authorization", "x-api-key", "proxy-authorization", "cookie"];
+/// Dropped always: client credentials and cookies. (Names, not strings: a `&str` is parsed
+/// into a header name on every removal, ten of them per attempt.)
+static CREDENTIALS: [HeaderName; 4] =
+    [header::AUTHORIZATION, HeaderName::from_static("x-api-key"), header::PROXY_AUTHORIZATION, header::COOKIE];
 /// Dropped unless `upstream.forward_client_ip_headers`: who the client is.
-const CLIENT_IDENTITY: &[&str] =
-    &["forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-port", "x-real-ip"];
+static CLIENT_IDENTITY: [HeaderName; 6] = [
+    header::FORWARDED,
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-real-ip"),
+];
 
 pub fn rewrite(req: &mut RequestHeader, key: &Key, provider: &Provider) -> pingora::Result<()> {
     let upstream = &provider.upstream;
-    for h in CREDENTIALS {
-        req.remove_header(*h);
+    for h in &CREDENTIALS {
+        req.remove_header(h);
     }
     if !provider.forward_client_ip {
-        for h in CLIENT_IDENTITY {
-            req.remove_header(*h);
+        for h in &CLIENT_IDENTITY {
+            req.remove_header(h);
         }
     }
     // The `Bearer …` bytes were built once per key; this copies them into the request.
