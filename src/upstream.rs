@@ -239,8 +239,15 @@ impl Upstream {
     /// The peer for one attempt: the next healthy address round-robin (any address if none is
     /// healthy: a wrong health verdict must not take the whole proxy down). None = unresolved.
     pub fn peer(&self) -> Option<Arc<HttpPeer>> {
-        let backend = self.lb.select(b"", 16).or_else(|| self.lb.select_with(b"", 16, |_, _| true))?;
-        let addr = *backend.addr.as_inet()?;
+        let backends = self.lb.backends().get_backend();
+        let addr = if backends.len() == 1 {
+            // One address is the answer whatever its health: no selection (its health lookups
+            // hash the address a few times per attempt).
+            *backends.first()?.addr.as_inet()?
+        } else {
+            let backend = self.lb.select(b"", 16).or_else(|| self.lb.select_with(b"", 16, |_, _| true))?;
+            *backend.addr.as_inet()?
+        };
         let known = self.peers.load();
         if let Some(p) = known.iter().find(|p| p._address.as_inet() == Some(&addr)) {
             return Some(p.clone());
@@ -392,6 +399,7 @@ mod tests {
         let up = Upstream::new(&cfg).unwrap();
         assert!(up.resolved());
         assert_eq!(up.peer().unwrap()._address.to_string(), "127.0.0.1:9");
+        assert!(Arc::ptr_eq(&up.peer().unwrap(), &up.peer().unwrap()), "one peer, built once");
     }
 
     #[test]
