@@ -1,6 +1,6 @@
 //! Micro-benchmarks of the request path's own work (issue #6): key selection at 1k and 100k
 //! keys with 0 %, 50 % and 99 % of them parked, outcome classification, token-usage scanning of
-//! an SSE chunk, and client-token lookup. Besides criterion's means, prints the p99 of single
+//! an SSE chunk, the requested model of a chat body, and client-token lookup. Besides criterion's means, prints the p99 of single
 //! `pick` calls, since the target is a tail latency, beside the p99 of the clock reads alone.
 //! Run: `cargo bench --bench micro`.
 
@@ -131,5 +131,31 @@ fn token_lookup(c: &mut Criterion) {
     c.bench_function("auth/lookup_1000_tokens", |b| b.iter(|| black_box(clients.authenticate(&h, 0).is_some())));
 }
 
-criterion_group!(benches, selection, classification, usage, token_lookup);
+/// The requested model of a chat body with a short and a 100 kB prompt (prose, a line end every
+/// 57 bytes: each is an escape in JSON): the member scan the
+/// proxy uses against a full serde parse of the body (how it was read before), same run.
+fn requested_model(c: &mut Criterion) {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        model: Option<String>,
+    }
+    for (name, len) in [("short", 20), ("100kB", 100_000)] {
+        let text: String =
+            "lorem ipsum dolor sit amet, consectetur adipiscing elit.\n".chars().cycle().take(len).collect();
+        let body = serde_json::to_vec(&serde_json::json!({
+            "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": text}],
+            "model": "qwen3:32b",
+            "stream": false,
+        }))
+        .unwrap();
+        c.bench_function(&format!("model/{name}_prompt/scan"), |b| {
+            b.iter(|| ollama_pool::proxy::requested_model(black_box(&body)))
+        });
+        c.bench_function(&format!("model/{name}_prompt/full_parse"), |b| {
+            b.iter(|| serde_json::from_slice::<Probe>(black_box(&body)).ok().and_then(|p| p.model))
+        });
+    }
+}
+
+criterion_group!(benches, selection, classification, usage, requested_model, token_lookup);
 criterion_main!(benches);

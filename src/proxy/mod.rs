@@ -300,11 +300,24 @@ impl ProxyHttp for PoolProxy {
     }
 }
 
-/// The `model` of a JSON request body (OpenAI, Anthropic and Ollama all call it that).
-fn requested_model(body: &[u8]) -> Option<String> {
+/// The `model` of a JSON request body (OpenAI, Anthropic and Ollama all call it that). The
+/// prompt around it is skipped, not parsed (`usage::members`); serde parses the whole body
+/// only when that scan gives up.
+pub fn requested_model(body: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct Probe {
         model: Option<String>,
     }
-    serde_json::from_slice::<Probe>(body).ok()?.model
+    let (mut model, mut twice) = (None, false);
+    let scanned = crate::usage::members::each(body, |key, v| {
+        if key == b"model" {
+            twice |= model.replace(v).is_some();
+        }
+    });
+    match (scanned, model) {
+        (Some(()), _) if twice => serde_json::from_slice::<Probe>(body).ok()?.model,
+        (Some(()), Some(v)) => serde_json::from_slice::<Option<String>>(v).ok()?,
+        (Some(()), None) => None,
+        (None, _) => serde_json::from_slice::<Probe>(body).ok()?.model,
+    }
 }

@@ -9,6 +9,7 @@
 //! - `budget`: a token's `tpm` / `daily_tokens` / `monthly_tokens`, checked before forwarding.
 
 pub mod budget;
+pub(crate) mod members;
 pub mod report;
 mod scan;
 

@@ -150,9 +150,17 @@ impl UsageScanner {
 
     /// Parses one JSON object into just the fields usage lives in (no `Value` tree: most of a
     /// response is skipped without allocating).
+    /// The wanted members are found by `members::each` and parsed alone; serde parses the
+    /// whole document only when that scan gives up.
     fn parse(&mut self, bytes: &[u8]) {
-        if let Ok(u) = serde_json::from_slice::<UsageDoc>(bytes) {
-            self.take_doc(u);
+        match UsageDoc::from_members(bytes) {
+            Some(Ok(d)) => self.take_doc(d),
+            Some(Err(())) => {} // a wanted member serde refuses: it refuses the document too
+            None => {
+                if let Ok(u) = serde_json::from_slice::<UsageDoc>(bytes) {
+                    self.take_doc(u);
+                }
+            }
         }
     }
 
@@ -178,7 +186,7 @@ impl UsageScanner {
     }
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, Default, Debug, PartialEq)]
 struct UsageDoc {
     model: Option<String>,
     usage: Option<UsageFields>,
@@ -187,13 +195,48 @@ struct UsageDoc {
     eval_count: Option<u64>,
 }
 
-#[derive(serde::Deserialize)]
+impl UsageDoc {
+    /// The document from its wanted members alone: None when the member scan gives up (or a
+    /// wanted member comes twice, which serde refuses), Err when serde refuses one of them.
+    fn from_members(doc: &[u8]) -> Option<Result<UsageDoc, ()>> {
+        fn put<T: serde::de::DeserializeOwned>(slot: &mut Option<T>, v: &[u8]) -> bool {
+            serde_json::from_slice::<Option<T>>(v).map(|x| *slot = x).is_ok()
+        }
+        let (mut d, mut seen, mut twice, mut refused) = (UsageDoc::default(), 0u8, false, false);
+        super::members::each(doc, |key, v| {
+            let bit = match key {
+                b"model" => 1,
+                b"usage" => 2,
+                b"message" => 4,
+                b"prompt_eval_count" => 8,
+                b"eval_count" => 16,
+                _ => return,
+            };
+            twice |= seen & bit != 0;
+            seen |= bit;
+            let ok = match bit {
+                1 => put(&mut d.model, v),
+                2 => put(&mut d.usage, v),
+                4 => put(&mut d.message, v),
+                8 => put(&mut d.prompt_eval_count, v),
+                _ => put(&mut d.eval_count, v),
+            };
+            refused |= !ok;
+        })?;
+        if twice {
+            return None;
+        }
+        Some(if refused { Err(()) } else { Ok(d) })
+    }
+}
+
+#[derive(serde::Deserialize, Debug, PartialEq)]
 struct MessageDoc {
     model: Option<String>,
     usage: Option<UsageFields>,
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, Debug, PartialEq)]
 struct UsageFields {
     prompt_tokens: Option<u64>,
     completion_tokens: Option<u64>,

@@ -1,0 +1,279 @@
+//! The members of a JSON object, found without parsing what they hold: what the request path
+//! needs from a body is one or two top-level fields (`model`, `usage`), and a full parse of a
+//! chat answer or a long prompt spends most of its time on text it then drops. The skip jumps
+//! from quote to quote (`memchr`) and counts brackets; each wanted value is then parsed alone
+//! by serde.
+//!
+//! The scan is a shortcut, not a second parser: it gives up (None) on anything it does not
+//! plainly understand — not one object, an escaped key, a wanted key twice, a value it cannot
+//! skip — and the caller then parses the whole document with serde as before. On well-formed
+//! JSON both ways give the same answer (tested against serde). On malformed JSON whose
+//! structure holds (an invalid number or escape inside a member nobody wants), the scan may
+//! still read the wanted members where serde refused the whole document.
+
+/// Calls `f(key, value)` for each member of the object that `doc` is (key without its quotes,
+/// value as raw JSON), in order. None if `doc` is not plainly one object: the caller falls
+/// back to a full parse.
+pub(crate) fn each<'a>(doc: &'a [u8], mut f: impl FnMut(&'a [u8], &'a [u8])) -> Option<()> {
+    let mut i = skip_ws(doc, 0);
+    if doc.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = skip_ws(doc, i + 1);
+    if doc.get(i) == Some(&b'}') {
+        return (skip_ws(doc, i + 1) == doc.len()).then_some(());
+    }
+    loop {
+        if doc.get(i) != Some(&b'"') {
+            return None;
+        }
+        let key_end = string_end(doc, i)?;
+        let key = &doc[i + 1..key_end - 1];
+        if key.contains(&b'\\') {
+            return None; // an escaped name: serde decodes it
+        }
+        i = skip_ws(doc, key_end);
+        if doc.get(i) != Some(&b':') {
+            return None;
+        }
+        let start = skip_ws(doc, i + 1);
+        let end = value_end(doc, start)?;
+        f(key, &doc[start..end]);
+        i = skip_ws(doc, end);
+        match doc.get(i) {
+            Some(b',') => i = skip_ws(doc, i + 1),
+            Some(b'}') => return (skip_ws(doc, i + 1) == doc.len()).then_some(()),
+            _ => return None,
+        }
+    }
+}
+
+fn skip_ws(doc: &[u8], mut i: usize) -> usize {
+    while matches!(doc.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        i += 1;
+    }
+    i
+}
+
+/// Just past the string that opens at `doc[at]` (a quote): the next quote not escaped, i.e.
+/// after an even run of backslashes (so a prompt's many `\n` do not stop the jump).
+fn string_end(doc: &[u8], at: usize) -> Option<usize> {
+    let mut i = at + 1;
+    loop {
+        i += memchr::memchr(b'"', doc.get(i..)?)?;
+        let escapes = doc[at + 1..i].iter().rev().take_while(|&&b| b == b'\\').count();
+        if escapes % 2 == 0 {
+            return Some(i + 1);
+        }
+        i += 1;
+    }
+}
+
+/// Just past the value that starts at `doc[at]`.
+fn value_end(doc: &[u8], at: usize) -> Option<usize> {
+    match *doc.get(at)? {
+        b'"' => string_end(doc, at),
+        b'{' | b'[' => {
+            // Which brackets are open, as bits (1: `{`), so `{]` is refused; deeper than 64
+            // gives up. Strings are skipped whole, so brackets inside them do not count.
+            let (mut open, mut depth) = (0u64, 0u32);
+            let mut i = at;
+            loop {
+                let b = *doc.get(i)?;
+                match b {
+                    b'"' => {
+                        i = string_end(doc, i)?;
+                        continue;
+                    }
+                    b'{' | b'[' if depth < 64 => {
+                        open = open << 1 | u64::from(b == b'{');
+                        depth += 1;
+                    }
+                    b'{' | b'[' => return None,
+                    b'}' | b']' => {
+                        if depth == 0 || (open & 1 == 1) != (b == b'}') {
+                            return None;
+                        }
+                        open >>= 1;
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+        }
+        _ => {
+            // A number, true, false or null: up to the next delimiter.
+            let n = doc[at..].iter().position(|b| matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'));
+            let end = at + n.unwrap_or(doc.len() - at);
+            (end > at).then_some(end)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    const KEYS: &[&str] = &[
+        "model",
+        "usage",
+        "message",
+        "prompt_tokens",
+        "completion_tokens",
+        "input_tokens",
+        "eval_count",
+        "prompt_eval_count",
+        "choices",
+        "content",
+        "x",
+    ];
+
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            (0u64..1000).prop_map(Value::from),
+            (-1000i64..0).prop_map(Value::from),
+            Just(Value::from(1.5)),
+            // Quotes, backslashes, brackets and non-ASCII inside strings: what the skip must get past.
+            "[a-z\"\\\\{}\\[\\],: é\n]{0,10}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 40, 5, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                proptest::collection::vec((proptest::sample::select(KEYS), inner), 0..5)
+                    .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_string(), v)).collect())),
+            ]
+        })
+    }
+
+    fn object() -> impl Strategy<Value = String> {
+        (proptest::collection::vec((proptest::sample::select(KEYS), value()), 0..7), any::<bool>()).prop_map(
+            |(m, pretty)| {
+                let v = Value::Object(m.into_iter().map(|(k, v)| (k.to_string(), v)).collect());
+                if pretty {
+                    serde_json::to_string_pretty(&v).unwrap()
+                } else {
+                    serde_json::to_string(&v).unwrap()
+                }
+            },
+        )
+    }
+
+    /// The members serde sees, as (key, value) pairs.
+    fn serde_members(doc: &str) -> Vec<(String, Value)> {
+        let v: serde_json::Map<String, Value> = serde_json::from_str(doc).unwrap();
+        v.into_iter().collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// On any object serde writes, the scan finds the members serde reads, with the same
+        /// values; on any cut of it, it finds nothing (the caller then asks serde, which refuses).
+        #[test]
+        fn the_scan_finds_what_serde_finds_and_gives_up_on_a_cut(doc in object(), cut in 0usize..400) {
+            let mut found = Vec::new();
+            let scanned = each(doc.as_bytes(), |k, v| {
+                found.push((String::from_utf8(k.to_vec()).unwrap(), serde_json::from_slice::<Value>(v).unwrap()));
+            });
+            prop_assert_eq!(scanned, Some(()));
+            let mut want = serde_members(&doc);
+            found.sort_by(|a, b| a.0.cmp(&b.0));
+            want.sort_by(|a, b| a.0.cmp(&b.0));
+            prop_assert_eq!(found, want);
+            let cut = cut.min(doc.len().saturating_sub(1));
+            if doc.is_char_boundary(cut) && doc[..cut].trim_end() != doc.trim_end() {
+                prop_assert_eq!(each(&doc.as_bytes()[..cut], |_, _| {}), None, "cut at {}", cut);
+            }
+        }
+
+        /// The request's model and the answer's usage come out as serde alone gives them.
+        #[test]
+        fn model_and_usage_match_a_full_parse(doc in object()) {
+            #[derive(serde::Deserialize)]
+            struct Probe { model: Option<String> }
+            let full = serde_json::from_str::<Probe>(&doc).ok().and_then(|p| p.model);
+            prop_assert_eq!(crate::proxy::requested_model(doc.as_bytes()), full);
+            let mut fast = crate::usage::UsageScanner::for_content_type(b"application/json").unwrap();
+            fast.feed(doc.as_bytes());
+            fast.finish();
+            let slow = serde_json::from_str::<SlowDoc>(&doc).ok();
+            prop_assert_eq!((fast.model, fast.prompt_tokens, fast.completion_tokens), SlowDoc::counts(slow));
+        }
+    }
+
+    /// The old way, for comparison: serde over the whole document.
+    #[derive(serde::Deserialize)]
+    struct SlowDoc {
+        model: Option<String>,
+        usage: Option<SlowUsage>,
+        message: Option<SlowMessage>,
+        prompt_eval_count: Option<u64>,
+        eval_count: Option<u64>,
+    }
+    #[derive(serde::Deserialize)]
+    struct SlowMessage {
+        model: Option<String>,
+        usage: Option<SlowUsage>,
+    }
+    #[derive(serde::Deserialize)]
+    struct SlowUsage {
+        prompt_tokens: Option<u64>,
+        completion_tokens: Option<u64>,
+        input_tokens: Option<u64>,
+        output_tokens: Option<u64>,
+    }
+
+    impl SlowDoc {
+        fn counts(d: Option<SlowDoc>) -> (Option<String>, Option<u64>, Option<u64>) {
+            let Some(d) = d else { return (None, None, None) };
+            let model = d.model.or_else(|| d.message.as_ref().and_then(|m| m.model.clone()));
+            let (mut p, mut c) = (None, None);
+            for u in [d.usage, d.message.and_then(|m| m.usage)].into_iter().flatten() {
+                if let Some(x) = u.prompt_tokens.or(u.input_tokens) {
+                    p = Some(x);
+                }
+                if let Some(x) = u.completion_tokens.or(u.output_tokens) {
+                    c = Some(x);
+                }
+            }
+            (model, d.prompt_eval_count.or(p), d.eval_count.or(c))
+        }
+    }
+
+    #[test]
+    fn the_scan_gives_up_on_what_it_does_not_plainly_understand() {
+        for doc in [
+            "",
+            "[]",
+            r#"{"a":1"#,
+            r#"{"a":1}x"#,
+            r#"{"a":{]}"#,
+            r#"{"a":[}]}"#,
+            r#"{"mod\u0065l":"x"}"#,
+            r#"{"a" 1}"#,
+            r#"{"a":}"#,
+            r#"{"a":1,}"#,
+            r#"{"a":"unterminated}"#,
+        ] {
+            assert_eq!(each(doc.as_bytes(), |_, _| {}), None, "{doc}");
+        }
+        assert_eq!(each(b" { } ", |_, _| {}), Some(()));
+        // A key twice: serde refuses the document, so the model is not taken from either.
+        assert_eq!(crate::proxy::requested_model(br#"{"model":"a","model":"b"}"#), None);
+        // An escaped key: serde decodes it, so the fallback still finds the model.
+        assert_eq!(crate::proxy::requested_model(br#"{"mod\u0065l":"q"}"#).as_deref(), Some("q"));
+        assert_eq!(
+            crate::proxy::requested_model(br#"{"messages":[{"content":"{\"model\":\"no\"}"}],"model":"yes"}"#)
+                .as_deref(),
+            Some("yes")
+        );
+    }
+}
