@@ -28,7 +28,8 @@
 //!   finds the running instance by its pid file and takes its listeners over (SIGQUIT).
 //! - `import` — key-file parsing shared by start-up, the admin API and the CLI.
 //! - `store` — durable state: `Store` trait + SQLite (keys, hashed tokens, counter snapshots, usage).
-//! - `usage` — token usage read from JSON/SSE/NDJSON responses as they pass (`usage::scan`), the
+//! - `usage` — token usage read from JSON/SSE/NDJSON responses as they pass (`usage::scan`;
+//!   `usage::members` finds a body's `model` / `usage` members without parsing the rest), the
 //!   per (day, client, provider, model) ledger, reports (`usage::report`) and token budgets
 //!   (`usage::budget`).
 //! - `fleet` — several instances on one Redis: key changes published and applied across them,
