@@ -314,10 +314,8 @@ pub fn requested_model(body: &[u8]) -> Option<String> {
             twice |= model.replace(v).is_some();
         }
     });
-    match (scanned, model) {
-        (Some(()), _) if twice => serde_json::from_slice::<Probe>(body).ok()?.model,
-        (Some(()), Some(v)) => serde_json::from_slice::<Option<String>>(v).ok()?,
-        (Some(()), None) => None,
-        (None, _) => serde_json::from_slice::<Probe>(body).ok()?.model,
+    if scanned.is_none() || twice {
+        return serde_json::from_slice::<Probe>(body).ok()?.model;
     }
+    serde_json::from_slice::<Option<String>>(model?).ok()?
 }

@@ -74,6 +74,17 @@ impl Cell {
     }
 }
 
+/// The cell of (day, client, provider, model) in `cells`, if it is there.
+fn find_in<'m>(
+    cells: &'m HashMap<u64, Vec<Arc<Cell>>>,
+    day: u32,
+    client: &str,
+    provider: &str,
+    model: &str,
+) -> Option<&'m Arc<Cell>> {
+    cells.get(&cell_hash(day, client, provider, model))?.iter().find(|c| c.is(day, client, provider, model))
+}
+
 fn cell_hash(day: u32, client: &str, provider: &str, model: &str) -> u64 {
     // `DefaultHasher::new()` has fixed keys: the same hash on every thread.
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -109,19 +120,15 @@ impl Ledger {
         // Counted in place under the map's guard: every request of a client and model meets the
         // same cell, so a clone of its `Arc` would be two more atomic writes on a line that
         // both cores write.
-        let h = cell_hash(day, u.client, u.provider, model);
-        let cells = self.cells.load();
-        if let Some(cell) = cells.get(&h).and_then(|l| l.iter().find(|c| c.is(day, u.client, u.provider, model))) {
+        if let Some(cell) = find_in(&self.cells.load(), day, u.client, u.provider, model) {
             cell.add(u);
             return;
         }
-        drop(cells);
         self.cell(day, u.client, u.provider, model).add(u);
     }
 
     fn find(&self, day: u32, client: &str, provider: &str, model: &str) -> Option<Arc<Cell>> {
-        let h = cell_hash(day, client, provider, model);
-        self.cells.load().get(&h)?.iter().find(|c| c.is(day, client, provider, model)).cloned()
+        find_in(&self.cells.load(), day, client, provider, model).cloned()
     }
 
     fn cell(&self, day: u32, client: &str, provider: &str, mut model: &str) -> Arc<Cell> {

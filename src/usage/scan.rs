@@ -148,10 +148,9 @@ impl UsageScanner {
         self.parse(line);
     }
 
-    /// Parses one JSON object into just the fields usage lives in (no `Value` tree: most of a
-    /// response is skipped without allocating).
-    /// The wanted members are found by `members::each` and parsed alone; serde parses the
-    /// whole document only when that scan gives up.
+    /// Parses one JSON object into just the fields usage lives in: the members that hold them
+    /// are found by `members::each` and parsed alone; serde parses the whole document only
+    /// when that scan gives up.
     fn parse(&mut self, bytes: &[u8]) {
         match UsageDoc::from_members(bytes) {
             Some(Ok(d)) => self.take_doc(d),
@@ -266,6 +265,22 @@ mod tests {
         let found = (s.prompt_tokens, s.completion_tokens, s.model);
         assert_eq!((b.prompt_tokens, b.completion_tokens, b.model.clone()), found, "fed as Bytes");
         found
+    }
+
+    proptest::proptest! {
+        /// The member scan reads the document serde reads, or refuses it where serde does. (On
+        /// these objects no key comes twice, so the scan never has to hand over to serde.)
+        #[test]
+        fn the_member_scan_reads_what_serde_reads(
+            doc in proptest::prop_oneof![crate::usage::members::tests::object(), crate::usage::members::tests::usage_like()]
+        ) {
+            let full = serde_json::from_str::<UsageDoc>(&doc).ok();
+            match UsageDoc::from_members(doc.as_bytes()) {
+                Some(Ok(d)) => proptest::prop_assert_eq!(Some(d), full),
+                Some(Err(())) => proptest::prop_assert_eq!(full, None),
+                None => proptest::prop_assert!(false, "the scan gave up on {}", doc),
+            }
+        }
     }
 
     #[test]
