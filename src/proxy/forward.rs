@@ -33,6 +33,10 @@ static HOP_BY_HOP: [http::HeaderName; 6] = [
     http::header::UPGRADE,
 ];
 
+/// The client's body framing: the upstream gets the whole body with its length (and never
+/// `Expect`: the body was already read).
+static FRAMING: [http::HeaderName; 2] = [http::header::TRANSFER_ENCODING, http::header::EXPECT];
+
 /// Runs every attempt of one request and writes the answer (or an error) downstream.
 pub(crate) async fn run(proxy: &PoolProxy, session: &mut Session, ctx: &mut Ctx, body: Bytes) -> pingora::Result<()> {
     let state = &proxy.state;
@@ -93,8 +97,9 @@ async fn attempt(
     let build = || {
         let mut req = session.req_header().clone();
         headers::rewrite(&mut req, key, provider)?;
-        req.remove_header(&http::header::TRANSFER_ENCODING);
-        req.remove_header(&http::header::EXPECT);
+        for h in headers::held(&FRAMING, &req.headers) {
+            req.remove_header(h);
+        }
         if !body.is_empty() || req.headers.contains_key(http::header::CONTENT_LENGTH) {
             req.insert_header(http::header::CONTENT_LENGTH, http::HeaderValue::from(body.len()))?;
         }
@@ -120,7 +125,7 @@ async fn deliver(
     peek: Option<Bytes>,
 ) -> pingora::Result<()> {
     let state = &proxy.state;
-    for h in &HOP_BY_HOP {
+    for h in headers::held(&HOP_BY_HOP, &header.headers) {
         header.remove_header(h);
     }
     // No length: a stream (SSE, NDJSON) or a body the upstream generates as it goes.
