@@ -61,6 +61,11 @@ pub(crate) async fn read_whole(session: &mut Session, max: u64, pause: Duration)
                     }
                     (_, Some(b)) => b.extend_from_slice(&chunk),
                 }
+                // The last piece of a body with a length says so: no read (and no read timer)
+                // just to be told it ended.
+                if session.is_body_done() {
+                    break;
+                }
             }
             Ok(None) => break,
             Err(e) if matches!(e.etype(), ErrorType::ReadTimedout) => {
