@@ -28,10 +28,10 @@
 //! While Redis is away each instance goes on counting alone with the last others' count it
 //! saw; what it counted meanwhile is added when Redis is back.
 
-use crate::proxy::auth::{Client, Clients};
+use crate::proxy::auth::{Client, Clients, Table};
 use crate::store::Store;
 use crate::usage::BudgetKind;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -228,8 +228,6 @@ pub fn sync_once(
     }
     Ok(slots.len())
 }
-
-type Table = HashMap<[u8; 32], Arc<Client>>;
 
 /// For each client with a daily or monthly budget not in `seeded` (at start: every one; later:
 /// tokens made, loaded or changed since), creates today's and this month's counters, if they

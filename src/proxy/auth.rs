@@ -128,15 +128,19 @@ pub fn new_token() -> crate::secret::Secret {
     crate::secret::Secret::new(out)
 }
 
+/// SHA-256(token) -> client. Hashed with foldhash, seeded per process: std's SipHash cost more
+/// than the rest of the lookup, and the keys are digests the operator's tokens give.
+pub type Table = HashMap<[u8; 32], Arc<Client>, foldhash::fast::RandomState>;
+
 #[derive(Default)]
 pub struct Clients {
-    /// SHA-256(token) -> client. Replaced whole on change (rare); read on every request.
-    by_hash: ArcSwap<HashMap<[u8; 32], Arc<Client>>>,
+    /// Replaced whole on change (rare); read on every request.
+    by_hash: ArcSwap<Table>,
 }
 
 impl Clients {
     pub fn from_static(tokens: &[StaticToken]) -> Clients {
-        let map = tokens.iter().map(|t| (t.token.sha256(), Arc::new(static_client(t)))).collect();
+        let map: Table = tokens.iter().map(|t| (t.token.sha256(), Arc::new(static_client(t)))).collect();
         Clients { by_hash: ArcSwap::from_pointee(map) }
     }
 
@@ -201,7 +205,7 @@ impl Clients {
     }
 
     /// The table as it is now (fleet sync notices a change by comparing two of these).
-    pub fn snapshot(&self) -> Arc<HashMap<[u8; 32], Arc<Client>>> {
+    pub fn snapshot(&self) -> Arc<Table> {
         self.by_hash.load_full()
     }
 

@@ -20,7 +20,7 @@ use crate::pool::calendar;
 use crate::store::Store;
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
@@ -75,21 +75,17 @@ impl Cell {
 }
 
 /// The cell of (day, client, provider, model) in `cells`, if it is there.
-fn find_in<'m>(
-    cells: &'m HashMap<u64, Vec<Arc<Cell>>>,
-    day: u32,
-    client: &str,
-    provider: &str,
-    model: &str,
-) -> Option<&'m Arc<Cell>> {
-    cells.get(&cell_hash(day, client, provider, model))?.iter().find(|c| c.is(day, client, provider, model))
+fn find_in<'m>(cells: &'m Cells, day: u32, client: &str, provider: &str, model: &str) -> Option<&'m Arc<Cell>> {
+    cells.get(&cell_hash(cells, day, client, provider, model))?.iter().find(|c| c.is(day, client, provider, model))
 }
 
-fn cell_hash(day: u32, client: &str, provider: &str, model: &str) -> u64 {
-    // `DefaultHasher::new()` has fixed keys: the same hash on every thread.
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (day, client, provider, model).hash(&mut h);
-    h.finish()
+/// hash of (day, client, provider, model) -> the cells with that hash. Its hasher (foldhash,
+/// seeded once per process: std's SipHash cost more than the rest of a request's count) also
+/// hashes the cells' names, and every copy of the map keeps it, so a hash stays the same.
+type Cells = HashMap<u64, Vec<Arc<Cell>>, foldhash::fast::RandomState>;
+
+fn cell_hash(cells: &Cells, day: u32, client: &str, provider: &str, model: &str) -> u64 {
+    cells.hasher().hash_one((day, client, provider, model))
 }
 
 /// One finished request, as the ledger counts it.
@@ -106,9 +102,9 @@ pub struct Used<'a> {
 /// The in-memory usage counters of this process since their last flush.
 #[derive(Default)]
 pub struct Ledger {
-    /// hash -> cells with that hash. Read lock-free on every request; replaced whole when a
-    /// new (day, client, provider, model) appears, which is rare.
-    cells: ArcSwap<HashMap<u64, Vec<Arc<Cell>>>>,
+    /// Read lock-free on every request; replaced whole when a new (day, client, provider,
+    /// model) appears, which is rare.
+    cells: ArcSwap<Cells>,
     /// Serialises flushes (the periodic one and a report's), so a row is written once.
     flushing: std::sync::Mutex<()>,
 }
@@ -141,7 +137,6 @@ impl Ledger {
                 return c;
             }
         }
-        let h = cell_hash(day, client, provider, model);
         let fresh = Arc::new(Cell {
             day,
             client: client.into(),
@@ -155,7 +150,7 @@ impl Ledger {
         let mut chosen = fresh.clone();
         self.cells.rcu(|m| {
             let mut m = HashMap::clone(m);
-            let list = m.entry(h).or_default();
+            let list = m.entry(cell_hash(&m, day, client, provider, model)).or_default();
             // Another thread may have added it meanwhile: use that one.
             match list.iter().find(|c| c.is(day, client, provider, model)) {
                 Some(c) => chosen = c.clone(),
