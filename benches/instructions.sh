@@ -32,12 +32,18 @@ server: {grace_period: 0s, shutdown_timeout: 1s, pid_file: $D/pool.pid, upgrade_
 YAML
 if [[ $BIN == *bare_pingora* ]]; then
   valgrind --tool=callgrind --callgrind-out-file=$D/cg.out $BIN --listen 127.0.0.1:28201 --upstream 127.0.0.1:28180 --threads 2 > $D/log 2>&1 & P=$!
-  sleep 8
+  up() { curl -s -o /dev/null http://127.0.0.1:28201/; } # any answer: it has no readiness route
 else
+  # Ready, and its proxy listener taking connections (under valgrind the admin one can be first).
+  up() { curl -sf http://127.0.0.1:28301/readyz >/dev/null && curl -s -o /dev/null http://127.0.0.1:28201/healthz; }
 RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file=$D/cg.out $BIN serve -c $D/pool.yaml > $D/log 2>&1 & P=$!
 fi
 trap "kill $M $P 2>/dev/null; wait $P $M 2>/dev/null; rm -rf $D" EXIT
-for _ in $(seq 300); do curl -sf http://127.0.0.1:28301/readyz >/dev/null && break; sleep 0.2; done
+# Under valgrind a build just made can take over a minute to start (its debug info is read
+# cold): wait up to 3 minutes, then say so rather than measure nothing.
+ready=
+for _ in $(seq 900); do up && { ready=1; break; }; sleep 0.2; done
+[ -n "$ready" ] || { echo "instructions.sh: $BIN was not ready within 3 minutes under valgrind; its log:" >&2; tail -5 $D/log >&2; exit 1; }
 export TOKEN=bench-client-token-123
 wrk -t1 -c8 -d3s -s benches/chat.lua http://127.0.0.1:28201/v1/chat/completions >/dev/null
 callgrind_control -z $P >/dev/null
