@@ -194,7 +194,7 @@ impl PoolProxy {
             Err(e) => return self.refuse(session, ctx, e).await,
         };
         // The model is read once, here; routing, key choice and the client's allow-list use it.
-        let model: Option<Arc<str>> = requested_model(&body).map(Arc::from);
+        let model: Option<Arc<str>> = requested_model(&body);
         if !client.models.is_empty() && !client.allows_model(model.as_deref()) {
             return self.refuse(session, ctx, ProxyError::new(ErrorKind::ModelNotAllowed).about_model(model)).await;
         }
@@ -303,7 +303,7 @@ impl ProxyHttp for PoolProxy {
 /// The `model` of a JSON request body (OpenAI, Anthropic and Ollama all call it that). The
 /// prompt around it is skipped, not parsed (`usage::members`); serde parses the whole body
 /// only when that scan gives up.
-pub fn requested_model(body: &[u8]) -> Option<String> {
+pub fn requested_model(body: &[u8]) -> Option<Arc<str>> {
     #[derive(serde::Deserialize)]
     struct Probe {
         model: Option<String>,
@@ -315,7 +315,11 @@ pub fn requested_model(body: &[u8]) -> Option<String> {
         }
     });
     if scanned.is_none() || twice {
-        return serde_json::from_slice::<Probe>(body).ok()?.model;
+        return serde_json::from_slice::<Probe>(body).ok()?.model.map(Arc::from);
     }
-    serde_json::from_slice::<Option<String>>(model?).ok()?
+    let model = model?;
+    if let Some(name) = crate::usage::members::plain_str(model) {
+        return Some(Arc::from(name)); // (the usual case: no escape, so no serde)
+    }
+    serde_json::from_slice::<Option<String>>(model).ok()?.map(Arc::from)
 }

@@ -48,6 +48,26 @@ pub(crate) fn each<'a>(doc: &'a [u8], mut f: impl FnMut(&'a [u8], &'a [u8])) -> 
     }
 }
 
+/// A value in the two shapes a wanted member nearly always has, read without serde: a string
+/// with no escape and no control character (its text), and a plain unsigned integer. None for
+/// anything else (an escape, a sign, a fraction, an exponent, a leading zero, more than 19
+/// digits): the caller then asks serde, whose answer stands. `null` is the caller's to check.
+pub(crate) fn plain_str(v: &[u8]) -> Option<&str> {
+    let text = v.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    if text.iter().any(|&b| b == b'\\' || b == b'"' || b < 0x20) {
+        return None;
+    }
+    std::str::from_utf8(text).ok()
+}
+
+/// See [`plain_str`].
+pub(crate) fn plain_u64(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || (v[0] == b'0' && v.len() > 1) {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, &b| b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0')))
+}
+
 fn skip_ws(doc: &[u8], mut i: usize) -> usize {
     while matches!(doc.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
         i += 1;
@@ -201,7 +221,9 @@ pub(crate) mod tests {
     /// A JSON object with the members usage lives in, well typed (so serde reads it, and a
     /// wrong value shows), among others of any kind.
     pub(crate) fn usage_like() -> impl Strategy<Value = String> {
-        let count = || prop_oneof![Just(Value::Null), (0u64..10_000).prop_map(Value::from)];
+        // (Any u64 too: past 19 digits the plain read hands the count to serde.)
+        let count =
+            || prop_oneof![Just(Value::Null), (0u64..10_000).prop_map(Value::from), any::<u64>().prop_map(Value::from)];
         let counts = proptest::collection::vec(
             (
                 proptest::sample::select(
@@ -262,7 +284,40 @@ pub(crate) mod tests {
             #[derive(serde::Deserialize)]
             struct Probe { model: Option<String> }
             let full = serde_json::from_str::<Probe>(&doc).ok().and_then(|p| p.model);
-            prop_assert_eq!(crate::proxy::requested_model(doc.as_bytes()), full);
+            let scanned = crate::proxy::requested_model(doc.as_bytes());
+            prop_assert_eq!(scanned.as_deref(), full.as_deref());
+        }
+    }
+
+    proptest! {
+        /// What the plain reads give, serde gives: any JSON value, and any number's text.
+        #[test]
+        fn plain_values_read_as_serde_reads_them(v in value(), n in any::<u64>(), f in any::<f64>(), i in any::<i64>()) {
+            let texts = [serde_json::to_string(&v).unwrap(), n.to_string(), format!("{f:?}"), i.to_string(), format!("0{n}")];
+            for t in &texts {
+                if let Some(s) = plain_str(t.as_bytes()) {
+                    prop_assert_eq!(Some(s.to_string()), serde_json::from_str::<String>(t).ok(), "{}", t);
+                }
+                if let Some(x) = plain_u64(t.as_bytes()) {
+                    prop_assert_eq!(Some(x), serde_json::from_str::<u64>(t).ok(), "{}", t);
+                }
+            }
+            prop_assert_eq!(plain_u64(n.to_string().as_bytes()).is_some(), n < 10u64.pow(19));
+        }
+    }
+
+    #[test]
+    fn plain_values_leave_the_unusual_to_serde() {
+        assert_eq!(plain_str(br#""qwen3:8b""#), Some("qwen3:8b"));
+        assert_eq!(plain_str(r#""modèle""#.as_bytes()), Some("modèle"));
+        assert_eq!(plain_str(br#""""#), Some(""));
+        for v in [&br#""a\nb""#[..], b"\"a\tb\"", b"\"", b"x", b"\"\xff\"", b"null", b"\"a\"b", b"\"a\"b\""] {
+            assert_eq!(plain_str(v), None, "{}", String::from_utf8_lossy(v));
+        }
+        assert_eq!(plain_u64(b"0"), Some(0));
+        assert_eq!(plain_u64(b"9999999999999999999"), Some(9_999_999_999_999_999_999));
+        for v in ["", "01", "-1", "-0", "1.0", "1e3", "18446744073709551615", "1 ", "null", "\"1\""] {
+            assert_eq!(plain_u64(v.as_bytes()), None, "{v}");
         }
     }
 

@@ -198,7 +198,11 @@ impl UsageDoc {
     /// The document from its wanted members alone: None when the member scan gives up (or a
     /// wanted member comes twice, which serde refuses), Err when serde refuses one of them.
     fn from_members(doc: &[u8]) -> Option<Result<UsageDoc, ()>> {
-        fn put<T: serde::de::DeserializeOwned>(slot: &mut Option<T>, v: &[u8]) -> bool {
+        fn put<T: serde::de::DeserializeOwned + Plain>(slot: &mut Option<T>, v: &[u8]) -> bool {
+            if let Some(x) = Plain::read(v) {
+                *slot = x;
+                return true;
+            }
             serde_json::from_slice::<Option<T>>(v).map(|x| *slot = x).is_ok()
         }
         let (mut d, mut seen, mut twice, mut refused) = (UsageDoc::default(), 0u8, false, false);
@@ -226,6 +230,67 @@ impl UsageDoc {
             return None;
         }
         Some(if refused { Err(()) } else { Ok(d) })
+    }
+}
+
+/// A wanted member's value read without serde when it has its usual plain shape (a short
+/// string, a count, an object of counts): `Some` is what serde would give, `None` hands the
+/// value to serde. (About 0.9k fewer instructions per answer: benches/README.md, round 7.)
+trait Plain: Sized {
+    fn read(v: &[u8]) -> Option<Option<Self>>;
+}
+
+impl Plain for String {
+    fn read(v: &[u8]) -> Option<Option<String>> {
+        if v == b"null" {
+            return Some(None);
+        }
+        super::members::plain_str(v).map(|s| Some(s.to_owned()))
+    }
+}
+
+impl Plain for u64 {
+    fn read(v: &[u8]) -> Option<Option<u64>> {
+        if v == b"null" {
+            return Some(None);
+        }
+        super::members::plain_u64(v).map(Some)
+    }
+}
+
+impl Plain for UsageFields {
+    /// An object whose counts are all plain (other members are skipped, as serde skips
+    /// them); a count twice, or anything unusual, goes to serde.
+    fn read(v: &[u8]) -> Option<Option<UsageFields>> {
+        if v == b"null" {
+            return Some(None);
+        }
+        let mut u =
+            UsageFields { prompt_tokens: None, completion_tokens: None, input_tokens: None, output_tokens: None };
+        let (mut seen, mut plain) = (0u8, true);
+        super::members::each(v, |key, v| {
+            let (bit, slot) = match key {
+                b"prompt_tokens" => (1, &mut u.prompt_tokens),
+                b"completion_tokens" => (2, &mut u.completion_tokens),
+                b"input_tokens" => (4, &mut u.input_tokens),
+                b"output_tokens" => (8, &mut u.output_tokens),
+                _ => return,
+            };
+            plain &= seen & bit == 0;
+            seen |= bit;
+            match u64::read(v) {
+                Some(n) => *slot = n,
+                None => plain = false,
+            }
+        })?;
+        plain.then_some(Some(u))
+    }
+}
+
+impl Plain for MessageDoc {
+    /// (Only Anthropic's stream start carries it: serde reads it.)
+    fn read(_: &[u8]) -> Option<Option<MessageDoc>> {
+        None
     }
 }
 
@@ -279,6 +344,30 @@ mod tests {
                 Some(Ok(d)) => proptest::prop_assert_eq!(Some(d), full),
                 Some(Err(())) => proptest::prop_assert_eq!(full, None),
                 None => proptest::prop_assert!(false, "the scan gave up on {}", doc),
+            }
+        }
+    }
+
+    /// Usage members the plain reads hand to serde: the document's answer is serde's.
+    #[test]
+    fn unusual_usage_members_are_read_as_serde_reads_them() {
+        for doc in [
+            r#"{"usage":{"prompt_tokens":1,"prompt_tokens":2}}"#,
+            r#"{"usage":{"prompt_tokens":1.5}}"#,
+            r#"{"usage":{"prompt_tokens":-1}}"#,
+            r#"{"usage":{"prompt_tokens":12345678901234567890,"completion_tokens":2}}"#,
+            r#"{"usage":{"prompt_tokens":"3"}}"#,
+            r#"{"usage":[1]}"#,
+            r#"{"usage":null,"model":null,"eval_count":null}"#,
+            r#"{"model":"caf\u00e9","usage":{"input_tokens":0,"output_tokens":0,"x":{"prompt_tokens":9}}}"#,
+            r#"{"model":7}"#,
+            r#"{"eval_count":01}"#,
+        ] {
+            let full = serde_json::from_str::<UsageDoc>(doc).ok();
+            match UsageDoc::from_members(doc.as_bytes()) {
+                Some(Ok(d)) => assert_eq!(Some(d), full, "{doc}"),
+                Some(Err(())) => assert_eq!(full, None, "{doc}"),
+                None => panic!("the scan gave up on {doc}"),
             }
         }
     }
