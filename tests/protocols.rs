@@ -18,10 +18,12 @@ async fn openai_chat_non_stream_and_headers() {
         .header("cookie", "session=secret")
         .header("x-forwarded-for", "10.1.2.3")
         .header("x-api-key", "also-stripped")
+        .header("accept-encoding", "gzip, br")
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("content-encoding").is_none(), "the proxy never compresses an answer");
     assert_eq!(resp.text().await.unwrap(), mock::CHAT_JSON, "body passed through unchanged");
 
     let reqs = mock.requests();
@@ -34,6 +36,7 @@ async fn openai_chat_non_stream_and_headers() {
     assert!(KEYS.contains(&key), "Authorization carries a pool key");
     assert_eq!(r.header("user-agent"), Some("my-app/1.0"));
     assert_eq!(r.header("accept"), Some("application/json"));
+    assert_eq!(r.header("accept-encoding"), Some("gzip, br"), "the upstream chooses the encoding");
     assert_eq!(r.header("content-type"), Some("application/json"));
     assert_eq!(r.header("host"), Some(mock.addr.to_string().as_str()));
     for stripped in ["cookie", "x-forwarded-for", "x-api-key"] {
