@@ -167,6 +167,32 @@ async fn body_over_limit_is_413() {
     assert!(mock.requests().is_empty());
 }
 
+/// The upstream always gets the body with its length: the client's own Content-Length when it
+/// is right, one the proxy sets for a chunked body; never the client's framing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_gets_the_body_with_its_length() {
+    let mock = Mock::start().await;
+    let proxy = Proxy::start(&mock).await;
+    let body = r#"{"model":"m1","messages":[{"role":"user","content":"a body sent in pieces"}]}"#;
+    assert_eq!(proxy.post("/v1/chat/completions", body).send().await.unwrap().status(), 200);
+    let pieces: Vec<Result<Vec<u8>, std::io::Error>> = body.as_bytes().chunks(7).map(|c| Ok(c.to_vec())).collect();
+    let chunked = reqwest::Body::wrap_stream(futures_util::stream::iter(pieces));
+    assert_eq!(proxy.post("/v1/chat/completions", chunked).send().await.unwrap().status(), 200);
+    let reqs = mock.requests();
+    assert_eq!(reqs.len(), 2);
+    for r in &reqs {
+        assert_eq!(r.body, body.as_bytes());
+        let lengths: Vec<&str> = r
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(lengths, [body.len().to_string()], "one Content-Length, the body's");
+        assert_eq!(r.header("transfer-encoding"), None);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_is_503_without_keys() {
     let mock = Mock::start().await;

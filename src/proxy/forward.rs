@@ -100,7 +100,12 @@ async fn attempt(
         for h in headers::held(&FRAMING, &req.headers) {
             req.remove_header(h);
         }
-        if !body.is_empty() || req.headers.contains_key(http::header::CONTENT_LENGTH) {
+        // The body's length, unless the client's own header already says it (nearly always:
+        // then no new value is built).
+        let sent =
+            req.headers.get(http::header::CONTENT_LENGTH).map(|v| crate::usage::members::plain_u64(v.as_bytes()));
+        let stated = matches!(sent, Some(Some(n)) if n == body.len() as u64);
+        if !stated && (!body.is_empty() || sent.is_some()) {
             req.insert_header(http::header::CONTENT_LENGTH, http::HeaderValue::from(body.len()))?;
         }
         Ok(req)

@@ -51,7 +51,8 @@ pub enum Route {
 /// The forwarded paths: exact entries and `prefix/*` entries.
 #[derive(Debug, Clone, Default)]
 pub struct AllowList {
-    exact: HashSet<String>,
+    /// (foldhash, seeded per process: std's SipHash cost more than the rest of the lookup)
+    exact: HashSet<String, foldhash::fast::RandomState>,
     prefixes: Vec<String>,
 }
 
@@ -81,12 +82,18 @@ impl AllowList {
         }
         match Family::of(path) {
             // Dot segments could walk out of an allowed prefix upstream (`/v1/models/../x`).
-            Some(f) if path.contains("/.") || path.contains("//") => Route::NotAllowed(f),
+            Some(f) if has_dot_or_empty_segment(path) => Route::NotAllowed(f),
             Some(f) if self.allows(path) => Route::Forward(f),
             Some(f) => Route::NotAllowed(f),
             None => Route::Unknown,
         }
     }
+}
+
+/// Whether a segment of `path` starts with `.` or is empty (`/.`, `//`): one pass over a path
+/// of a few dozen bytes (two substring searches, or `memchr` per slash, cost more there).
+fn has_dot_or_empty_segment(path: &str) -> bool {
+    path.as_bytes().windows(2).any(|w| w[0] == b'/' && matches!(w[1], b'.' | b'/'))
 }
 
 #[cfg(test)]
@@ -103,6 +110,16 @@ mod tests {
         assert_eq!(a.resolve("/v1/models/llama3:8b"), Route::Forward(Family::OpenAi));
         assert_eq!(a.resolve("/v1/models/"), Route::NotAllowed(Family::OpenAi));
         assert_eq!(a.resolve("/v1/models/../files"), Route::NotAllowed(Family::OpenAi));
+        for p in ["/v1/chat//completions", "/v1/models/.x", "/v1/models/./x", "/v1//", "/api/chat/."] {
+            assert!(
+                a.resolve(p) != Route::Forward(Family::OpenAi) && a.resolve(p) != Route::Forward(Family::Ollama),
+                "{p}"
+            );
+            assert!(has_dot_or_empty_segment(p), "{p}");
+        }
+        for p in ["/v1/chat/completions", "/v1/models/llama3.1:8b", "/api/chat", "/"] {
+            assert!(!has_dot_or_empty_segment(p), "{p}");
+        }
         for p in ["/api/pull", "/api/delete", "/api/create", "/api/push", "/api/copy"] {
             assert_eq!(a.resolve(p), Route::NotAllowed(Family::Ollama), "{p}");
         }
