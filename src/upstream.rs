@@ -297,6 +297,10 @@ const STALE_RETRIES: usize = 4;
 /// Only a reused connection that closed or broke gets this; a timeout, or a new connection
 /// failing, is the attempt's outcome. `header` builds the request header for each try (the
 /// session keeps the one it writes), so the common case builds it once.
+///
+/// The session reads and writes under the peer's `read_timeout` and `write_timeout` (the time
+/// allowed between bytes, `upstream.read_timeout` and `upstream.write_timeout`): the connector
+/// hands out sessions without them, and pingora's own proxy path sets them the same way.
 pub async fn send(
     connector: &pingora::connectors::http::Connector,
     peer: &HttpPeer,
@@ -305,6 +309,8 @@ pub async fn send(
 ) -> pingora::Result<(pingora::protocols::http::client::HttpSession, pingora::http::ResponseHeader)> {
     for _ in 0..STALE_RETRIES {
         let (mut s, reused) = connector.get_http_session(peer).await?;
+        s.set_read_timeout(peer.options.read_timeout);
+        s.set_write_timeout(peer.options.write_timeout);
         match exchange(&mut s, header()?, body.clone()).await {
             Ok(header) => return Ok((s, header)),
             Err(e) if reused && stale(&e) => {

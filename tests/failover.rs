@@ -256,6 +256,33 @@ async fn a_delivered_usage_limit_answer_parks_its_key_until_the_window_resets() 
     assert_eq!(k.until_ms, Some(ollama_pool::pool::Window::Session.next_reset(proxy.clock_now())));
 }
 
+/// `upstream.read_timeout` is the longest the proxy waits for an upstream's next bytes. A key
+/// whose upstream never answers is a transient failure once it has passed, and the request
+/// fails over to another key, on both body paths (before, the proxy waited as long as the
+/// client did).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_never_answers_times_out_and_fails_over() {
+    for body in [small_body(), large_body()] {
+        let mock = Mock::start().await;
+        mock.set(KEYS[0], Behavior::Hang);
+        let setup =
+            Setup { keys: vec![KEYS[0], KEYS[1]], upstream_extra: "read_timeout: 1s".into(), ..Default::default() };
+        let proxy = Proxy::start_with(&mock, setup).await;
+        let resp = proxy
+            .post("/v1/chat/completions", body.clone())
+            .timeout(Duration::from_secs(20))
+            .send()
+            .await
+            .expect("the proxy answers before the client gives up");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.text().await.unwrap(), common::mock::CHAT_JSON);
+        let keys: Vec<_> = mock.requests().iter().map(|r| r.key.clone().unwrap()).collect();
+        assert_eq!(keys, vec![KEYS[0].to_string(), KEYS[1].to_string()], "the silent key first, then the next");
+        let k = key_state(&proxy, KEYS[0]);
+        assert_eq!((k.status, k.consecutive_failures), (Status::Active, 1), "a transient failure: {k:?}");
+    }
+}
+
 /// A client that hangs up while the upstream is still working (a user closing a tab, a load
 /// tester stopping) is nobody's failure: the key is not charged, the request is not tried on
 /// another key, and a wave of such hang-ups is not an upstream storm. On both body paths.

@@ -43,6 +43,39 @@ async fn first_event_arrives_before_the_upstream_sends_the_rest() {
     }
 }
 
+/// A stream whose upstream goes silent after its first event is cut off once
+/// `upstream.read_timeout` passes: the client sees an abnormal end (not a hang until it gives
+/// up, not a fabricated clean end), and the key is charged one stream error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_goes_silent_is_cut_at_read_timeout() {
+    for body in bodies() {
+        let mock = Mock::start().await;
+        let gate = Arc::new(Notify::new()); // never opened
+        mock.set(KEYS[0], Behavior::Gated(gate.clone()));
+        let setup = Setup { keys: vec![KEYS[0]], upstream_extra: "read_timeout: 1s".into(), ..Default::default() };
+        let proxy = Proxy::start_with(&mock, setup).await;
+        let resp = proxy.post("/v1/chat/completions", body).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut stream = resp.bytes_stream();
+        let mut got = Vec::new();
+        let end = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(chunk) = stream.next().await {
+                match chunk {
+                    Ok(c) => got.extend_from_slice(&c),
+                    Err(_) => return true,
+                }
+            }
+            false
+        })
+        .await
+        .expect("the proxy ends the stream before the client gives up");
+        assert!(end, "an abnormal end, got a clean one after {:?}", String::from_utf8_lossy(&got));
+        assert_eq!(&got[..], b"data: {\"n\":1}\n\n", "the event that came, and nothing made up");
+        let key = proxy.key(KEYS[0]);
+        assert_eq!(key.stream_errors, 1, "{key:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_cut_mid_stream_breaks_the_client_response() {
     for body in bodies() {

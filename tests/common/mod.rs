@@ -183,6 +183,8 @@ impl Proxy {
         } else {
             format!(", shutdown_timeout: 1s, {}", setup.server_extra)
         };
+        // A test that sets its own read_timeout gets it instead of the default 10 s.
+        let read_timeout = if setup.upstream_extra.contains("read_timeout") { "" } else { ", read_timeout: 10s" };
         let upstream_extra =
             if setup.upstream_extra.is_empty() { String::new() } else { format!(", {}", setup.upstream_extra) };
         let listen = match &setup.tls_listener {
@@ -199,7 +201,7 @@ impl Proxy {
         let upstream = match &setup.providers {
             Some(p) => format!("{}\n", p.trim_end()),
             None => format!(
-                "upstream: {{url: \"{}\", health_check_interval: 0s, connect_timeout: 2s, read_timeout: 10s{addresses}{upstream_extra}}}\n\
+                "upstream: {{url: \"{}\", health_check_interval: 0s, connect_timeout: 2s{read_timeout}{addresses}{upstream_extra}}}\n\
                  keys: {{files: [keys.txt]}}\n",
                 setup.url.clone().unwrap_or_else(|| mock.url())
             ),
