@@ -467,9 +467,9 @@ impl Prober {
         path: &str,
         body: &[u8],
     ) -> pingora::Result<(u16, HeaderMap, Bytes)> {
-        let peer = self
+        let target = self
             .upstream
-            .peer()
+            .target()
             .ok_or_else(|| pingora::Error::explain(pingora::ErrorType::ConnectNoRoute, "upstream unresolved"))?;
         let full_path = format!("{}{}", self.upstream.url.base_path, path);
         let mut req = RequestHeader::build(method, full_path.as_bytes(), None)?;
@@ -487,11 +487,13 @@ impl Prober {
         if !body.is_empty() {
             req.insert_header(http::header::CONTENT_TYPE, "application/json")?;
         }
+        let (peer, idle) = (&target.peer, target.idle.as_ref());
         let (mut s, header) =
-            crate::upstream::send(&self.connector, &peer, &|| Ok(req.clone()), Bytes::copy_from_slice(body)).await?;
+            crate::upstream::send(&self.connector, peer, idle, &|| Ok(req.clone()), Bytes::copy_from_slice(body))
+                .await?;
         let body = crate::upstream::read_up_to(&mut s, MAX_PROBE_BODY).await?;
         if s.response_done() {
-            self.connector.release_http_session(s, &*peer, Some(self.upstream.idle_timeout())).await;
+            crate::upstream::release(&self.connector, peer, idle, s, self.upstream.idle_timeout()).await;
         }
         Ok((header.status.as_u16(), header.headers.clone(), body))
     }

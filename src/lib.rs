@@ -22,8 +22,9 @@
 //! - `pool` — keys, their state machine, round-robin selection, outcome classification,
 //!   the per-request attempt policy, usage windows, the storm guard, the clock.
 //! - `health` — background probes per provider: parked keys back, bad/exhausted keys out, storm recovery.
-//! - `upstream` — upstream URL, address discovery + TCP health check, `HttpPeer`s, and the
-//!   one-request exchange (`send`) used by the forwarding path and the prober.
+//! - `upstream` — upstream URL, address discovery + TCP health check, each address's `HttpPeer`
+//!   and idle keep-alive connections (`upstream::idle`), and the one-request exchange
+//!   (`send`, `release`) used by the forwarding path and the prober.
 //! - `lifecycle` — SIGTERM drains in-flight requests and streams, then exits; `serve --upgrade`
 //!   finds the running instance by its pid file and takes its listeners over (SIGQUIT).
 //! - `import` — key-file parsing shared by start-up, the admin API and the CLI.

@@ -256,7 +256,7 @@ async fn post(connector: &Connector, target: &Target, w: &WebhookConfig, body: B
         Ok(h)
     };
     let (mut session, resp) =
-        crate::upstream::send(connector, &peer, &header, body).await.map_err(|e| e.to_string())?;
+        crate::upstream::send(connector, &peer, None, &header, body).await.map_err(|e| e.to_string())?;
     // Read (a bounded part of) the answer so the connection can be reused.
     let _ = crate::upstream::read_up_to(&mut session, 64 * 1024).await;
     connector.release_http_session(session, &peer, None).await;

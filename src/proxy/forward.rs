@@ -15,10 +15,9 @@ use super::{headers, PoolProxy};
 use crate::metrics;
 use crate::pool::{classify, outcome::ERROR_PEEK_BYTES, Decision, Key, Outcome};
 use crate::provider::Provider;
-use crate::upstream;
+use crate::upstream::{self, Target};
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
-use pingora::prelude::HttpPeer;
 use pingora::protocols::http::client::HttpSession;
 use pingora::protocols::http::HttpTask;
 use pingora::proxy::Session;
@@ -53,16 +52,16 @@ pub(crate) async fn run(proxy: &PoolProxy, session: &mut Session, ctx: &mut Ctx,
             }
         };
         ctx.observed.attempt_began();
-        let Some(peer) = provider.upstream.peer() else {
+        let Some(target) = provider.upstream.target() else {
             return answer::error(state, session, ctx, ProxyError::new(ErrorKind::UpstreamUnresolved)).await;
         };
-        match attempt(proxy, &provider, session, &peer, &key, &body).await {
+        match attempt(proxy, &provider, session, &target, &key, &body).await {
             Ok((up, header, peek)) => {
                 let outcome = classify(header.status.as_u16(), &header.headers, peek.as_deref());
                 if settle(ctx, &provider, &key, outcome) == Decision::Retry {
                     continue; // dropping `up` closes that connection: its body was not drained
                 }
-                return deliver(proxy, &provider, session, ctx, &peer, &key, up, header, peek).await;
+                return deliver(proxy, &provider, session, ctx, &target, &key, up, header, peek).await;
             }
             Err(e) => {
                 if settle(ctx, &provider, &key, Outcome::Transient) == Decision::Retry {
@@ -89,7 +88,7 @@ async fn attempt(
     proxy: &PoolProxy,
     provider: &Provider,
     session: &Session,
-    peer: &HttpPeer,
+    target: &Target,
     key: &Key,
     body: &Bytes,
 ) -> pingora::Result<(HttpSession, ResponseHeader, Option<Bytes>)> {
@@ -110,7 +109,8 @@ async fn attempt(
         }
         Ok(req)
     };
-    let (mut up, header) = upstream::send(&state.connector, peer, &build, body.clone()).await?;
+    let (mut up, header) =
+        upstream::send(&state.connector, &target.peer, target.idle.as_ref(), &build, body.clone()).await?;
     let peek =
         if header.status.as_u16() >= 400 { Some(upstream::read_up_to(&mut up, ERROR_PEEK_BYTES).await?) } else { None };
     Ok((up, header, peek))
@@ -123,7 +123,7 @@ async fn deliver(
     provider: &Provider,
     session: &mut Session,
     ctx: &mut Ctx,
-    peer: &HttpPeer,
+    target: &Target,
     key: &Key,
     mut up: HttpSession,
     mut header: ResponseHeader,
@@ -161,7 +161,8 @@ async fn deliver(
     }
     session.write_response_body(None, true).await?;
     if up.response_done() {
-        state.connector.release_http_session(up, peer, Some(provider.upstream.idle_timeout())).await;
+        let idle_timeout = provider.upstream.idle_timeout();
+        upstream::release(&state.connector, &target.peer, target.idle.as_ref(), up, idle_timeout).await;
     }
     Ok(())
 }

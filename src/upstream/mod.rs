@@ -1,6 +1,11 @@
 //! Where requests go: the upstream base URL, its addresses (resolved off the request path by a
 //! pingora `LoadBalancer` with our DNS discovery and a TCP health check, both driven for every
-//! provider by `AddressService`), and the `HttpPeer` an attempt connects to. Keys are not here: a pingora `Backend` models a host, never a key.
+//! provider by `AddressService`), the `HttpPeer` an attempt connects to and its idle
+//! connections (`idle`). Keys are not here: a pingora `Backend` models a host, never a key.
+
+mod idle;
+
+pub use idle::IdlePool;
 
 use crate::config::UpstreamConfig;
 use async_trait::async_trait;
@@ -10,6 +15,8 @@ use pingora::lb::health_check::TcpHealthCheck;
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, LoadBalancer};
 use pingora::prelude::HttpPeer;
+use pingora::protocols::http::client::HttpSession;
+use pingora::protocols::http::v1::client::HttpSession as H1Session;
 use pingora::protocols::ALPN;
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -140,14 +147,22 @@ pub struct Upstream {
     last_check: std::sync::Mutex<Option<tokio::time::Instant>>,
     dns_refresh: Duration,
     health_check_interval: Duration,
-    /// The peer of each address seen so far, built once: an attempt takes an `Arc` instead of
-    /// building a peer (its SNI string and options) every time (issue #14 item 2).
-    peers: arc_swap::ArcSwap<Vec<Arc<HttpPeer>>>,
+    /// The target of each address seen so far, built once: an attempt takes an `Arc` instead of
+    /// building a peer (its SNI string and options) every time, and the address keeps its idle
+    /// connections with it (issue #14 item 2).
+    targets: arc_swap::ArcSwap<Vec<Arc<Target>>>,
 }
 
-/// Peers kept per upstream; an address set larger than this (DNS with many records) still
+/// One upstream address: the peer to connect to, and its idle keep-alive connections (`None`
+/// for an address beyond `TARGET_CACHE`: pingora's pool keeps those).
+pub struct Target {
+    pub peer: HttpPeer,
+    pub idle: Option<IdlePool>,
+}
+
+/// Targets kept per upstream; an address set larger than this (DNS with many records) still
 /// works, building the peers it finds no room for.
-const PEER_CACHE: usize = 16;
+const TARGET_CACHE: usize = 16;
 
 impl Upstream {
     /// Builds the upstream and its address book. IP literals and pinned addresses are known at
@@ -201,7 +216,7 @@ impl Upstream {
             last_check: std::sync::Mutex::new(None),
             dns_refresh: cfg.dns_refresh.0,
             health_check_interval: cfg.health_check_interval.0,
-            peers: arc_swap::ArcSwap::from_pointee(Vec::new()),
+            targets: arc_swap::ArcSwap::from_pointee(Vec::new()),
         })
     }
 
@@ -224,6 +239,11 @@ impl Upstream {
         if due(&self.last_check, self.health_check_interval) {
             self.lb.backends().run_health_check(true).await;
         }
+        for t in self.targets.load().iter() {
+            if let Some(idle) = &t.idle {
+                idle.sweep();
+            }
+        }
     }
 
     /// Resolves the upstream now (for one-shot tools that run no background service).
@@ -236,9 +256,9 @@ impl Upstream {
         !self.lb.backends().get_backend().is_empty()
     }
 
-    /// The peer for one attempt: the next healthy address round-robin (any address if none is
-    /// healthy: a wrong health verdict must not take the whole proxy down). None = unresolved.
-    pub fn peer(&self) -> Option<Arc<HttpPeer>> {
+    /// The target for one attempt: the next healthy address round-robin (any address if none
+    /// is healthy: a wrong health verdict must not take the whole proxy down). None = unresolved.
+    pub fn target(&self) -> Option<Arc<Target>> {
         let backends = self.lb.backends().get_backend();
         let addr = if backends.len() == 1 {
             // One address is the answer whatever its health: no selection (its health lookups
@@ -248,21 +268,28 @@ impl Upstream {
             let backend = self.lb.select(b"", 16).or_else(|| self.lb.select_with(b"", 16, |_, _| true))?;
             *backend.addr.as_inet()?
         };
-        let known = self.peers.load();
-        if let Some(p) = known.iter().find(|p| p._address.as_inet() == Some(&addr)) {
-            return Some(p.clone());
+        let known = self.targets.load();
+        if let Some(t) = known.iter().find(|t| t.peer._address.as_inet() == Some(&addr)) {
+            return Some(t.clone());
         }
-        let peer = Arc::new(self.build_peer(addr));
-        if known.len() < PEER_CACHE {
-            self.peers.rcu(|list| {
-                let mut list = Vec::clone(list);
-                if !list.iter().any(|p| p._address.as_inet() == Some(&addr)) {
-                    list.push(peer.clone());
+        if known.len() >= TARGET_CACHE {
+            return Some(Arc::new(Target { peer: self.build_peer(addr), idle: None }));
+        }
+        let mut built = None;
+        self.targets.rcu(|list| {
+            let mut list = Vec::clone(list);
+            match list.iter().find(|t| t.peer._address.as_inet() == Some(&addr)) {
+                Some(t) => built = Some(t.clone()),
+                None => {
+                    let t =
+                        Arc::new(Target { peer: self.build_peer(addr), idle: Some(IdlePool::new(self.idle_timeout)) });
+                    built = Some(t.clone());
+                    list.push(t);
                 }
-                list
-            });
-        }
-        Some(peer)
+            }
+            list
+        });
+        built
     }
 
     fn build_peer(&self, addr: SocketAddr) -> HttpPeer {
@@ -296,7 +323,8 @@ const STALE_RETRIES: usize = 4;
 /// again on the next connection (a fresh one at the latest), as pingora's own proxy path does.
 /// Only a reused connection that closed or broke gets this; a timeout, or a new connection
 /// failing, is the attempt's outcome. `header` builds the request header for each try (the
-/// session keeps the one it writes), so the common case builds it once.
+/// session keeps the one it writes), so the common case builds it once. A connection comes
+/// from `idle` when it has one, else from the connector (its pool, or a new connection).
 ///
 /// The session reads and writes under the peer's `read_timeout` and `write_timeout` (the time
 /// allowed between bytes, `upstream.read_timeout` and `upstream.write_timeout`): the connector
@@ -304,11 +332,15 @@ const STALE_RETRIES: usize = 4;
 pub async fn send(
     connector: &pingora::connectors::http::Connector,
     peer: &HttpPeer,
+    idle: Option<&IdlePool>,
     header: &(dyn Fn() -> pingora::Result<pingora::http::RequestHeader> + Sync),
     body: bytes::Bytes,
-) -> pingora::Result<(pingora::protocols::http::client::HttpSession, pingora::http::ResponseHeader)> {
+) -> pingora::Result<(HttpSession, pingora::http::ResponseHeader)> {
     for _ in 0..STALE_RETRIES {
-        let (mut s, reused) = connector.get_http_session(peer).await?;
+        let (mut s, reused) = match idle.and_then(IdlePool::take) {
+            Some(stream) => (HttpSession::H1(H1Session::new_with_options(stream, peer)), true),
+            None => connector.get_http_session(peer).await?,
+        };
         s.set_read_timeout(peer.options.read_timeout);
         s.set_write_timeout(peer.options.write_timeout);
         match exchange(&mut s, header()?, body.clone()).await {
@@ -323,8 +355,29 @@ pub async fn send(
     Err(pingora::Error::explain(pingora::ErrorType::ConnectionClosed, "every pooled connection was closed"))
 }
 
+/// Hands a session whose exchange is over back for reuse: into `idle` when there is one (and
+/// the connection may be kept alive: the answer allowed it and was read to its end), else to
+/// the connector's pool.
+pub async fn release(
+    connector: &pingora::connectors::http::Connector,
+    peer: &HttpPeer,
+    idle: Option<&IdlePool>,
+    session: HttpSession,
+    idle_timeout: Duration,
+) {
+    match (idle, session) {
+        (Some(idle), HttpSession::H1(mut h1)) => {
+            h1.respect_keepalive();
+            if let Some(stream) = h1.reuse().await {
+                idle.put(stream);
+            }
+        }
+        (_, session) => connector.release_http_session(session, peer, Some(idle_timeout)).await,
+    }
+}
+
 async fn exchange(
-    s: &mut pingora::protocols::http::client::HttpSession,
+    s: &mut HttpSession,
     req: pingora::http::RequestHeader,
     body: bytes::Bytes,
 ) -> pingora::Result<pingora::http::ResponseHeader> {
@@ -346,10 +399,7 @@ fn stale(e: &pingora::Error) -> bool {
 }
 
 /// Reads the response body until `max` bytes (a chunk may overshoot; nothing is dropped) or its end.
-pub async fn read_up_to(
-    s: &mut pingora::protocols::http::client::HttpSession,
-    max: usize,
-) -> pingora::Result<bytes::Bytes> {
+pub async fn read_up_to(s: &mut HttpSession, max: usize) -> pingora::Result<bytes::Bytes> {
     let mut buf = bytes::BytesMut::new();
     while buf.len() < max {
         match s.read_response_body().await? {
@@ -404,8 +454,8 @@ mod tests {
         let cfg = UpstreamConfig { url: "http://127.0.0.1:9".into(), ..Default::default() };
         let up = Upstream::new(&cfg).unwrap();
         assert!(up.resolved());
-        assert_eq!(up.peer().unwrap()._address.to_string(), "127.0.0.1:9");
-        assert!(Arc::ptr_eq(&up.peer().unwrap(), &up.peer().unwrap()), "one peer, built once");
+        assert_eq!(up.target().unwrap().peer._address.to_string(), "127.0.0.1:9");
+        assert!(Arc::ptr_eq(&up.target().unwrap(), &up.target().unwrap()), "one target, built once");
     }
 
     #[test]
@@ -416,15 +466,16 @@ mod tests {
             ..Default::default()
         };
         let up = Upstream::new(&cfg).unwrap();
-        let picks: Vec<Arc<HttpPeer>> = (0..6).map(|_| up.peer().unwrap()).collect();
-        let mut addrs: Vec<String> = picks.iter().map(|p| p._address.to_string()).collect();
+        let picks: Vec<Arc<Target>> = (0..6).map(|_| up.target().unwrap()).collect();
+        let mut addrs: Vec<String> = picks.iter().map(|t| t.peer._address.to_string()).collect();
         addrs.sort();
         addrs.dedup();
         assert_eq!(addrs, ["127.0.0.1:9", "127.0.0.2:9"], "round-robin over both addresses");
-        for p in &picks {
-            let same = picks.iter().filter(|q| q._address == p._address);
-            assert!(same.clone().all(|q| Arc::ptr_eq(p, q)), "one peer per address");
-            assert_eq!(p.sni, "upstream.test");
+        for t in &picks {
+            let same = picks.iter().filter(|q| q.peer._address == t.peer._address);
+            assert!(same.clone().all(|q| Arc::ptr_eq(t, q)), "one target per address");
+            assert_eq!(t.peer.sni, "upstream.test");
+            assert!(t.idle.is_some(), "with its idle connections");
         }
     }
 }
