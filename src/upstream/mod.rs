@@ -3,8 +3,10 @@
 //! provider by `AddressService`), the `HttpPeer` an attempt connects to and its idle
 //! connections (`idle`). Keys are not here: a pingora `Backend` models a host, never a key.
 
+mod exchange;
 mod idle;
 
+pub use exchange::{read_up_to, release, send, ONE_WRITE_MAX};
 pub use idle::IdlePool;
 
 use crate::config::UpstreamConfig;
@@ -15,8 +17,6 @@ use pingora::lb::health_check::TcpHealthCheck;
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, LoadBalancer};
 use pingora::prelude::HttpPeer;
-use pingora::protocols::http::client::HttpSession;
-use pingora::protocols::http::v1::client::HttpSession as H1Session;
 use pingora::protocols::ALPN;
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -310,104 +310,6 @@ impl Upstream {
     pub fn idle_timeout(&self) -> Duration {
         self.idle_timeout
     }
-}
-
-/// How many idle pooled connections one request may find closed before it asks for a new one.
-const STALE_RETRIES: usize = 4;
-
-/// One request on a pooled connection to `peer`, up to the response header. Shared by the
-/// forwarding path and the prober.
-///
-/// An idle keep-alive connection the upstream has closed meanwhile fails on its first use,
-/// before any answer: that says nothing about the key or the upstream, so the request is sent
-/// again on the next connection (a fresh one at the latest), as pingora's own proxy path does.
-/// Only a reused connection that closed or broke gets this; a timeout, or a new connection
-/// failing, is the attempt's outcome. `header` builds the request header for each try (the
-/// session keeps the one it writes), so the common case builds it once. A connection comes
-/// from `idle` when it has one, else from the connector (its pool, or a new connection).
-///
-/// The session reads and writes under the peer's `read_timeout` and `write_timeout` (the time
-/// allowed between bytes, `upstream.read_timeout` and `upstream.write_timeout`): the connector
-/// hands out sessions without them, and pingora's own proxy path sets them the same way.
-pub async fn send(
-    connector: &pingora::connectors::http::Connector,
-    peer: &HttpPeer,
-    idle: Option<&IdlePool>,
-    header: &(dyn Fn() -> pingora::Result<pingora::http::RequestHeader> + Sync),
-    body: bytes::Bytes,
-) -> pingora::Result<(HttpSession, pingora::http::ResponseHeader)> {
-    for _ in 0..STALE_RETRIES {
-        let (mut s, reused) = match idle.and_then(IdlePool::take) {
-            Some(stream) => (HttpSession::H1(H1Session::new_with_options(stream, peer)), true),
-            None => connector.get_http_session(peer).await?,
-        };
-        s.set_read_timeout(peer.options.read_timeout);
-        s.set_write_timeout(peer.options.write_timeout);
-        match exchange(&mut s, header()?, body.clone()).await {
-            Ok(header) => return Ok((s, header)),
-            Err(e) if reused && stale(&e) => {
-                log::debug!("upstream: a pooled connection was closed by the upstream; sending again on another");
-                continue;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Err(pingora::Error::explain(pingora::ErrorType::ConnectionClosed, "every pooled connection was closed"))
-}
-
-/// Hands a session whose exchange is over back for reuse: into `idle` when there is one (and
-/// the connection may be kept alive: the answer allowed it and was read to its end), else to
-/// the connector's pool.
-pub async fn release(
-    connector: &pingora::connectors::http::Connector,
-    peer: &HttpPeer,
-    idle: Option<&IdlePool>,
-    session: HttpSession,
-    idle_timeout: Duration,
-) {
-    match (idle, session) {
-        (Some(idle), HttpSession::H1(mut h1)) => {
-            h1.respect_keepalive();
-            if let Some(stream) = h1.reuse().await {
-                idle.put(stream);
-            }
-        }
-        (_, session) => connector.release_http_session(session, peer, Some(idle_timeout)).await,
-    }
-}
-
-async fn exchange(
-    s: &mut HttpSession,
-    req: pingora::http::RequestHeader,
-    body: bytes::Bytes,
-) -> pingora::Result<pingora::http::ResponseHeader> {
-    s.write_request_header(Box::new(req)).await?;
-    if !body.is_empty() {
-        s.write_request_body(body, true).await?;
-    }
-    s.finish_request_body().await?;
-    s.read_response_header().await?;
-    s.response_header().cloned().ok_or_else(|| {
-        pingora::Error::explain(pingora::ErrorType::InvalidHTTPHeader, "upstream sent no response header")
-    })
-}
-
-/// A failure that means "this connection was already closed", not "the upstream is slow".
-fn stale(e: &pingora::Error) -> bool {
-    use pingora::ErrorType::*;
-    matches!(e.etype(), ConnectionClosed | ReadError | WriteError | ConnectError)
-}
-
-/// Reads the response body until `max` bytes (a chunk may overshoot; nothing is dropped) or its end.
-pub async fn read_up_to(s: &mut HttpSession, max: usize) -> pingora::Result<bytes::Bytes> {
-    let mut buf = bytes::BytesMut::new();
-    while buf.len() < max {
-        match s.read_response_body().await? {
-            Some(chunk) => buf.extend_from_slice(&chunk),
-            None => break,
-        }
-    }
-    Ok(buf.freeze())
 }
 
 /// Keeps every provider's upstream addresses fresh (DNS refresh and TCP health checks, each
