@@ -27,7 +27,7 @@ const STALE_RETRIES: usize = 4;
 
 /// The largest body sent in the header's write; a larger one is written on its own (copying
 /// it would cost more than the write it saves).
-pub const ONE_WRITE_MAX: usize = 64 * 1024;
+const ONE_WRITE_MAX: usize = 64 * 1024;
 
 /// One request on a pooled connection to `peer`, up to the response header.
 ///

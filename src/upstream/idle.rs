@@ -108,11 +108,13 @@ impl IdlePool {
     }
 
     /// Idle connections kept now.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.shards.iter().map(|s| s.lock().len()).sum()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
@@ -194,28 +196,25 @@ mod tests {
         assert!(pool.is_empty(), "the other has aged out");
     }
 
-    #[test]
-    fn a_full_shard_drops_its_oldest() {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let pool = IdlePool::new(Duration::from_secs(60));
-            let mut far = Vec::new();
-            let mut first = None;
-            for i in 0..=PER_SHARD {
-                let (s, f) = pair(&listener).await;
-                if i == 0 {
-                    first = Some(s.id());
-                }
-                far.push(f);
-                pool.put(s);
+    #[tokio::test]
+    async fn a_full_shard_drops_its_oldest() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = IdlePool::new(Duration::from_secs(60));
+        let mut far = Vec::new();
+        let mut first = None;
+        for i in 0..=PER_SHARD {
+            let (s, f) = pair(&listener).await;
+            if i == 0 {
+                first = Some(s.id());
             }
-            assert_eq!(pool.len(), PER_SHARD);
-            let mut ids = Vec::new();
-            while let Some(s) = pool.take() {
-                ids.push(s.id());
-            }
-            assert!(!ids.contains(&first.unwrap()), "the oldest went");
-        });
+            far.push(f);
+            pool.put(s);
+        }
+        assert_eq!(pool.len(), PER_SHARD);
+        let mut ids = Vec::new();
+        while let Some(s) = pool.take() {
+            ids.push(s.id());
+        }
+        assert!(!ids.contains(&first.unwrap()), "the oldest went");
     }
 }

@@ -6,7 +6,7 @@
 mod exchange;
 mod idle;
 
-pub use exchange::{read_up_to, release, send, ONE_WRITE_MAX};
+pub use exchange::{read_up_to, release, send};
 pub use idle::IdlePool;
 
 use crate::config::UpstreamConfig;
@@ -220,7 +220,8 @@ impl Upstream {
         })
     }
 
-    /// Resolves the host again and health-checks the addresses when their time has come.
+    /// Resolves the host again and health-checks the addresses when their time has come; on
+    /// every call, closes the idle connections that expired or that the upstream closed.
     pub async fn refresh_if_due(&self) {
         let now = tokio::time::Instant::now();
         let due = |slot: &std::sync::Mutex<Option<tokio::time::Instant>>, every: Duration| {

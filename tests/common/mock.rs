@@ -60,6 +60,8 @@ pub struct Recorded {
     pub body: Vec<u8>,
     /// The bearer token the request carried (the upstream key), if any.
     pub key: Option<String>,
+    /// Socket reads it took to receive this request (1: header and body came in one piece).
+    pub reads: usize,
 }
 
 impl Recorded {
@@ -355,12 +357,14 @@ async fn normal(stream: &mut TcpStream, req: &Recorded) -> std::io::Result<()> {
 
 /// Reads one request (None on a clean close between requests).
 async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Option<Recorded>> {
+    let mut reads = 0;
     let head_len = loop {
         if let Some(i) = find(buf, b"\r\n\r\n") {
             break i + 4;
         }
         let mut tmp = [0u8; 8192];
         let n = stream.read(&mut tmp).await?;
+        reads += 1;
         if n == 0 {
             return Ok(None);
         }
@@ -380,7 +384,7 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Res
     let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
     let body = if let Some(len) = get("content-length") {
         let len: usize = len.trim().parse().unwrap_or(0);
-        fill(stream, buf, len).await?;
+        fill(stream, buf, len, &mut reads).await?;
         buf.drain(..len).collect()
     } else if get("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
         let mut body = Vec::new();
@@ -389,12 +393,12 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Res
                 if let Some(i) = find(buf, b"\r\n") {
                     break i;
                 }
-                fill(stream, buf, buf.len() + 1).await?;
+                fill(stream, buf, buf.len() + 1, &mut reads).await?;
             };
             let size = usize::from_str_radix(String::from_utf8_lossy(&buf[..line_end]).trim(), 16)
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
             buf.drain(..line_end + 2);
-            fill(stream, buf, size + 2).await?;
+            fill(stream, buf, size + 2, &mut reads).await?;
             body.extend_from_slice(&buf[..size]);
             buf.drain(..size + 2);
             if size == 0 {
@@ -406,13 +410,14 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Res
         Vec::new()
     };
     let key = get("authorization").and_then(|v| v.strip_prefix("Bearer ").map(str::to_string));
-    Ok(Some(Recorded { method, target, headers, body, key }))
+    Ok(Some(Recorded { method, target, headers, body, key, reads }))
 }
 
-async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>, want: usize) -> std::io::Result<()> {
+async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>, want: usize, reads: &mut usize) -> std::io::Result<()> {
     while buf.len() < want {
         let mut tmp = [0u8; 65536];
         let n = stream.read(&mut tmp).await?;
+        *reads += 1;
         if n == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
