@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 #[derive(Clone)]
 struct Opts {
@@ -81,7 +81,14 @@ async fn main() {
         fail_suffix: arg(&args, "--fail-suffix", "-bad"),
         faults: Arc::new(fault_slots(&arg(&args, "--fault-mix", ""))),
     };
-    let listener = TcpListener::bind(&listen).await.expect("bind");
+    // A backlog deep enough for the 256-stream burst of benches/load.sh (tokio's `bind` gives
+    // 128: the rest of a burst overflowed it and waited a 1 s SYN retransmit).
+    let addr: std::net::SocketAddr = listen.parse().expect("--listen: an IP:port");
+    let socket =
+        if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }.expect("socket");
+    socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+    socket.bind(addr).expect("bind");
+    let listener = socket.listen(4096).expect("listen");
     eprintln!("mock upstream on {listen}");
     loop {
         let Ok((s, _)) = listener.accept().await else { continue };
