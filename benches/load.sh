@@ -97,6 +97,8 @@ pids_of() { case $1 in direct) ;; nginx) pgrep -f "nginx: (master|worker)";; bar
 ticks() { local sum=0; for p in $(pids_of "$1"); do sum=$((sum + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $sum; }
 HZ=$(getconf CLK_TCK)
 for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$BARE_PORT/" && break; sleep 0.05; done
+# A field of the last stream_load or rate_load line in $out ("name=value name=value ...").
+get() { echo "$out" | tr ' ' '\n' | awk -F= -v k="$1" '$1 == k {print $2}'; }
 add() { # accumulate the mean over rounds
   local -n arr=$1; arr[$2]=$(awk -v a="${arr[$2]:-0}" -v b="$3" -v r="$ROUNDS" 'BEGIN { printf "%.3f", a + b / r }')
 }
@@ -117,7 +119,6 @@ for round in $(seq "$ROUNDS"); do
   for c in 1 256; do
     for t in "${CONTENDERS[@]}"; do
       out=$("$BIN/examples/stream_load" --url "$(url_of $t)" -c $c -d "$SECS" --token "$TOKEN")
-      get() { echo "$out" | tr ' ' '\n' | awk -F= -v k="$1" '$1 == k {print $2}'; }
       add sttfb50 "$t/$c" "$(get ttfb_p50_ms)"; add sttfb99 "$t/$c" "$(get ttfb_p99_ms)"
       add stot50 "$t/$c" "$(get total_p50_ms)"; add stot99 "$t/$c" "$(get total_p99_ms)"
     done
@@ -125,7 +126,6 @@ for round in $(seq "$ROUNDS"); do
   # The burst: 256 streams opened at the same moment, time to the first event.
   for t in "${CONTENDERS[@]}"; do
     out=$("$BIN/examples/stream_load" --burst --url "$(url_of $t)" -c 256 -d 10 --chunk-delay-ms 50 --token "$TOKEN")
-    get() { echo "$out" | tr ' ' '\n' | awk -F= -v k="$1" '$1 == k {print $2}'; }
     add bttfb50 "$t" "$(get ttfb_p50_ms)"; add bttfb99 "$t" "$(get ttfb_p99_ms)"; add bbroken "$t" "$(get broken)"
   done
 done
@@ -137,7 +137,6 @@ for _ in $(seq "$OPEN_ROUNDS"); do
   for r in $OPEN_RATES; do
     for t in "${CONTENDERS[@]}"; do
       out=$("$BIN/examples/rate_load" --url "$(url_of $t)" -c 8 -r "$r" -d "$OPEN_SECS" --token "$TOKEN" --samples "$DIR/open.$t.$r")
-      get() { echo "$out" | tr ' ' '\n' | awk -F= -v k="$1" '$1 == k {print $2}'; }
       [ "$(get errors)" = 0 ] || echo "warning: $t at $r req/s: $(get errors) errors" >&2
       echo "$(get p99_ms)" >> "$DIR/open99.$t.$r"
       echo "$(get late_p99_ms)" >> "$DIR/late.$t.$r"

@@ -17,8 +17,9 @@
 //! Prints one line: `sent= ok= errors= rps= p50_ms= p90_ms= p99_ms= p999_ms= max_ms=
 //! service_p99_ms= late_p99_ms=`. A non-2xx answer or a broken connection is an error (the
 //! connection is reopened); its latency is left out. `--samples FILE` also appends every
-//! latency to FILE, a line each: µs, then when the request was due (ms from the start), so a script can pool several runs: on a VM whose threads
-//! stall for a few ms a few times a second, one run's p99 is mostly which stalls it met.
+//! latency to FILE, a line each: µs, then when the request was due (ms from the start). A
+//! script can then pool several runs: on a VM whose threads stall for a few ms a few times a
+//! second, one run's p99 is mostly which stalls it met.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -83,18 +84,21 @@ fn main() {
         out.write_all(text.as_bytes()).expect("--samples: write");
     }
     let ok = all.latency_us.len();
+    for v in [&mut all.latency_us, &mut all.service_us, &mut all.late_us] {
+        v.sort_unstable();
+    }
     println!(
         "sent={} ok={ok} errors={} rps={:.0} p50_ms={} p90_ms={} p99_ms={} p999_ms={} max_ms={} service_p99_ms={} late_p99_ms={}",
         all.sent,
         all.errors,
         ok as f64 / secs,
-        pct(&mut all.latency_us, 0.50),
-        pct(&mut all.latency_us, 0.90),
-        pct(&mut all.latency_us, 0.99),
-        pct(&mut all.latency_us, 0.999),
-        pct(&mut all.latency_us, 1.0),
-        pct(&mut all.service_us, 0.99),
-        pct(&mut all.late_us, 0.99),
+        pct(&all.latency_us, 0.50),
+        pct(&all.latency_us, 0.90),
+        pct(&all.latency_us, 0.99),
+        pct(&all.latency_us, 0.999),
+        pct(&all.latency_us, 1.0),
+        pct(&all.service_us, 0.99),
+        pct(&all.late_us, 0.99),
     );
 }
 
@@ -210,12 +214,11 @@ fn exchange(stream: &mut TcpStream, req: &[u8], buf: &mut [u8]) -> std::io::Resu
     Ok(ok)
 }
 
-/// The q-quantile of `v`, in ms with three decimals ("n/a" when empty).
-fn pct(v: &mut [u32], q: f64) -> String {
+/// The q-quantile of `v` (sorted), in ms with three decimals ("n/a" when empty).
+fn pct(v: &[u32], q: f64) -> String {
     if v.is_empty() {
         return "n/a".into();
     }
-    v.sort_unstable();
     let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
     format!("{:.3}", v[i] as f64 / 1000.0)
 }
